@@ -1,0 +1,125 @@
+"""Listen addresses: parsing `--bind` values and opening the sockets (manager side)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Literal
+
+from corral.errors import CorralError, ExitCode
+
+SD_LISTEN_FDS_START = 3
+
+
+@dataclass(frozen=True)
+class Bind:
+    kind: Literal["tcp", "unix", "fd"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_bind(text: str) -> Bind:
+    """'HOST:PORT', '[::1]:PORT', ':PORT', 'unix:/path.sock', 'fd://N'."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path:
+            raise ValueError(f"{text!r}: unix: needs a path")
+        return Bind("unix", path=path)
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not number.isdigit():
+            raise ValueError(f"{text!r}: fd:// needs a file descriptor number")
+        return Bind("fd", fd=int(number))
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r}: expected [IPv6]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{text!r}: expected HOST:PORT, [::1]:PORT, unix:PATH or fd://N")
+        host = host or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+    return Bind("tcp", host=host, port=int(port))
+
+
+def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket]:
+    """Sockets handed over by systemd socket activation (LISTEN_FDS / LISTEN_PID)."""
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(env.get("LISTEN_FDS", "0") or 0)
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    return [socket.socket(fileno=fd) for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count)]
+
+
+def open_socket(bind: Bind, backlog: int = 2048) -> socket.socket:
+    """Bind and listen; a failure becomes one clear line with exit code BIND_FAILED."""
+    try:
+        if bind.kind == "fd":
+            sock = socket.socket(fileno=bind.fd)
+            if sock.type != socket.SOCK_STREAM:
+                raise CorralError(f"fd://{bind.fd} is not a stream socket", ExitCode.BIND_FAILED)
+            sock.listen(backlog)
+            return sock
+        if bind.kind == "unix":
+            if os.path.exists(bind.path) and stat.S_ISSOCK(os.stat(bind.path).st_mode):
+                _remove_stale_unix_socket(bind.path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(bind.path)
+            os.chmod(bind.path, 0o666)
+        else:
+            family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((bind.host, bind.port))
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+        return sock
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == 98:
+            reason = "address already in use"
+        raise CorralError(f"cannot listen on {bind}: {reason}", ExitCode.BIND_FAILED) from None
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise CorralError(f"cannot listen on unix:{path}: another server is listening there", ExitCode.BIND_FAILED)
+    finally:
+        probe.close()
+
+
+def display_urls(sock: socket.socket, scheme: str = "http") -> str:
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    if sock.family == socket.AF_INET6:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"

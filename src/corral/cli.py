@@ -1,0 +1,164 @@
+"""The `corral` command line. Commands are thin: they resolve settings and call into the package."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.config import FIELDS, Resolved, load_settings
+from corral.errors import CorralError, ExitCode
+
+app = typer.Typer(
+    name="corral",
+    help="Run a Python ASGI web API in production with one command.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+Opt = typer.Option
+
+RUN_HELP = "Serve APP from a supervised pool of worker processes."
+
+
+def run_options(
+    app_path: Annotated[
+        str | None, typer.Argument(metavar="[APP]", help="module:attr, path/to/file.py[:attr]; default: discover")
+    ] = None,
+    factory: Annotated[bool | None, Opt("--factory", help="APP is a factory returning the ASGI app")] = None,
+    app_dir: Annotated[str | None, Opt(help="Directory added to the import path.")] = None,
+    name: Annotated[str | None, Opt(help="Instance name (names the default control socket).")] = None,
+    bind: Annotated[
+        list[str] | None, Opt("--bind", "-b", help="HOST:PORT, [::1]:PORT, unix:PATH, fd://N (repeatable).")
+    ] = None,
+    workers: Annotated[str | None, Opt("--workers", "-w", help="Number of workers, or auto.")] = None,
+    control: Annotated[str | None, Opt(help="Control socket path.")] = None,
+    preload: Annotated[bool | None, Opt("--preload/--no-preload", help="Import once, fork workers.")] = None,
+    state_dir: Annotated[str | None, Opt(help="State directory.")] = None,
+    timeout: Annotated[float | None, Opt(help="Seconds an event loop may stay blocked.")] = None,
+    graceful_timeout: Annotated[float | None, Opt(help="Seconds a draining worker may take.")] = None,
+    crash_limit: Annotated[int | None, Opt(help="Crashes within --crash-window that stop corral.")] = None,
+    crash_window: Annotated[float | None, Opt(help="Window of the crash budget, seconds.")] = None,
+    backoff_max: Annotated[float | None, Opt(help="Longest restart delay, seconds.")] = None,
+    max_requests: Annotated[int | None, Opt(help="Recycle a worker after N requests.")] = None,
+    max_requests_jitter: Annotated[int | None, Opt(help="Random extra requests before recycling.")] = None,
+    max_memory: Annotated[str | None, Opt(help="Recycle a worker whose private memory passes SIZE.")] = None,
+    http: Annotated[str | None, Opt(help="HTTP implementation: auto, h11, httptools.")] = None,
+    lifespan: Annotated[str | None, Opt(help="Lifespan: auto, on, off.")] = None,
+    log_level: Annotated[str | None, Opt(help="critical, error, warning, info, debug.")] = None,
+    access_log: Annotated[bool | None, Opt("--access-log/--no-access-log", help="Log each request.")] = None,
+    keep_alive: Annotated[float | None, Opt(help="Idle keep-alive timeout, seconds.")] = None,
+    https: Annotated[list[str] | None, Opt(help="Domain name to serve over HTTPS (repeatable).")] = None,
+    http_bind: Annotated[list[str] | None, Opt(help="Plain-HTTP listener for challenges and redirects.")] = None,
+    acme_directory: Annotated[str | None, Opt(help="ACME directory URL.")] = None,
+    acme_email: Annotated[str | None, Opt(help="ACME account contact.")] = None,
+    acme_ca_bundle: Annotated[str | None, Opt(help="CA bundle trusted for the ACME server.")] = None,
+    acme_challenges: Annotated[list[str] | None, Opt(help="Allowed challenges, preferred first.")] = None,
+    certfile: Annotated[str | None, Opt(help="Certificate chain (PEM) managed elsewhere.")] = None,
+    keyfile: Annotated[str | None, Opt(help="Private key (PEM) for --certfile.")] = None,
+    hsts: Annotated[bool | None, Opt("--hsts/--no-hsts", help="Send Strict-Transport-Security.")] = None,
+    forwarded_allow_ips: Annotated[list[str] | None, Opt(help="CIDRs trusted for proxy headers.")] = None,
+    proxy_protocol: Annotated[
+        bool | None, Opt("--proxy-protocol/--no-proxy-protocol", help="Expect the PROXY protocol.")
+    ] = None,
+    user: Annotated[str | None, Opt(help="Drop privileges to this user.")] = None,
+    group: Annotated[str | None, Opt(help="Drop privileges to this group.")] = None,
+    prestart: Annotated[list[str] | None, Opt(help="Command to run once before serving (repeatable).")] = None,
+    prestart_timeout: Annotated[float | None, Opt(help="Seconds a pre-start step may take.")] = None,
+    prestart_on_reload: Annotated[
+        bool | None, Opt("--prestart-on-reload/--no-prestart-on-reload", help="Rerun steps on reload.")
+    ] = None,
+    prestart_lock: Annotated[str | None, Opt(help="file:PATH or postgresql:// URL.")] = None,
+    release: Annotated[str | None, Opt(help="Release id: run the pre-start steps once per release.")] = None,
+    admin_bind: Annotated[str | None, Opt(help="Address for /livez and /readyz.")] = None,
+    drain_delay: Annotated[float | None, Opt(help="Seconds to keep serving after SIGTERM.")] = None,
+    config: Annotated[str | None, Opt("--config", help="corral.toml or pyproject.toml to read.")] = None,
+) -> Resolved:
+    """Every option of `corral run`, resolved against the environment and the config file."""
+    given = dict(locals())
+    config_file = given.pop("config")
+    given["app"] = given.pop("app_path")
+    cli_values: dict[str, Any] = {key: value for key, value in given.items() if key in FIELDS}
+    return load_settings(cli_values, config=config_file)
+
+
+def parse_run_arguments(args: list[str]) -> Resolved:
+    """Parse `corral run` arguments (for commands that take the same options, like the exports)."""
+    command = typer.main.get_command(_run_parser)
+    with command.make_context("corral run", list(args)) as ctx:
+        result: Resolved = ctx.invoke(command.callback or (lambda **_: None), **ctx.params)
+    return result
+
+
+_run_parser = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+_run_parser.command()(run_options)
+
+
+@app.command(
+    "run",
+    help=RUN_HELP,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def run_command(ctx: typer.Context) -> None:
+    resolved = parse_run_arguments(ctx.args)
+    from corral.manager.main import run
+
+    raise typer.Exit(run(resolved.settings))
+
+
+@app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def config_command(
+    ctx: typer.Context,
+    json_output: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective configuration of `corral run [options]` and where each value came from."""
+    resolved = parse_run_arguments(ctx.args)
+    values = resolved.settings.model_dump()
+    if json_output:
+        rows = {key: {"value": values[key], "source": resolved.sources[key]} for key in values}
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"corral configuration (file: {resolved.config_file or 'none'})")
+    for column in ("option", "value", "source"):
+        table.add_column(column)
+    for key, value in values.items():
+        table.add_row("--" + key.replace("_", "-"), json.dumps(value), resolved.sources[key])
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: errors become one line on stderr and a documented exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="corral", standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        code = ExitCode.ERROR
+    except CorralError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except typer.TyperException as exc:
+        code = _usage_error(exc)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(int(code or 0))
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """Typer's parsing errors (unknown option, bad value) as one line; a bare group prints its help."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help())
+        return int(ExitCode.USAGE)
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    print(f"corral: {message}{hint}", file=sys.stderr)
+    return int(getattr(exc, "exit_code", ExitCode.USAGE))

@@ -1,0 +1,316 @@
+"""One settings model: command line > environment (CORRAL_*) > corral.toml / [tool.corral] > defaults.
+
+Every option is defined once, as a field of `Settings`. `load_settings` resolves the layers with
+pydantic-settings and records where each value came from, for `corral config`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+)
+
+from corral.errors import ConfigError
+
+ENV_PREFIX = "CORRAL_"
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """'512M', '1.5GiB', '2000000' -> bytes. K/M/G are decimal, Ki/Mi/Gi binary."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 512MiB, 1.5G, 800000000)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _split_list(value: Any) -> Any:
+    """Environment variables give lists as comma-separated strings."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+StrList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every option of `corral run`. Field docs are the configuration reference."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # The app
+    app: str | None = Field(None, description="APP: module:attr, path/to/file.py[:attr], or discovered")
+    factory: bool = Field(False, description="APP names a factory to call for the ASGI app")
+    app_dir: str | None = Field(None, description="directory added to the import path")
+    name: str = Field("corral", description="instance name; names the default control socket")
+
+    # Sockets and pool
+    bind: StrList = Field(
+        default_factory=lambda: ["127.0.0.1:8000"],
+        description="HOST:PORT, [::1]:PORT, unix:PATH or fd://N (repeatable)",
+    )
+    workers: int | Literal["auto"] = Field("auto", description="worker processes, or auto (CPU quota)")
+    control: str | None = Field(None, description="control socket path (default: per --name)")
+    preload: bool = Field(True, description="import the app once in a template and fork workers")
+    state_dir: str | None = Field(None, description="state directory (certificates, locks)")
+
+    # Timeouts and restarts
+    timeout: float = Field(30.0, gt=0, description="seconds a worker's event loop may stay blocked")
+    graceful_timeout: float = Field(30.0, ge=0, description="seconds a draining worker may take")
+    crash_limit: int = Field(5, ge=1, description="crashes within --crash-window that stop corral")
+    crash_window: float = Field(60.0, gt=0, description="seconds over which crashes are counted")
+    backoff_max: float = Field(30.0, gt=0, description="longest restart delay of a slot, in seconds")
+    max_requests: int | None = Field(None, ge=1, description="recycle a worker after N requests")
+    max_requests_jitter: int = Field(0, ge=0, description="random extra requests before recycling")
+    max_memory: int | None = Field(None, description="recycle a worker whose private memory passes SIZE")
+
+    # HTTP
+    http: Literal["auto", "h11", "httptools"] = Field("auto", description="HTTP/1.1 implementation")
+    lifespan: Literal["auto", "on", "off"] = Field("auto", description="ASGI lifespan handling")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info")
+    access_log: bool = Field(True, description="log each request")
+    keep_alive: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
+
+    # HTTPS
+    https: StrList = Field(default_factory=list, description="domain names to serve over HTTPS")
+    http_bind: StrList = Field(default_factory=list, description="plain-HTTP listener (challenges, redirect)")
+    acme_directory: str = Field(
+        "https://acme-v02.api.letsencrypt.org/directory", description="ACME directory URL"
+    )
+    acme_email: str | None = Field(None, description="contact address for the ACME account")
+    acme_ca_bundle: str | None = Field(None, description="CA bundle trusted for the ACME server")
+    acme_challenges: StrList = Field(
+        default_factory=lambda: ["http-01", "tls-alpn-01"], description="allowed challenges, preferred first"
+    )
+    certfile: str | None = Field(None, description="certificate chain managed elsewhere")
+    keyfile: str | None = Field(None, description="private key for --certfile")
+    hsts: bool = Field(False, description="send Strict-Transport-Security")
+    forwarded_allow_ips: StrList = Field(
+        default_factory=list, description="CIDRs whose proxy headers are trusted"
+    )
+    proxy_protocol: bool = Field(False, description="expect the PROXY protocol (v1/v2)")
+    user: str | None = Field(None, description="drop privileges to this user")
+    group: str | None = Field(None, description="drop privileges to this group")
+
+    # Steps before starting, health
+    prestart: StrList = Field(default_factory=list, description="commands run once before serving")
+    prestart_timeout: float = Field(600.0, gt=0, description="seconds a pre-start step may take")
+    prestart_on_reload: bool = Field(False, description="rerun the pre-start steps on reload")
+    prestart_lock: str | None = Field(None, description="file:PATH or postgresql:// URL")
+    release: str | None = Field(None, description="release id: run the pre-start steps once per release")
+    admin_bind: str | None = Field(None, description="address of /livez and /readyz")
+    drain_delay: float = Field(0.0, ge=0, description="seconds to keep serving after SIGTERM")
+
+    @field_validator(
+        "bind", "https", "http_bind", "acme_challenges", "forwarded_allow_ips", "prestart", mode="before"
+    )
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        return parse_size(value)
+
+    @field_validator("bind")
+    @classmethod
+    def _binds(cls, value: list[str]) -> list[str]:
+        from corral.binds import parse_bind
+
+        if not value:
+            raise ValueError("at least one address is needed")
+        for item in value:
+            parse_bind(item)
+        return value
+
+    @field_validator("acme_challenges")
+    @classmethod
+    def _challenges(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item not in ("http-01", "tls-alpn-01"):
+                raise ValueError(f"unknown challenge {item!r} (http-01, tls-alpn-01)")
+        return value
+
+
+FIELDS: tuple[str, ...] = tuple(Settings.model_fields)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    settings: Settings
+    sources: dict[str, str]
+    config_file: Path | None
+
+
+def find_config_file(explicit: str | None, cwd: Path) -> tuple[Path | None, bool]:
+    """The file to read and whether it is a pyproject.toml (values under [tool.corral])."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {explicit}")
+        return path, path.name == "pyproject.toml"
+    if (cwd / "corral.toml").is_file():
+        return cwd / "corral.toml", False
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            return None, False
+        if "corral" in data.get("tool", {}):
+            return pyproject, True
+    return None, False
+
+
+def read_config_file(path: Path, is_pyproject: bool) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    if is_pyproject:
+        data = data.get("tool", {}).get("corral", {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: [tool.corral] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        field = key.replace("-", "_")
+        if field not in Settings.model_fields:
+            raise ConfigError(f"{path}: unknown option {key!r}")
+        values[field] = value
+    return values
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    source = EnvSettingsSource(Settings, env_prefix=ENV_PREFIX, case_sensitive=False)
+    source.env_vars = {key.lower(): value for key, value in environ.items()}
+    return source()
+
+
+def load_settings(
+    cli: Mapping[str, Any],
+    config: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Resolved:
+    """Resolve the layers; `cli` holds only the options given on the command line."""
+    environ = os.environ if environ is None else environ
+    cwd = cwd or Path.cwd()
+    config = config or environ.get(f"{ENV_PREFIX}CONFIG")
+    path, is_pyproject = find_config_file(config, cwd)
+    file_values = read_config_file(path, is_pyproject) if path else {}
+    env_values = _env_values(environ)
+    given = {key: value for key, value in cli.items() if value is not None}
+
+    sources: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    for field in FIELDS:
+        if field in given:
+            merged[field], sources[field] = given[field], "command line"
+        elif field in env_values:
+            merged[field], sources[field] = env_values[field], f"env {ENV_PREFIX}{field.upper()}"
+        elif field == "workers" and environ.get("WEB_CONCURRENCY"):
+            merged[field], sources[field] = environ["WEB_CONCURRENCY"], "env WEB_CONCURRENCY"
+        elif field in file_values:
+            merged[field], sources[field] = file_values[field], str(path)
+        else:
+            sources[field] = "default"
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from exc
+    return Resolved(settings, sources, path)
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = sources.get(field, "?")
+    option = "--" + field.replace("_", "-")
+    return f"invalid {option} ({where}): {message}"
+
+
+def settings_from(values: Mapping[str, Any]) -> Settings:
+    """A Settings from plain values only (no environment, no file): used by exports and tests."""
+    try:
+        return Settings.model_validate(dict(values))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, {})) from exc
+
+
+
+def run_arguments(settings: Settings) -> list[str]:
+    """The `corral run` arguments that reproduce `settings` (used by the exports).
+
+    Options at their default value are left out; the app comes first, as `corral run APP`.
+    """
+    args: list[str] = [settings.app] if settings.app else []
+    for name, field in Settings.model_fields.items():
+        if name == "app":
+            continue
+        value = getattr(settings, name)
+        default = field.get_default(call_default_factory=True)
+        if value == default:
+            continue
+        option = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(option if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            for item in value:
+                args += [option, str(item)]
+        elif isinstance(value, float) and value.is_integer():
+            args += [option, str(int(value))]
+        else:
+            args += [option, str(value)]
+    return args
