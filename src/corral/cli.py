@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
+import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from corral.config import FIELDS, Resolved, load_settings
+from corral.control_client import default_control_path, request
 from corral.errors import CorralError, ExitCode
+from corral.status_view import print_status
 
 app = typer.Typer(
     name="corral",
@@ -130,6 +135,95 @@ def config_command(
     for key, value in values.items():
         table.add_row("--" + key.replace("_", "-"), json.dumps(value), resolved.sources[key])
     Console().print(table)
+
+
+@app.command("prestart", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def prestart_command(ctx: typer.Context) -> None:
+    """Run only the pre-start steps, under --prestart-lock, and exit: 0, or 6 if a step failed.
+
+    Takes the options of `corral run` (see `corral run --help`). For a Kubernetes Job or a
+    systemd oneshot unit that runs the migrations before the servers start.
+    """
+    import logging
+
+    from corral.errors import ConfigError
+    from corral.prestart import run_prestart
+
+    settings = parse_run_arguments(ctx.args).settings
+    if not settings.prestart:
+        raise ConfigError("no pre-start steps: give --prestart CMD, or prestart = [...] in corral.toml")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    run_prestart(settings)
+
+
+ControlOpt = Annotated[str | None, Opt("--control", help="Control socket of the instance.")]
+NameOpt = Annotated[str | None, Opt("--name", help="Instance name (default socket per name).")]
+
+
+def _control_path(control: str | None, name: str | None) -> Path:
+    """--control, else CORRAL_CONTROL / the config file, else the default socket of --name."""
+    if control:
+        return Path(control)
+    resolved = load_settings({"name": name})
+    if resolved.settings.control:
+        return Path(resolved.settings.control)
+    return default_control_path(resolved.settings.name)
+
+
+def _ask(control: str | None, name: str | None, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+    answer = request(_control_path(control, name), message, timeout)
+    if not answer.get("ok"):
+        raise CorralError(str(answer.get("error", "the request failed")))
+    return answer
+
+
+@app.command("status")
+def status_command(
+    control: ControlOpt = None,
+    name: NameOpt = None,
+    json_output: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the workers of a running instance."""
+    answer = _ask(control, name, {"cmd": "status"})
+    answer.pop("ok", None)
+    if json_output:
+        print(json.dumps(answer, indent=2))
+        return
+    print_status(answer, Console())
+
+
+@app.command("scale")
+def scale_command(
+    to: Annotated[str, typer.Argument(metavar="N|+K|-K", help="Worker count, or a change of it.")],
+    control: ControlOpt = None,
+    name: NameOpt = None,
+) -> None:
+    """Change the number of workers of a running instance."""
+    print(_ask(control, name, {"cmd": "scale", "to": to})["message"])
+
+
+@app.command("reload")
+def reload_command(control: ControlOpt = None, name: NameOpt = None) -> None:
+    """Roll out the current code: new workers first, then the old ones drain. Waits until done."""
+    print(_ask(control, name, {"cmd": "reload"}, timeout=None)["message"])
+
+
+@app.command("stop")
+def stop_command(
+    control: ControlOpt = None,
+    name: NameOpt = None,
+    now: Annotated[bool, Opt("--now", help="Stop at once instead of draining.")] = False,
+    wait: Annotated[float, Opt(help="Seconds to wait for the instance to exit.")] = 120.0,
+) -> None:
+    """Stop a running instance gracefully (in-flight requests finish) and wait for it to exit."""
+    answer = _ask(control, name, {"cmd": "stop", "now": now})
+    pid = int(answer["manager_pid"])
+    deadline = time.monotonic() + wait
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        if time.monotonic() > deadline:
+            raise CorralError(f"the instance (pid {pid}) is still stopping after {wait:g} s")
+        time.sleep(0.1)
+    print(f"stopped (manager pid {pid})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     BIND_FAILED = 5
     PRESTART_FAILED = 6
     NOT_RUNNING = 7
+    NO_MEMORY = 8
 
 
 class CorralError(Exception):

@@ -1,0 +1,71 @@
+"""A generation: one template process (one version of the code) and the channel to it."""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from corral import channel
+from corral.worker.spec import ENV_VAR, TemplateSpec
+
+
+class Phase(enum.Enum):
+    LOADING = "loading"  # the template imports the app
+    PROVING = "proving"  # its first worker is starting: the generation is not trusted yet
+    CURRENT = "current"  # fills the slots
+    RETIRING = "retiring"  # replaced: its workers drain, then the template exits
+    FAILED = "failed"
+
+
+@dataclass
+class Generation:
+    number: int
+    process: subprocess.Popen[bytes]
+    channel: socket.socket
+    phase: Phase = Phase.LOADING
+    boot_error: str | None = None
+    exit_sent: bool = False
+    reload_waiters: list[object] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, spec: TemplateSpec) -> Generation:
+        """Start the template with the listening sockets, the scoreboard and its end of the channel."""
+        manager_end, template_end = channel.pair()
+        spec.channel_fd = template_end.fileno()
+        fds = [template_end.fileno(), spec.scoreboard_fd, *(listener.fd for listener in spec.listeners)]
+        env = dict(os.environ)
+        env[ENV_VAR] = spec.dumps()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "corral.worker.template"],
+            pass_fds=fds,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches only the manager, which drains the workers itself
+        )
+        template_end.close()
+        manager_end.setblocking(False)
+        return cls(spec.generation, process, manager_end)
+
+    def send(self, message: dict[str, object]) -> None:
+        try:
+            channel.send(self.channel, message)
+        except OSError:
+            pass  # the template is gone; its exit is noticed by polling the process
+
+    def ask_to_exit(self) -> None:
+        if not self.exit_sent:
+            self.exit_sent = True
+            self.send({"op": "exit"})
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None

@@ -1,0 +1,179 @@
+"""`corral run`: check the input, bind the sockets, start the supervisor, and turn its end into an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from corral import __version__
+from corral.binds import Bind, display_urls, open_socket, parse_bind, systemd_sockets
+from corral.config import Settings
+from corral.control_client import default_control_path
+from corral.discovery import Target, resolve_target
+from corral.errors import CorralError
+from corral.manager import control, policy, resources
+from corral.manager.supervisor import Supervisor
+from corral.scoreboard import Scoreboard
+from corral.worker.spec import ListenerSpec, TemplateSpec
+
+log = logging.getLogger("corral")
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [corral] %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("corral")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def worker_count(settings: Settings) -> tuple[int, bool]:
+    """The number of workers and whether the user chose it (an explicit count is never lowered)."""
+    if settings.workers == "auto":
+        return policy.auto_workers(resources.cpu_count(), resources.cgroup_cpu_quota()), False
+    return int(settings.workers), True
+
+
+def run(settings: Settings) -> int:
+    setup_logging(settings.log_level)
+    target = resolve_target(settings.app, settings.app_dir, Path.cwd())
+    control_path = Path(settings.control) if settings.control else default_control_path(settings.name)
+    control.claim_path(control_path)
+    if settings.prestart:
+        from corral.prestart import run_prestart
+
+        run_prestart(settings)
+    listeners = _open_listeners(settings)
+    try:
+        return asyncio.run(_serve(settings, target, listeners, control_path))
+    finally:
+        for sock, bind in listeners:
+            sock.close()
+            if bind is not None and bind.kind == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(bind.path)
+        with contextlib.suppress(OSError):
+            control_path.unlink()
+
+
+def _open_listeners(settings: Settings) -> list[tuple[socket.socket, Bind | None]]:
+    inherited = systemd_sockets()
+    if inherited:
+        for sock in inherited:
+            sock.set_inheritable(True)
+        return [(sock, None) for sock in inherited]
+    opened: list[tuple[socket.socket, Bind | None]] = []
+    try:
+        for text in settings.bind:
+            bind = parse_bind(text)
+            opened.append((open_socket(bind), bind))
+    except CorralError:
+        for sock, _ in opened:
+            sock.close()
+        raise
+    return opened
+
+
+async def _serve(
+    settings: Settings, target: Target, listeners: list[tuple[socket.socket, Bind | None]], control_path: Path
+) -> int:
+    scoreboard = Scoreboard.create()
+    spec = TemplateSpec(
+        settings=settings.model_dump(),
+        module=target.module,
+        attr=target.attr,
+        path=target.path,
+        generation=0,
+        manager_pid=os.getpid(),
+        channel_fd=-1,
+        scoreboard_fd=scoreboard.fd,
+        listeners=[ListenerSpec(sock.fileno(), "app") for sock, _ in listeners],
+    )
+    count, explicit = worker_count(settings)
+    supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
+    supervisor.on_ready.append(lambda: _banner(settings, target, listeners, supervisor, control_path))
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, supervisor.stop)
+    loop.add_signal_handler(signal.SIGINT, _on_interrupt, supervisor)
+    loop.add_signal_handler(signal.SIGQUIT, lambda: supervisor.stop(graceful=False))
+    loop.add_signal_handler(signal.SIGTTIN, lambda: _scale_by_signal(supervisor, +1))
+    loop.add_signal_handler(signal.SIGTTOU, lambda: _scale_by_signal(supervisor, -1))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_by_signal(supervisor))
+
+    server = await control.serve(control_path, lambda request: _handle(supervisor, request))
+    try:
+        code = await supervisor.run()
+    finally:
+        server.close()
+        scoreboard.close()
+    return int(code)
+
+
+def _on_interrupt(supervisor: Supervisor) -> None:
+    """First Ctrl-C drains; a second one stops at once."""
+    supervisor.stop(graceful=not supervisor.stopping)
+
+
+def _scale_by_signal(supervisor: Supervisor, delta: int) -> None:
+    try:
+        supervisor.scale(max(1, supervisor.target + delta))
+    except ValueError as exc:
+        log.error("scale refused: %s", exc)
+
+
+def _reload_by_signal(supervisor: Supervisor) -> None:
+    future = supervisor.reload()
+    future.add_done_callback(lambda f: f.exception())  # the outcome is logged by the supervisor
+
+
+async def _handle(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, Any]:
+    command = request.get("cmd")
+    if command == "status":
+        return {"ok": True, **supervisor.status()}
+    if command == "scale":
+        try:
+            target = policy.parse_scale(str(request.get("to", "")), supervisor.target)
+            return {"ok": True, "message": supervisor.scale(target), "target": target}
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+    if command == "reload":
+        try:
+            generation = await supervisor.reload()
+        except RuntimeError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "generation": generation, "message": f"generation {generation} is serving"}
+    if command == "stop":
+        supervisor.stop(graceful=not request.get("now"))
+        return {"ok": True, "manager_pid": os.getpid()}
+    return {"ok": False, "error": f"unknown command {command!r}"}
+
+
+def _banner(
+    settings: Settings,
+    target: Target,
+    listeners: list[tuple[socket.socket, Bind | None]],
+    supervisor: Supervisor,
+    control_path: Path,
+) -> None:
+    pids = sorted(w.pid for w in supervisor.workers.values() if w.pid)
+    urls = "  ".join(display_urls(sock) for sock, _ in listeners)
+    mode = "preload" if settings.preload else "no preload"
+    lines = [
+        f"corral {__version__} serving {target} (manager pid {os.getpid()})",
+        f"  listening: {urls}",
+        f"  workers:   {len(pids)} ({mode}), pids {', '.join(map(str, pids))}",
+        f"  control:   {control_path}  (corral status --control {control_path})",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+

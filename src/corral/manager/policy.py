@@ -1,0 +1,144 @@
+"""Decisions, as pure functions over plain data. The manager gathers facts, asks here, and acts.
+
+Nothing in this module reads a clock, a file or a process: every input is an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 0.1
+    maximum: float = 30.0
+    reset_after: float = 60.0
+
+
+def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
+    """Delay before restarting a slot: 0 for the first failure's replacement... doubling up to the maximum.
+
+    The first crash of a healthy slot is replaced after `base`; each further failure without a healthy
+    period in between doubles the wait.
+    """
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(backoff.maximum, backoff.base * 2 ** (consecutive_failures - 1))
+
+
+def failures_after_crash(previous_failures: int, ready_for: float | None, backoff: Backoff) -> int:
+    """The slot's consecutive-failure count once a worker has died.
+
+    A worker that stayed ready for `reset_after` seconds proves the slot healthy: the count starts again.
+    `ready_for` is None when the worker never became ready.
+    """
+    if ready_for is not None and ready_for >= backoff.reset_after:
+        return 1
+    return previous_failures + 1
+
+
+def is_crash_loop(crash_times: Sequence[float], now: float, limit: int, window: float) -> bool:
+    """More than `limit` crashes within the last `window` seconds."""
+    recent = [t for t in crash_times if now - t <= window]
+    return len(recent) > limit
+
+
+def is_hung(now: float, heartbeat: float, timeout: float) -> bool:
+    """A worker whose event loop has not stamped its heartbeat for longer than `timeout` is hung."""
+    return now - heartbeat > timeout
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """How often workers stamp: often enough that a healthy loop never looks late."""
+    return max(0.05, min(1.0, timeout / 5))
+
+
+def recycle_reason(
+    requests: int,
+    request_limit: int | None,
+    memory_uss: int | None,
+    memory_limit: int | None,
+) -> str | None:
+    """Why a worker should be replaced now, or None."""
+    if request_limit is not None and requests >= request_limit:
+        return f"served {requests} requests (limit {request_limit})"
+    if memory_limit is not None and memory_uss is not None and memory_uss > memory_limit:
+        return f"private memory {format_bytes(memory_uss)} above --max-memory {format_bytes(memory_limit)}"
+    return None
+
+
+def request_limit(max_requests: int | None, jitter: int, draw: float) -> int | None:
+    """A worker's own request limit; `draw` in [0, 1) spreads recycles so workers do not restart together."""
+    if max_requests is None:
+        return None
+    return max_requests + int(draw * (jitter + 1))
+
+
+def auto_workers(cpu_count: int, cpu_quota: float | None) -> int:
+    """`--workers auto`: the cgroup's CPU quota when set (containers), else the CPUs we may run on."""
+    if cpu_quota is not None and cpu_quota > 0:
+        return max(1, min(cpu_count, math.ceil(cpu_quota)))
+    return max(1, cpu_count)
+
+
+def parse_scale(text: str, current: int) -> int:
+    """'N', '+K' or '-K' against the current target; raises ValueError on anything else."""
+    text = text.strip()
+    if text[:1] in "+-" and text[1:].isdigit():
+        target = current + int(text)
+    elif text.isdigit():
+        target = int(text)
+    else:
+        raise ValueError(f"expected N, +K or -K, got {text!r}")
+    if target < 1:
+        raise ValueError(f"at least one worker is needed (asked for {target})")
+    return target
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    workers: int
+    fits: bool
+    explanation: str
+
+
+def plan_memory(
+    wanted: int,
+    explicit: bool,
+    private_per_worker: int,
+    shared: int,
+    available: int,
+    margin: float = 0.1,
+) -> MemoryPlan:
+    """How many workers fit in the memory budget.
+
+    `available` is what the pool may use in all (free memory plus what the pool holds now, or the cgroup's
+    limit when lower); `margin` is kept back. An explicit count that does not fit is refused with the
+    arithmetic; `auto` is lowered to what fits (at least one).
+    """
+    budget = int(available * (1 - margin))
+    need = wanted * private_per_worker + shared
+    arithmetic = (
+        f"{wanted} workers × {format_bytes(private_per_worker)} private + {format_bytes(shared)} shared"
+    )
+    if need <= budget:
+        return MemoryPlan(wanted, True, f"{arithmetic} ≤ {format_bytes(budget)} available")
+    if explicit:
+        return MemoryPlan(wanted, False, f"{arithmetic} > {format_bytes(budget)} available")
+    fitting = max(1, (budget - shared) // max(1, private_per_worker))
+    return MemoryPlan(
+        int(min(wanted, fitting)), True, f"{arithmetic} > {format_bytes(budget)} available: using {fitting}"
+    )
+
+
+def format_bytes(size: int) -> str:
+    if size >= GIB:
+        return f"{size / GIB:.1f} GiB"
+    if size >= MIB:
+        return f"{size / MIB:.0f} MiB"
+    return f"{size / 1024:.0f} KiB"

@@ -1,0 +1,81 @@
+"""Facts about the machine and the workers: CPU quota, memory available, per-process CPU and memory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:
+    """CPUs allowed by the cgroup (v2 cpu.max, or v1 cfs quota), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def memory_available(root: Path = CGROUP) -> int:
+    """Memory this instance may still use: free memory, or the cgroup's headroom when that is lower."""
+    available = int(psutil.virtual_memory().available)
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        current = int((root / "memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - current)
+    except (OSError, ValueError):
+        pass
+    return max(0, available)
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    rss: int
+    uss: int
+    pss: int
+
+
+class ProcessSampler:
+    """Keeps psutil handles so CPU percentages are measured between two samples."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, psutil.Process] = {}
+        self.cpu: dict[int, float] = {}
+
+    def sample_cpu(self, pids: list[int]) -> None:
+        for pid in list(self._processes):
+            if pid not in pids:
+                del self._processes[pid]
+                self.cpu.pop(pid, None)
+        for pid in pids:
+            try:
+                process = self._processes.get(pid) or self._processes.setdefault(pid, psutil.Process(pid))
+                self.cpu[pid] = process.cpu_percent(None)
+            except psutil.Error:
+                self.cpu.pop(pid, None)
+
+    @staticmethod
+    def memory(pid: int) -> ProcessMemory | None:
+        try:
+            info = psutil.Process(pid).memory_full_info()
+        except psutil.Error:
+            return None
+        return ProcessMemory(int(info.rss), int(getattr(info, "uss", info.rss)), int(getattr(info, "pss", info.rss)))

@@ -1,0 +1,575 @@
+"""The manager's loop: gather facts (channel messages, scoreboard, process figures), ask the policy, act.
+
+It owns the generations (templates), the workers they fork, the slots the workers fill, and the
+decisions taken on them: replace the dead, kill the hung, recycle, scale, roll a reload, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral import channel
+from corral.config import Settings
+from corral.errors import ExitCode
+from corral.manager import policy, resources
+from corral.manager.generation import Generation, Phase
+from corral.process import describe_status, killed_by
+from corral.scoreboard import CELLS, CellState, Scoreboard
+from corral.worker.serve import DUMP_STACKS
+from corral.worker.spec import TemplateSpec
+
+log = logging.getLogger("corral")
+
+TICK = 0.05
+STACK_DUMP_WAIT = 1.0
+
+
+@dataclass
+class Worker:
+    slot: int
+    cell: int
+    generation: int
+    forked_at: float
+    pid: int | None = None
+    state: str = "starting"  # starting, ready, draining
+    started_at: float = field(default_factory=time.time)
+    ready_at: float | None = None
+    stop_reason: str | None = None  # set when the manager asked it to stop: its exit is not a crash
+    kill_at: float | None = None
+    hung: bool = False
+    replacing: str | None = None  # why a replacement was started; drain once the replacement is ready
+    request_limit: int | None = None
+    memory_uss: int | None = None
+
+
+@dataclass
+class Slot:
+    failures: int = 0
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+class Fatal(Exception):
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        spec: TemplateSpec,
+        scoreboard: Scoreboard,
+        target_workers: int,
+        explicit_workers: bool,
+    ) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.scoreboard = scoreboard
+        self.target = target_workers
+        self.explicit_workers = explicit_workers
+        self.backoff = policy.Backoff(maximum=settings.backoff_max)
+        self.generations: dict[int, Generation] = {}
+        self.current: Generation | None = None
+        self.workers: dict[int, Worker] = {}  # by scoreboard cell
+        self.slots: dict[int, Slot] = {}
+        self.crash_times: list[float] = []
+        self.restarts = 0
+        self.started = False  # the first generation has proven itself
+        self.stopping = False
+        self.draining_instance = False
+        self.exit_code: ExitCode | None = None
+        self.fatal_message: str | None = None
+        self.sampler = resources.ProcessSampler()
+        self.on_ready: list[Callable[[], None]] = []
+        self.on_status: list[Callable[[str], None]] = []
+        self._wakeup = asyncio.Event()
+        self._next_cpu_sample = 0.0
+        self._next_memory_check = 0.0
+        self._stop_deadline: float | None = None
+        self._announced = False
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> ExitCode:
+        self._start_generation()
+        while True:
+            try:
+                self._tick()
+            except Fatal as fatal:
+                self._fail(str(fatal), fatal.code)
+            if self.stopping and self._all_gone():
+                break
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), TICK)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+        for generation in self.generations.values():
+            generation.channel.close()
+        return self.exit_code or ExitCode.OK
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._watch_templates()
+        self._watchdog(now)
+        self._enforce_deadlines(now)
+        if now >= self._next_cpu_sample:
+            self._next_cpu_sample = now + 1.0
+            self.sampler.sample_cpu([w.pid for w in self.workers.values() if w.pid])
+        if not self.stopping:
+            if now >= self._next_memory_check and self.settings.max_memory:
+                self._next_memory_check = now + 1.0
+                self._measure_memory()
+            self._recycle()
+            self._reconcile(now)
+        self._retire_generations()
+
+    # --- generations ----------------------------------------------------------------------------
+
+    def _start_generation(self) -> Generation:
+        number = max(self.generations, default=0) + 1
+        self.spec.generation = number
+        generation = Generation.start(self.spec)
+        self.generations[number] = generation
+        loop = asyncio.get_running_loop()
+        loop.add_reader(generation.channel, self._on_readable, generation)
+        log.debug("generation %d: template pid %d importing the app", number, generation.process.pid)
+        return generation
+
+    def reload(self) -> asyncio.Future[int]:
+        """Start a rolling reload; the future ends with the new generation number or a RuntimeError."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self.stopping:
+            future.set_exception(RuntimeError("corral is stopping"))
+            return future
+        pending = [g for g in self.generations.values() if g.phase in (Phase.LOADING, Phase.PROVING)]
+        generation = pending[0] if pending else self._start_generation()
+        generation.reload_waiters.append(future)
+        log.info("reload: generation %d is starting", generation.number)
+        return future
+
+    def _on_readable(self, generation: Generation) -> None:
+        while True:
+            try:
+                data = generation.channel.recv(channel.MAX_MESSAGE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                asyncio.get_running_loop().remove_reader(generation.channel)
+                break
+            try:
+                self._on_message(generation, channel.decode(data))
+            except Fatal as fatal:
+                self._fail(str(fatal), fatal.code)
+        self._wakeup.set()
+
+    def _on_message(self, generation: Generation, message: dict[str, Any]) -> None:
+        event = message["ev"]
+        worker = self.workers.get(int(message.get("cell", -1)))
+        if event == "loaded":
+            self._on_loaded(generation)
+        elif event == "load_failed":
+            generation.boot_error = str(message["error"])
+            self._generation_failed(generation, generation.boot_error)
+        elif worker is None or worker.generation != generation.number:
+            return
+        elif event == "forked":
+            worker.pid = int(message["pid"])
+        elif event == "ready":
+            self._on_worker_ready(worker)
+        elif event == "boot_failed":
+            generation.boot_error = str(message["error"])
+            if generation.phase is not Phase.PROVING:
+                log.error("worker %d (pid %s) failed to start: %s", worker.slot, worker.pid, generation.boot_error)
+        elif event == "exited":
+            self._on_worker_exit(worker, int(message["status"]))
+
+    def _on_loaded(self, generation: Generation) -> None:
+        if generation.phase is not Phase.LOADING:
+            return
+        generation.phase = Phase.PROVING
+        self._fork(1, generation)
+
+    def _generation_failed(self, generation: Generation, cause: str) -> None:
+        """A generation that cannot get one worker ready: fatal at start, refused on reload."""
+        generation.phase = Phase.FAILED
+        generation.kill()
+        for worker in [w for w in self.workers.values() if w.generation == generation.number]:
+            self._forget(worker)
+        if not self.started:
+            raise Fatal(f"the app failed to start: {cause}", ExitCode.APP_FAILED_TO_START)
+        log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
+        log.error("generation %d keeps serving", self.current.number if self.current else 0)
+        for waiter in generation.reload_waiters:
+            if isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_exception(RuntimeError(f"the new code failed to start: {cause}"))
+
+    def _promote(self, generation: Generation) -> None:
+        previous = self.current
+        generation.phase = Phase.CURRENT
+        self.current = generation
+        if previous is not None:
+            previous.phase = Phase.RETIRING
+            for worker in self.workers.values():
+                if worker.generation == previous.number and not worker.replacing:
+                    worker.replacing = f"reload to generation {generation.number}"
+        if not self.started:
+            self.started = True
+            self._plan_memory_at_start()
+
+    def _watch_templates(self) -> None:
+        for generation in list(self.generations.values()):
+            code = generation.process.poll()
+            if code is None:
+                continue
+            self._drop_generation(generation)
+            if generation.phase in (Phase.FAILED, Phase.RETIRING) or self.stopping:
+                continue
+            cause = f"its template process {describe_status_code(code)}"
+            if generation.phase in (Phase.LOADING, Phase.PROVING):
+                self._generation_failed(generation, generation.boot_error or cause)
+                continue
+            log.error("generation %d: %s; starting a new template", generation.number, cause)
+            self._record_crash(time.monotonic(), f"the template {describe_status_code(code)}")
+            self.current = None
+            replacement = self._start_generation()
+            replacement.reload_waiters.extend(generation.reload_waiters)
+
+    def _drop_generation(self, generation: Generation) -> None:
+        del self.generations[generation.number]
+        asyncio.get_running_loop().remove_reader(generation.channel)
+        generation.channel.close()
+        for worker in [w for w in self.workers.values() if w.generation == generation.number]:
+            self._forget(worker)
+
+    def _retire_generations(self) -> None:
+        for generation in list(self.generations.values()):
+            has_workers = any(w.generation == generation.number for w in self.workers.values())
+            if generation.phase in (Phase.RETIRING, Phase.FAILED) or self.stopping:
+                if not has_workers:
+                    generation.ask_to_exit()
+        self._finish_reloads()
+
+    def _finish_reloads(self) -> None:
+        current = self.current
+        if current is None or not current.reload_waiters:
+            return
+        older = any(w.generation != current.number for w in self.workers.values())
+        ready = {w.slot for w in self.workers.values() if w.generation == current.number and w.state == "ready"}
+        if older or not all(slot in ready for slot in range(1, self.target + 1)):
+            return
+        for waiter in current.reload_waiters:
+            if isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_result(current.number)
+        current.reload_waiters.clear()
+        log.info("reload finished: generation %d serves with %d workers", current.number, self.target)
+
+    # --- workers --------------------------------------------------------------------------------
+
+    def _fork(self, slot: int, generation: Generation) -> Worker:
+        used = set(self.workers)
+        cell = next(i for i in range(CELLS) if i not in used)
+        self.scoreboard.reset(cell, generation.number)
+        limit = policy.request_limit(
+            self.settings.max_requests, self.settings.max_requests_jitter, random.random()
+        )
+        worker = Worker(slot, cell, generation.number, time.monotonic(), request_limit=limit)
+        self.workers[cell] = worker
+        self.slots.setdefault(slot, Slot())
+        generation.send({"op": "fork", "cell": cell})
+        return worker
+
+    def _on_worker_ready(self, worker: Worker) -> None:
+        if worker.state != "starting":
+            return
+        worker.state = "ready"
+        worker.ready_at = time.monotonic()
+        log.info("worker %d (pid %s, generation %d) ready", worker.slot, worker.pid, worker.generation)
+        generation = self.generations.get(worker.generation)
+        if generation is not None and generation.phase is Phase.PROVING:
+            self._promote(generation)
+        self._drain_replaced(worker.slot)
+        self._announce_if_ready()
+
+    def _on_worker_exit(self, worker: Worker, status: int) -> None:
+        self._forget(worker)
+        what = describe_status(status)
+        if worker.stop_reason is not None and not worker.hung:
+            log.debug("worker %d (pid %s) %s after: %s", worker.slot, worker.pid, what, worker.stop_reason)
+            return
+        generation = self.generations.get(worker.generation)
+        if generation is not None and generation.phase is Phase.PROVING and worker.ready_at is None:
+            self._generation_failed(generation, generation.boot_error or f"the first worker {what}")
+            return
+        hint = ""
+        if killed_by(status) == signal.SIGKILL and not worker.hung:
+            hint = " (SIGKILL usually comes from the kernel's out-of-memory killer: check `dmesg`)"
+        cause = "killed after its event loop hung" if worker.hung else what
+        log.warning("worker %d (pid %s) %s%s", worker.slot, worker.pid, cause, hint)
+        now = time.monotonic()
+        slot = self.slots.setdefault(worker.slot, Slot())
+        ready_for = None if worker.ready_at is None else now - worker.ready_at
+        slot.failures = policy.failures_after_crash(slot.failures, ready_for, self.backoff)
+        slot.next_start = now + policy.restart_delay(slot.failures, self.backoff)
+        slot.restarts += 1
+        self._record_crash(now, f"worker {worker.slot} {cause}")
+
+    def _record_crash(self, now: float, last: str) -> None:
+        self.restarts += 1
+        self.crash_times.append(now)
+        self.crash_times = [t for t in self.crash_times if now - t <= self.settings.crash_window]
+        if policy.is_crash_loop(self.crash_times, now, self.settings.crash_limit, self.settings.crash_window):
+            raise Fatal(
+                f"crash loop: {len(self.crash_times)} crashes within {self.settings.crash_window:g} s "
+                f"(limit {self.settings.crash_limit}; last: {last}); stopping",
+                ExitCode.CRASH_LOOP,
+            )
+
+    def _forget(self, worker: Worker) -> None:
+        self.workers.pop(worker.cell, None)
+
+    def _drain(self, worker: Worker, reason: str) -> None:
+        if worker.stop_reason is not None:
+            return
+        worker.stop_reason = reason
+        worker.state = "draining"
+        worker.kill_at = time.monotonic() + self.settings.graceful_timeout
+        log.debug("worker %d (pid %s) draining: %s", worker.slot, worker.pid, reason)
+        if worker.pid:
+            _signal(worker.pid, signal.SIGTERM)
+
+    def _drain_replaced(self, slot: int) -> None:
+        """Once a slot has a ready worker of the current generation, its replaced workers drain."""
+        current = self.current
+        if current is None:
+            return
+        fresh = [
+            w for w in self.workers.values()
+            if w.slot == slot and w.generation == current.number and w.state == "ready" and not w.replacing
+        ]
+        if not fresh:
+            return
+        for worker in list(self.workers.values()):
+            if worker.slot == slot and worker not in fresh and (worker.replacing or worker.generation != current.number):
+                self._drain(worker, worker.replacing or "replaced")
+
+    def _watchdog(self, now: float) -> None:
+        for worker in self.workers.values():
+            if worker.pid is None or worker.hung or worker.state == "draining":
+                continue
+            cell = self.scoreboard.read(worker.cell)
+            if cell.pid != worker.pid:
+                continue
+            if policy.is_hung(now, cell.heartbeat, self.settings.timeout):
+                log.error(
+                    "worker %d (pid %d): event loop blocked for %.1f s (--timeout %g); stack of every thread:",
+                    worker.slot, worker.pid, now - cell.heartbeat, self.settings.timeout,
+                )
+                worker.hung = True
+                worker.stop_reason = "hung"
+                _signal(worker.pid, DUMP_STACKS)
+                worker.kill_at = now + STACK_DUMP_WAIT
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for worker in self.workers.values():
+            if worker.kill_at is not None and now >= worker.kill_at and worker.pid:
+                if not worker.hung:
+                    log.warning(
+                        "worker %d (pid %d) still busy after --graceful-timeout %g s: killed",
+                        worker.slot, worker.pid, self.settings.graceful_timeout,
+                    )
+                _signal(worker.pid, signal.SIGKILL)
+                worker.kill_at = None
+        if self._stop_deadline is not None and now >= self._stop_deadline:
+            for generation in self.generations.values():
+                generation.kill()
+
+    def _reconcile(self, now: float) -> None:
+        current = self.current
+        if current is None or current.phase is not Phase.CURRENT:
+            return
+        for slot_number in range(1, self.target + 1):
+            active = [
+                w for w in self.workers.values()
+                if w.slot == slot_number and w.generation == current.number
+                and not w.replacing and w.stop_reason is None
+            ]
+            slot = self.slots.setdefault(slot_number, Slot())
+            if not active and now >= slot.next_start:
+                self._fork(slot_number, current)
+            if slot.failures and any(w.state == "ready" and w.ready_at and now - w.ready_at >= self.backoff.reset_after
+                                     for w in active):
+                slot.failures = 0
+        for worker in list(self.workers.values()):
+            if worker.slot > self.target:
+                self._drain(worker, "scaled down")
+
+    def _recycle(self) -> None:
+        for worker in self.workers.values():
+            if worker.state != "ready" or worker.replacing or worker.stop_reason:
+                continue
+            requests = self.scoreboard.read(worker.cell).requests
+            reason = policy.recycle_reason(
+                requests, worker.request_limit, worker.memory_uss, self.settings.max_memory
+            )
+            if reason:
+                log.info("worker %d (pid %s) recycled: %s; starting its replacement", worker.slot, worker.pid, reason)
+                worker.replacing = reason
+
+    def _measure_memory(self) -> None:
+        for worker in self.workers.values():
+            if worker.pid and worker.state == "ready":
+                memory = self.sampler.memory(worker.pid)
+                worker.memory_uss = memory.uss if memory else None
+
+    # --- scale, memory budget -------------------------------------------------------------------
+
+    def scale(self, target: int) -> str:
+        if target > self.target:
+            plan = self._memory_plan(target, explicit=True)
+            if plan is not None and not plan.fits:
+                raise ValueError(f"not enough memory: {plan.explanation}")
+        previous, self.target = self.target, target
+        log.info("scale: %d → %d workers", previous, target)
+        self._wakeup.set()
+        return f"scaled from {previous} to {target} workers"
+
+    def _memory_plan(self, wanted: int, explicit: bool) -> policy.MemoryPlan | None:
+        ready = [w for w in self.workers.values() if w.state == "ready" and w.pid]
+        if not ready or self.current is None:
+            return None
+        private = max((self.sampler.memory(w.pid) or resources.ProcessMemory(0, 0, 0)).uss for w in ready if w.pid)
+        template = self.sampler.memory(self.current.process.pid)
+        shared = template.rss if template else 0
+        pool = shared + sum(
+            (self.sampler.memory(w.pid) or resources.ProcessMemory(0, 0, 0)).uss for w in ready if w.pid
+        )
+        return policy.plan_memory(wanted, explicit, private, shared, resources.memory_available() + pool)
+
+    def _plan_memory_at_start(self) -> None:
+        plan = self._memory_plan(self.target, self.explicit_workers)
+        if plan is None:
+            return
+        if not plan.fits:
+            raise Fatal(f"not enough memory for --workers {self.target}: {plan.explanation}", ExitCode.NO_MEMORY)
+        if plan.workers < self.target:
+            log.warning("memory budget: %s", plan.explanation)
+            self.target = plan.workers
+
+    # --- stopping -------------------------------------------------------------------------------
+
+    def stop(self, code: ExitCode = ExitCode.OK, graceful: bool = True) -> None:
+        if self.stopping and graceful:
+            return
+        self.stopping = True
+        if self.exit_code is None:
+            self.exit_code = code
+        for status in self.on_status:
+            status("stopping")
+        if not graceful:
+            for worker in self.workers.values():
+                if worker.pid:
+                    _signal(worker.pid, signal.SIGQUIT)
+            for generation in self.generations.values():
+                generation.kill()
+            self._stop_deadline = time.monotonic()
+            return
+        for worker in list(self.workers.values()):
+            self._drain(worker, "stopping")
+            if worker.pid is None:
+                self._forget(worker)
+        for generation in self.generations.values():
+            generation.ask_to_exit()
+        self._stop_deadline = time.monotonic() + self.settings.graceful_timeout + 5
+        self._wakeup.set()
+
+    def _fail(self, message: str, code: ExitCode) -> None:
+        if self.fatal_message is None:
+            self.fatal_message = message
+            log.error("%s", message)
+        self.exit_code = code
+        self.stop(code)
+
+    def _all_gone(self) -> bool:
+        return not self.generations
+
+    # --- reporting ------------------------------------------------------------------------------
+
+    def _announce_if_ready(self) -> None:
+        if self._announced or self.current is None:
+            return
+        ready = [w for w in self.workers.values() if w.state == "ready"]
+        if len(ready) < self.target:
+            return
+        self._announced = True
+        for callback in self.on_ready:
+            callback()
+
+    def status(self) -> dict[str, Any]:
+        workers = []
+        for worker in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation)):
+            cell = self.scoreboard.read(worker.cell)
+            memory = self.sampler.memory(worker.pid) if worker.pid else None
+            workers.append(
+                {
+                    "id": worker.slot,
+                    "pid": worker.pid,
+                    "state": worker.state,
+                    "generation": worker.generation,
+                    "requests": cell.requests if cell.pid == worker.pid else 0,
+                    "connections": cell.connections if cell.pid == worker.pid else 0,
+                    "restarts": self.slots.get(worker.slot, Slot()).restarts,
+                    "cpu_percent": self.sampler.cpu.get(worker.pid or -1, 0.0),
+                    "memory_uss": memory.uss if memory else None,
+                    "memory_pss": memory.pss if memory else None,
+                    "memory_rss": memory.rss if memory else None,
+                    "started_at": worker.started_at,
+                    "heartbeat_age": max(0.0, time.monotonic() - cell.heartbeat) if cell.pid == worker.pid else None,
+                    "ready": cell.state is CellState.READY,
+                }
+            )
+        templates = [
+            {"generation": g.number, "pid": g.process.pid, "phase": g.phase.value}
+            for g in self.generations.values()
+        ]
+        return {
+            "manager_pid": os.getpid(),
+            "generation": self.current.number if self.current else 0,
+            "target_workers": self.target,
+            "restarts": self.restarts,
+            "stopping": self.stopping,
+            "templates": templates,
+            "workers": workers,
+        }
+
+    def ready_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == "ready")
+
+
+def describe_status_code(code: int) -> str:
+    """Popen.returncode in words (negative: killed by that signal)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

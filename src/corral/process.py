@@ -1,0 +1,50 @@
+"""Process helpers shared by the template and workers: die with the parent, describe exit statuses."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+
+def die_with_parent(expected_parent: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` when our parent exits; exit now if it already has."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def set_process_title(title: str) -> None:
+    """Name the process in ps/top (Linux: the comm name, at most 15 bytes)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_NAME, title.encode()[:15], 0, 0, 0)
+
+
+def describe_status(status: int) -> str:
+    """A waitpid() status in words: 'exited with code 3', 'killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exited with code {os.WEXITSTATUS(status)}"
+    return f"ended with status {status}"
+
+
+def killed_by(status: int) -> int | None:
+    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
+def exit_code(status: int) -> int | None:
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None

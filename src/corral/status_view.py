@@ -1,0 +1,49 @@
+"""`corral status` as a table, in the spirit of `pm2 ls`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from corral.manager.policy import format_bytes
+
+
+def _uptime(started_at: float) -> str:
+    seconds = max(0, int(time.time() - started_at))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def print_status(status: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title=(
+            f"manager pid {status['manager_pid']} · generation {status['generation']} · "
+            f"{status['target_workers']} workers wanted · {status['restarts']} restarts"
+            + (" · stopping" if status.get("stopping") else "")
+        )
+    )
+    for column in ("worker", "pid", "state", "gen", "uptime", "restarts", "requests", "cpu", "private mem"):
+        table.add_column(column, justify="right" if column not in ("state",) else "left")
+    state_style = {"ready": "green", "starting": "yellow", "draining": "magenta"}
+    for worker in status["workers"]:
+        uss = worker.get("memory_uss")
+        table.add_row(
+            str(worker["id"]),
+            str(worker["pid"] or "-"),
+            f"[{state_style.get(worker['state'], 'white')}]{worker['state']}[/]",
+            str(worker["generation"]),
+            _uptime(worker["started_at"]),
+            str(worker["restarts"]),
+            str(worker["requests"]),
+            f"{worker['cpu_percent']:.0f}%",
+            format_bytes(uss) if uss else "-",
+        )
+    console.print(table)

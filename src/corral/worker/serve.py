@@ -1,0 +1,193 @@
+"""A worker: uvicorn's Server on the inherited sockets, a heartbeat from the event loop, and a careful drain.
+
+This runs in a freshly forked child of the template and never returns: it ends with os._exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Generator
+from typing import Any
+
+import uvicorn
+
+from corral import channel
+from corral.config import Settings
+from corral.discovery import AppLoadError, Target, import_app
+from corral.errors import ExitCode
+from corral.manager.policy import heartbeat_interval
+from corral.scoreboard import Cell, CellState, Scoreboard
+from corral.worker.drain import _Draining, protocol_class
+from corral.worker.spec import TemplateSpec
+
+DUMP_STACKS = signal.SIGUSR1
+RELOAD_CERTIFICATES = signal.SIGUSR2
+log = logging.getLogger("corral.worker")
+
+
+class WorkerServer(uvicorn.Server):
+    """uvicorn's Server with Corral's signals and drain; the manager decides when a worker stops."""
+
+    drain_grace = 2.0
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
+        yield
+
+    def begin_drain(self) -> None:
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        connections = list(self.server_state.connections)
+        others = [c for c in connections if not isinstance(c, _Draining)]
+        for connection in connections:
+            if isinstance(connection, _Draining):
+                connection.drain(self.drain_grace)
+        if others:
+            await self._wait(lambda: any(c in self.server_state.connections for c in others), self.drain_grace)
+            for connection in others:
+                if connection in self.server_state.connections:
+                    connection.shutdown()
+        await self._wait(lambda: bool(self.server_state.connections or self.server_state.tasks), None)
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    async def _wait(self, pending: Callable[[], bool], limit: float | None) -> None:
+        deadline = None if limit is None else time.monotonic() + limit
+        while pending() and not self.force_exit:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.05)
+
+
+class StartupErrors(logging.Filter):
+    """Holds back uvicorn's startup error logs so the manager can print the cause once, in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cause: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+            self.cause = f"{type(exc).__name__}: {exc}{where}"
+        elif self.cause is None:
+            self.cause = record.getMessage()
+        return False
+
+
+def run_worker(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket) -> None:
+    """Body of a forked worker; ends the process."""
+    code = ExitCode.ERROR
+    try:
+        code = _serve(spec, app, cell, channel_sock)
+    except BaseException:  # noqa: BLE001 - a worker must never return into the template's code
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))
+
+
+def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket) -> int:
+    settings = Settings.model_validate(spec.settings)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
+    signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+    faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)
+    scoreboard = Scoreboard(spec.scoreboard_fd)
+    pid = os.getpid()
+    started_at = time.time()
+    scoreboard.write(cell, Cell(pid, spec.generation, CellState.STARTING, time.monotonic(), started_at, 0, 0))
+
+    def report(event: str, **fields: Any) -> None:
+        with contextlib.suppress(OSError):
+            channel.send(channel_sock, {"ev": event, "cell": cell, "pid": pid, **fields})
+
+    if app is None:
+        try:
+            app = import_app(Target(spec.module, spec.attr, spec.path), settings.factory)
+        except AppLoadError as exc:
+            report("boot_failed", error=str(exc))
+            return ExitCode.APP_FAILED_TO_START
+
+    config = uvicorn.Config(
+        app,
+        http=protocol_class(settings.http),
+        lifespan=settings.lifespan,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_keep_alive=int(settings.keep_alive),
+        timeout_graceful_shutdown=None,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        server_header=False,
+    )
+    if settings.log_level != "debug":
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    startup_errors = StartupErrors()
+    logging.getLogger("uvicorn.error").addFilter(startup_errors)
+    server = WorkerServer(config)
+    server.drain_grace = min(2.0, settings.keep_alive)
+    sockets = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "app"]
+    interval = heartbeat_interval(settings.timeout)
+
+    async def heartbeat() -> None:
+        state = CellState.STARTING
+        while True:
+            if server.started and state is CellState.STARTING:
+                state = CellState.READY
+                logging.getLogger("uvicorn.error").removeFilter(startup_errors)
+                report("ready")
+            if server.should_exit and state is not CellState.DRAINING:
+                state = CellState.DRAINING
+            scoreboard.write(
+                cell,
+                Cell(
+                    pid,
+                    spec.generation,
+                    state,
+                    time.monotonic(),
+                    started_at,
+                    server.server_state.total_requests,
+                    len(server.server_state.connections),
+                ),
+            )
+            await asyncio.sleep(interval)
+
+    async def main() -> None:
+        beat = asyncio.create_task(heartbeat())
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            beat.cancel()
+
+    loop_factory = config.get_loop_factory()
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
+    except SystemExit as exc:
+        if not server.started:
+            report("boot_failed", error=startup_errors.cause or "lifespan startup failed")
+            return ExitCode.APP_FAILED_TO_START
+        return int(exc.code or 0) if isinstance(exc.code, int) else ExitCode.ERROR
+    if not server.started:
+        report("boot_failed", error=startup_errors.cause or "the server did not start")
+        return ExitCode.APP_FAILED_TO_START
+    return ExitCode.OK

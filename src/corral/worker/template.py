@@ -1,0 +1,138 @@
+"""A generation's template: a fresh interpreter that imports the app once and forks workers on request.
+
+Started by the manager as `python -m corral.worker.template` with a TemplateSpec in the environment. It is a
+plain blocking process (no event loop) so that every fork starts from a clean state.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+from typing import Any
+
+from corral import channel
+from corral.discovery import AppLoadError, Target, import_app
+from corral.process import die_with_parent, set_process_title
+from corral.worker.serve import run_worker
+from corral.worker.spec import ENV_VAR, TemplateSpec
+
+log = logging.getLogger("corral.template")
+
+
+class Template:
+    def __init__(self, spec: TemplateSpec) -> None:
+        self.spec = spec
+        self.channel = socket.socket(fileno=spec.channel_fd)
+        self.app: Any = None
+        self.children: dict[int, int] = {}  # pid -> scoreboard cell
+        self.exiting = False
+        self.wakeup_read, self.wakeup_write = os.pipe()
+
+    def load(self) -> bool:
+        if not self.spec.settings.get("preload", True):
+            channel.send(self.channel, {"ev": "loaded"})
+            return True
+        try:
+            target = Target(self.spec.module, self.spec.attr, self.spec.path)
+            self.app = import_app(target, bool(self.spec.settings.get("factory")))
+        except AppLoadError as exc:
+            channel.send(self.channel, {"ev": "load_failed", "error": str(exc)})
+            return False
+        gc.collect()
+        gc.freeze()  # keep the collector from writing to the shared pages of the preloaded app
+        channel.send(self.channel, {"ev": "loaded"})
+        return True
+
+    def serve(self) -> None:
+        os.set_blocking(self.wakeup_write, False)
+        signal.set_wakeup_fd(self.wakeup_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: self._begin_exit())
+        selector = selectors.DefaultSelector()
+        selector.register(self.channel, selectors.EVENT_READ)
+        selector.register(self.wakeup_read, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select(timeout=1.0):
+                if key.fileobj is self.channel:
+                    self._receive()
+                else:
+                    os.read(self.wakeup_read, 4096)
+            self._reap()
+            if self.exiting and not self.children:
+                return
+
+    def _receive(self) -> None:
+        try:
+            data = self.channel.recv(channel.MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:  # the manager is gone: nobody supervises the workers any more
+            for pid in self.children:
+                os.kill(pid, signal.SIGKILL)
+            self.exiting = True
+            return
+        message = channel.decode(data)
+        if message["op"] == "fork" and not self.exiting:
+            self._fork(int(message["cell"]))
+        elif message["op"] == "exit":
+            self._begin_exit()
+
+    def _begin_exit(self) -> None:
+        self.exiting = True
+        for pid in self.children:
+            os.kill(pid, signal.SIGTERM)
+
+    def _fork(self, cell: int) -> None:
+        template_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self.wakeup_read)
+            os.close(self.wakeup_write)
+            die_with_parent(template_pid)
+            set_process_title(f"corral-w{self.spec.generation}")
+            run_worker(self.spec, self.app, cell, self.channel)
+        self.children[pid] = cell
+        channel.send(self.channel, {"ev": "forked", "cell": cell, "pid": pid})
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            cell = self.children.pop(pid, None)
+            if cell is not None:
+                try:
+                    channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status})
+                except OSError:
+                    pass
+
+
+def main() -> None:
+    spec = TemplateSpec.loads(os.environ.pop(ENV_VAR))
+    die_with_parent(spec.manager_pid)
+    set_process_title(f"corral-t{spec.generation}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.settings.get("user") or spec.settings.get("group"):
+        from corral.privileges import drop_privileges
+
+        drop_privileges(spec.settings.get("user"), spec.settings.get("group"))
+    template = Template(spec)
+    if not template.load():
+        sys.exit(3)
+    template.serve()
+
+
+if __name__ == "__main__":
+    main()
