@@ -144,15 +144,14 @@ def prestart_command(ctx: typer.Context) -> None:
     Takes the options of `corral run` (see `corral run --help`). For a Kubernetes Job or a
     systemd oneshot unit that runs the migrations before the servers start.
     """
-    import logging
-
     from corral.errors import ConfigError
+    from corral.manager.main import setup_logging
     from corral.prestart import run_prestart
 
     settings = parse_run_arguments(ctx.args).settings
     if not settings.prestart:
         raise ConfigError("no pre-start steps: give --prestart CMD, or prestart = [...] in corral.toml")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    setup_logging(settings.log_level)
     run_prestart(settings)
 
 
@@ -192,7 +191,7 @@ def status_command(
     print_status(answer, Console())
 
 
-@app.command("scale")
+@app.command("scale", context_settings={"ignore_unknown_options": True})
 def scale_command(
     to: Annotated[str, typer.Argument(metavar="N|+K|-K", help="Worker count, or a change of it.")],
     control: ControlOpt = None,
@@ -224,6 +223,188 @@ def stop_command(
             raise CorralError(f"the instance (pid {pid}) is still stopping after {wait:g} s")
         time.sleep(0.1)
     print(f"stopped (manager pid {pid})")
+
+
+EXPORT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+OutOpt = Annotated[Path | None, Opt("--out", help="Write the files into DIR instead of printing them.")]
+SocketOpt = Annotated[bool, Opt("--socket", help="Also a socket unit: systemd opens the --bind addresses.")]
+WorkdirOpt = Annotated[
+    Path | None, Opt("--working-directory", help="Directory the service runs in (default: this one).")
+]
+
+export_app = typer.Typer(
+    help="Write what runs `corral run` on startup: systemd units, a Dockerfile, Compose, Kubernetes.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
+
+
+def _systemd_units(ctx: typer.Context, socket: bool, working_directory: Path | None) -> Any:
+    from corral.export import systemd
+
+    settings = parse_run_arguments(ctx.args).settings
+    options = systemd.SystemdOptions(
+        working_directory=working_directory or Path.cwd(),
+        executable=systemd.corral_executable(),
+        socket=socket,
+    )
+    return systemd.render(settings, options)
+
+
+@export_app.command("systemd", context_settings=EXPORT_CONTEXT)
+def export_systemd_command(
+    ctx: typer.Context, out: OutOpt = None, socket: SocketOpt = False, working_directory: WorkdirOpt = None
+) -> None:
+    """A systemd service unit running `corral run [APP] [options]` (takes every option of `corral run`).
+
+    Type=notify with a watchdog, restarts on failure, hardened; --user sets User= (default: you).
+    """
+    from corral.export.common import emit
+
+    units = _systemd_units(ctx, socket, working_directory)
+    emit(units.files, out)
+    if units.env_file:
+        hint = f"put PGPASSWORD=... in {units.env_file} (mode 0600)"
+        print(f"corral: the lock's password is not in the unit: {hint}", file=sys.stderr)
+
+
+@export_app.command("docker", context_settings=EXPORT_CONTEXT)
+def export_docker_command(
+    ctx: typer.Context,
+    out: OutOpt = None,
+    base_image: Annotated[str | None, Opt(help="Final stage image (default: python:X.Y-slim).")] = None,
+    build_image: Annotated[str | None, Opt(help="Build stage image (default: python:X.Y).")] = None,
+) -> None:
+    """A Dockerfile and .dockerignore running `corral run [APP] [options]`.
+
+    Takes every option of `corral run`; loopback addresses become all interfaces in the container.
+    """
+    from corral.export import common, docker
+
+    settings = parse_run_arguments(ctx.args).settings
+    final, build = docker.default_images()
+    options = docker.DockerOptions(Path.cwd(), base_image or final, build_image or build)
+    common.emit(docker.render(common.container_plan(settings, Path.cwd()), options), out)
+
+
+@export_app.command("compose", context_settings=EXPORT_CONTEXT)
+def export_compose_command(
+    ctx: typer.Context,
+    out: OutOpt = None,
+    image: Annotated[str | None, Opt(help="Tag of the image built (default: NAME:latest).")] = None,
+    postgres_image: Annotated[str, Opt(help="Image of the PostgreSQL service.")] = "postgres:17",
+) -> None:
+    """A Compose file: the app, its pre-start steps as a one-shot service, PostgreSQL for a local lock.
+
+    Takes every option of `corral run`. Uses the Dockerfile of `corral export docker`.
+    """
+    from corral.export import common, compose
+
+    settings = parse_run_arguments(ctx.args).settings
+    plan = common.container_plan(settings, Path.cwd())
+    common.emit(compose.render(plan, compose.ComposeOptions(image, postgres_image)), out)
+
+
+@export_app.command("kubernetes", context_settings=EXPORT_CONTEXT)
+def export_kubernetes_command(
+    ctx: typer.Context,
+    out: OutOpt = None,
+    image: Annotated[str | None, Opt(help="Container image (default: NAME:latest).")] = None,
+    namespace: Annotated[str | None, Opt(help="Namespace of every resource.")] = None,
+    replicas: Annotated[int | None, Opt(help="A fixed number of pods instead of the autoscaler.")] = None,
+    min_replicas: Annotated[int, Opt(help="Fewest pods the autoscaler keeps.")] = 2,
+    max_replicas: Annotated[int, Opt(help="Most pods the autoscaler starts.")] = 10,
+    cpu_target: Annotated[int, Opt(help="Autoscaler target: average CPU use, % of the request.")] = 70,
+    ingress_class: Annotated[str | None, Opt(help="ingressClassName of the Ingress.")] = None,
+    gateway: Annotated[str | None, Opt(help="An HTTPRoute to this Gateway (NAME or NAMESPACE/NAME).")] = None,
+    cluster_issuer: Annotated[str | None, Opt(help="cert-manager ClusterIssuer for --https hosts.")] = None,
+    memory: Annotated[str | None, Opt(help="Memory request and limit of a pod (default: measured).")] = None,
+    cpu: Annotated[str | None, Opt(help="CPU request of a pod (default: 500m per worker).")] = None,
+    import_timeout: Annotated[float, Opt(help="Seconds the measuring import may take.")] = 300.0,
+) -> None:
+    """Deployment, Service, autoscaler, disruption budget, Ingress or HTTPRoute, and a pre-start Job.
+
+    Takes every option of `corral run`; one worker per pod unless --workers is given. The memory
+    comes from `corral check` (the app is imported here) unless --memory is given.
+    """
+    from corral.check import FALLBACK, estimate_memory, measure
+    from corral.config import parse_size
+    from corral.errors import ConfigError
+    from corral.export import common, kubernetes
+
+    resolved = parse_run_arguments(ctx.args)
+    settings = resolved.settings
+    plan = common.container_plan(settings, Path.cwd())
+    workers = kubernetes.pod_workers(settings)
+    if memory:
+        try:
+            pod_memory, source = parse_size(memory), "from --memory"
+        except ValueError as exc:
+            raise ConfigError(f"invalid --memory: {exc}") from None
+    else:
+        try:
+            footprint, source = measure(settings, Path.cwd(), import_timeout), "measured by corral check"
+        except CorralError as exc:
+            footprint, source = FALLBACK, f"a fallback guess (corral check failed: {exc})"
+            print(f"corral: memory not measured, using {source}; --memory sets it", file=sys.stderr)
+        pod_memory = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
+    options = kubernetes.KubernetesOptions(
+        image=image or f"{common.resource_name(settings.name)}:latest",
+        memory=pod_memory,
+        memory_source=source,
+        cpu=cpu,
+        namespace=namespace,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu_target=cpu_target,
+        ingress_class=ingress_class,
+        gateway=gateway,
+        cluster_issuer=cluster_issuer,
+    )
+    common.emit(kubernetes.render(plan, options), out)
+
+
+@app.command("install", context_settings=EXPORT_CONTEXT)
+def install_command(
+    ctx: typer.Context,
+    socket: SocketOpt = False,
+    working_directory: WorkdirOpt = None,
+    root: Annotated[Path | None, Opt("--root", help="Install into this root directory (an image).")] = None,
+    now: Annotated[bool, Opt("--now/--no-now", help="Start the service now.")] = True,
+) -> None:
+    """Install `corral run [APP] [options]` as a systemd service and enable it.
+
+    Takes every option of `corral run`, and those of `corral export systemd`.
+    """
+    from corral.export.install import install
+
+    units = _systemd_units(ctx, socket, working_directory)
+    for line in install(units, root=root, now=now):
+        print(line)
+
+
+@app.command("check", context_settings=EXPORT_CONTEXT)
+def check_command(
+    ctx: typer.Context,
+    json_output: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+    import_timeout: Annotated[float, Opt(help="Seconds the import may take.")] = 300.0,
+) -> None:
+    """Import APP in a fresh interpreter and measure it: memory (RSS, USS, PSS) and import time.
+
+    Takes the options of `corral run`; the estimate is for its --workers.
+    """
+    from corral.check import estimate_memory, measure, report
+    from corral.manager.main import worker_count
+
+    settings = parse_run_arguments(ctx.args).settings
+    footprint = measure(settings, Path.cwd(), import_timeout)
+    workers = worker_count(settings)[0]
+    if json_output:
+        need = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
+        print(json.dumps({**footprint.to_json(), "workers": workers, "estimated_memory": need}, indent=2))
+        return
+    Console().print(report(footprint, workers, settings))
 
 
 def main(argv: list[str] | None = None) -> None:

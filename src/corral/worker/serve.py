@@ -38,6 +38,12 @@ class WorkerServer(uvicorn.Server):
     """uvicorn's Server with Corral's signals and drain; the manager decides when a worker stops."""
 
     drain_grace = 2.0
+    on_started: Callable[[], None] = staticmethod(lambda: None)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.on_started()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -89,8 +95,21 @@ class StartupErrors(logging.Filter):
             where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
             self.cause = f"{type(exc).__name__}: {exc}{where}"
         elif self.cause is None:
-            self.cause = record.getMessage()
+            self.cause = _summarise(record.getMessage())
         return False
+
+
+def _summarise(message: str) -> str:
+    """A formatted traceback (Starlette sends one in lifespan.startup.failed) as its last line and location."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    frames = [line.strip() for line in lines if line.strip().startswith('File "')]
+    where = ""
+    if frames:
+        filename, _, rest = frames[-1].removeprefix('File "').partition('", line ')
+        where = f" ({filename}, line {rest.split(',')[0]})"
+    return f"{lines[-1].strip()}{where}"
 
 
 def run_worker(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket) -> None:
@@ -148,27 +167,25 @@ def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket)
     sockets = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "app"]
     interval = heartbeat_interval(settings.timeout)
 
+    def stamp() -> None:
+        if server.should_exit:
+            state = CellState.DRAINING
+        else:
+            state = CellState.READY if server.started else CellState.STARTING
+        connections = len(server.server_state.connections)
+        requests = server.server_state.total_requests
+        scoreboard.write(cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections))
+
+    def started() -> None:
+        logging.getLogger("uvicorn.error").removeFilter(startup_errors)
+        stamp()
+        report("ready")
+
+    server.on_started = started
+
     async def heartbeat() -> None:
-        state = CellState.STARTING
         while True:
-            if server.started and state is CellState.STARTING:
-                state = CellState.READY
-                logging.getLogger("uvicorn.error").removeFilter(startup_errors)
-                report("ready")
-            if server.should_exit and state is not CellState.DRAINING:
-                state = CellState.DRAINING
-            scoreboard.write(
-                cell,
-                Cell(
-                    pid,
-                    spec.generation,
-                    state,
-                    time.monotonic(),
-                    started_at,
-                    server.server_state.total_requests,
-                    len(server.server_state.connections),
-                ),
-            )
+            stamp()
             await asyncio.sleep(interval)
 
     async def main() -> None:

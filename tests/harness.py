@@ -1,0 +1,129 @@
+"""Start real `corral run` processes on loopback and wait on conditions (never on fixed sleeps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEADLINE = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = condition()
+        except (httpx.HTTPError, OSError, ValueError, KeyError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def corral_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "corral", *args]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = DEADLINE, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(corral_command(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def write_app(directory: Path, source: str, name: str = "app.py") -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+class Corral:
+    """A `corral run` process with its own port, control socket and log file."""
+
+    def __init__(self, tmp_path: Path, app: str, *args: str, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.tmp_path = tmp_path
+        self.port = port or free_port()
+        self.control = tmp_path / f"control-{self.port}.sock"
+        self.log_path = tmp_path / f"corral-{self.port}.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = corral_command("run", app, "-b", f"127.0.0.1:{self.port}", "--control", str(self.control),
+                                 *args)
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})}, start_new_session=True)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def get(self, path: str = "/", timeout: float = 10.0) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        result = run_cli("status", "--json", "--control", str(self.control))
+        if result.returncode != 0:
+            raise ValueError(result.stderr)
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def ready_pids(self) -> list[int]:
+        return sorted(w["pid"] for w in self.status()["workers"] if w["state"] == "ready")
+
+    def wait_ready(self, workers: int = 1, timeout: float = DEADLINE) -> list[int]:
+        def ready() -> list[int] | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"corral exited with {self.process.returncode}:\n{self.log}")
+            pids = self.ready_pids()
+            status = self.status()
+            return pids if len(pids) == workers and len(status["workers"]) == workers else None
+
+        pids: list[int] = wait_for(ready, timeout, f"{workers} ready workers")
+        return pids
+
+    def wait_exit(self, timeout: float = DEADLINE) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"corral did not exit within {timeout:g} s:\n{self.log}") from None
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.process.pid, sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(10)
+        self._log.close()
+
+
+def process_tree(pid: int) -> list[int]:
+    """pids of `pid`'s descendants (templates and workers), from /proc."""
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
