@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
 from harness import Corral, process_tree, run_cli, wait_for, write_app
 
 HELLO = """
@@ -176,10 +178,8 @@ def test_blocked_event_loop_is_dumped_and_replaced(corrals: list[Corral], tmp_pa
     (pid,) = corral.wait_ready(1)
 
     def blocked_request() -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             httpx.get(corral.url + "/block", timeout=30)
-        except httpx.HTTPError:
-            pass
 
     threading.Thread(target=blocked_request, daemon=True).start()
     new = wait_for(lambda: (p := corral.ready_pids()) and p[0] != pid and p, what="replacement of the hung worker")

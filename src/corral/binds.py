@@ -74,10 +74,12 @@ def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket
 
 def open_socket(bind: Bind, backlog: int = 2048) -> socket.socket:
     """Bind and listen; a failure becomes one clear line with exit code BIND_FAILED."""
+    sock: socket.socket | None = None
     try:
         if bind.kind == "fd":
             sock = socket.socket(fileno=bind.fd)
             if sock.type != socket.SOCK_STREAM:
+                sock.detach()
                 raise CorralError(f"fd://{bind.fd} is not a stream socket", ExitCode.BIND_FAILED)
             sock.listen(backlog)
             return sock
@@ -97,7 +99,11 @@ def open_socket(bind: Bind, backlog: int = 2048) -> socket.socket:
         sock.listen(backlog)
         sock.set_inheritable(True)
         return sock
-    except OSError as exc:
+    except (OSError, CorralError) as exc:
+        if sock is not None and bind.kind != "fd":
+            sock.close()
+        if isinstance(exc, CorralError):
+            raise
         reason = exc.strerror or str(exc)
         if exc.errno == 98:
             reason = "address already in use"

@@ -19,6 +19,7 @@ from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     NoDecode,
+    PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
@@ -48,10 +49,12 @@ _SIZE_UNITS = {
 }
 
 
-def parse_size(text: str | int) -> int:
+def parse_size(text: object) -> int:
     """'512M', '1.5GiB', '2000000' -> bytes. K/M/G are decimal, Ki/Mi/Gi binary."""
-    if isinstance(text, int):
-        return text
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError(f"not a size: {text!r} (examples: 512MiB, 1.5G, 800000000)")
+    if isinstance(text, int | float):
+        return int(text)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r} (examples: 512MiB, 1.5G, 800000000)")
@@ -143,14 +146,30 @@ class Settings(BaseSettings):
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given: `load_settings` resolves the layers itself, to know each value's source."""
+        return (init_settings,)
+
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, int) and value < 1:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return "auto"
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"expected a number of workers or auto, got {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise ValueError("must be at least 1, or auto")
         return value
 
@@ -159,7 +178,10 @@ class Settings(BaseSettings):
     def _size(cls, value: Any) -> Any:
         if value is None or value == "":
             return None
-        return parse_size(value)
+        size = parse_size(value)
+        if size <= 0:
+            raise ValueError("must be a positive size")
+        return size
 
     @field_validator("bind")
     @classmethod
@@ -175,6 +197,8 @@ class Settings(BaseSettings):
     @field_validator("acme_challenges")
     @classmethod
     def _challenges(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one challenge is needed (http-01, tls-alpn-01)")
         for item in value:
             if item not in ("http-01", "tls-alpn-01"):
                 raise ValueError(f"unknown challenge {item!r} (http-01, tls-alpn-01)")
@@ -202,24 +226,27 @@ def find_config_file(explicit: str | None, cwd: Path) -> tuple[Path | None, bool
         return cwd / "corral.toml", False
     pyproject = cwd / "pyproject.toml"
     if pyproject.is_file():
-        try:
-            data = tomllib.loads(pyproject.read_text())
-        except (OSError, tomllib.TOMLDecodeError):
-            return None, False
-        if "corral" in data.get("tool", {}):
+        data = _read_toml(pyproject)
+        tool = data.get("tool")
+        if isinstance(tool, dict) and "corral" in tool:
             return pyproject, True
     return None, False
 
 
-def read_config_file(path: Path, is_pyproject: bool) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+
+
+def read_config_file(path: Path, is_pyproject: bool) -> dict[str, Any]:
+    data = _read_toml(path)
     if is_pyproject:
-        data = data.get("tool", {}).get("corral", {})
+        tool = data.get("tool", {})
+        data = tool.get("corral", {}) if isinstance(tool, dict) else {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: [tool.corral] must be a table")
     values: dict[str, Any] = {}

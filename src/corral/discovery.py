@@ -80,10 +80,10 @@ def import_app(target: Target, factory: bool = False) -> Any:
         sys.path.insert(0, target.path)
     try:
         module = importlib.import_module(target.module)
-    except BaseException as exc:  # noqa: BLE001 - the app's import may raise anything, even SystemExit
+    except BaseException as exc:
         if isinstance(exc, ModuleNotFoundError) and exc.name == target.module:
             raise AppLoadError(f"cannot import {target}: no module named {target.module!r}") from None
-        raise AppLoadError(f"cannot import {target}: {_cause(exc)}") from None
+        raise AppLoadError(f"cannot import {target}: {_cause(exc, target.path)}") from None
     obj: Any = module
     for part in target.attr.split("."):
         try:
@@ -93,20 +93,21 @@ def import_app(target: Target, factory: bool = False) -> Any:
     if factory:
         try:
             obj = obj()
-        except BaseException as exc:  # noqa: BLE001
-            raise AppLoadError(f"factory {target} failed: {_cause(exc)}") from None
+        except BaseException as exc:
+            raise AppLoadError(f"factory {target} failed: {_cause(exc, target.path)}") from None
     if not callable(obj):
         raise AppLoadError(f"{target} is not an ASGI app (not callable); use --factory for a factory")
     return obj
 
 
-def _cause(exc: BaseException) -> str:
-    """'SyntaxError: invalid syntax (main.py, line 3)' — the exception and where in the user's code it happened."""
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+def _cause(exc: BaseException, app_path: str) -> str:
+    """'SyntaxError: invalid syntax (main.py, line 3)': the exception's first line and where in the app it happened."""
     if isinstance(exc, SyntaxError):
-        where = f" ({exc.filename}, line {exc.lineno})"
-        return f"{type(exc).__name__}: {exc.msg}{where}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    user = [f for f in frames if "importlib" not in f.filename and f.filename != __file__]
-    where = f" ({user[-1].filename}, line {user[-1].lineno})" if user else ""
-    return f"{text[-1] if text else type(exc).__name__}{where}"
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    lines = [line for line in traceback.format_exception_only(type(exc), exc) if line.strip()]
+    first = lines[0].strip().splitlines()[0] if lines else type(exc).__name__
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    inside_app = [f for f in frames if f.filename.startswith(app_path + "/")]
+    candidates = inside_app or frames
+    where = f" ({candidates[-1].filename}, line {candidates[-1].lineno})" if candidates else ""
+    return f"{first}{where}"

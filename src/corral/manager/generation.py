@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import signal
@@ -52,10 +53,8 @@ class Generation:
         return cls(spec.generation, process, manager_end)
 
     def send(self, message: dict[str, object]) -> None:
-        try:
+        with contextlib.suppress(OSError):  # the template is gone; its exit is noticed by polling the process
             channel.send(self.channel, message)
-        except OSError:
-            pass  # the template is gone; its exit is noticed by polling the process
 
     def ask_to_exit(self) -> None:
         if not self.exit_sent:

@@ -28,7 +28,8 @@ def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
     """
     if consecutive_failures <= 0:
         return 0.0
-    return min(backoff.maximum, backoff.base * 2 ** (consecutive_failures - 1))
+    delay: float = backoff.base * 2.0 ** (consecutive_failures - 1)
+    return min(backoff.maximum, delay)
 
 
 def failures_after_crash(previous_failures: int, ready_for: float | None, backoff: Backoff) -> int:
@@ -124,7 +125,7 @@ def plan_memory(
     budget = int(available * (1 - margin))
     need = wanted * private_per_worker + shared
     arithmetic = (
-        f"{wanted} workers × {format_bytes(private_per_worker)} private + {format_bytes(shared)} shared"
+        f"{wanted} workers × {format_bytes(private_per_worker)} private + {format_bytes(shared)} shared"  # noqa: RUF001
     )
     if need <= budget:
         return MemoryPlan(wanted, True, f"{arithmetic} ≤ {format_bytes(budget)} available")

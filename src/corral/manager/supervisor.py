@@ -7,6 +7,7 @@ decisions taken on them: replace the dead, kill the hung, recycle, scale, roll a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -109,10 +110,8 @@ class Supervisor:
                 self._fail(str(fatal), fatal.code)
             if self.stopping and self._all_gone():
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), TICK)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
         for generation in self.generations.values():
             generation.channel.close()
@@ -257,9 +256,8 @@ class Supervisor:
     def _retire_generations(self) -> None:
         for generation in list(self.generations.values()):
             has_workers = any(w.generation == generation.number for w in self.workers.values())
-            if generation.phase in (Phase.RETIRING, Phase.FAILED) or self.stopping:
-                if not has_workers:
-                    generation.ask_to_exit()
+            if (generation.phase in (Phase.RETIRING, Phase.FAILED) or self.stopping) and not has_workers:
+                generation.ask_to_exit()
         self._finish_reloads()
 
     def _finish_reloads(self) -> None:
@@ -362,7 +360,8 @@ class Supervisor:
         if not fresh:
             return
         for worker in list(self.workers.values()):
-            if worker.slot == slot and worker not in fresh and (worker.replacing or worker.generation != current.number):
+            outdated = worker.replacing or worker.generation != current.number
+            if worker.slot == slot and worker not in fresh and outdated:
                 self._drain(worker, worker.replacing or "replaced")
 
     def _watchdog(self, now: float) -> None:
@@ -569,7 +568,5 @@ def describe_status_code(code: int) -> str:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -114,10 +114,10 @@ def _summarise(message: str) -> str:
 
 def run_worker(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket) -> None:
     """Body of a forked worker; ends the process."""
-    code = ExitCode.ERROR
+    code: int = ExitCode.ERROR
     try:
         code = _serve(spec, app, cell, channel_sock)
-    except BaseException:  # noqa: BLE001 - a worker must never return into the template's code
+    except BaseException:
         traceback.print_exc()
     finally:
         sys.stdout.flush()
@@ -168,10 +168,7 @@ def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket)
     interval = heartbeat_interval(settings.timeout)
 
     def stamp() -> None:
-        if server.should_exit:
-            state = CellState.DRAINING
-        else:
-            state = CellState.READY if server.started else CellState.STARTING
+        state = CellState.DRAINING if server.should_exit else CellState.READY if server.started else CellState.STARTING
         connections = len(server.server_state.connections)
         requests = server.server_state.total_requests
         scoreboard.write(cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections))

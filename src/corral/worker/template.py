@@ -6,6 +6,7 @@ plain blocking process (no event loop) so that every fork starts from a clean st
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -113,10 +114,8 @@ class Template:
                 return
             cell = self.children.pop(pid, None)
             if cell is not None:
-                try:
+                with contextlib.suppress(OSError):
                     channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status})
-                except OSError:
-                    pass
 
 
 def main() -> None:

@@ -1,0 +1,265 @@
+"""Unit tests of the manager's pure decisions (no processes, no clocks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.manager import policy
+from corral.manager.policy import GIB, MIB, Backoff
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+# --- restart backoff ------------------------------------------------------------------------------
+
+
+def test_restart_delay_doubles_from_base_up_to_the_maximum() -> None:
+    backoff = Backoff(base=0.1, maximum=30.0)
+    delays = [policy.restart_delay(n, backoff) for n in range(1, 13)]
+    assert delays[:5] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6])
+    assert delays[-1] == 30.0
+    assert max(delays) == 30.0
+    assert delays == sorted(delays)
+
+
+def test_restart_delay_is_zero_without_failures() -> None:
+    assert policy.restart_delay(0, Backoff()) == 0.0
+    assert policy.restart_delay(-3, Backoff()) == 0.0
+
+
+def test_restart_delay_defaults_match_the_design() -> None:
+    """0.1 s doubling to 30 s per slot, reset after 60 s ready."""
+    backoff = Backoff()
+    assert (backoff.base, backoff.maximum, backoff.reset_after) == (0.1, 30.0, 60.0)
+    assert policy.restart_delay(1, backoff) == pytest.approx(0.1)
+    assert policy.restart_delay(100, backoff) == 30.0
+
+
+def test_restart_delay_respects_a_small_maximum() -> None:
+    assert policy.restart_delay(5, Backoff(base=1.0, maximum=3.0)) == 3.0
+
+
+def test_failures_accumulate_while_the_worker_never_became_ready() -> None:
+    backoff = Backoff()
+    failures = 0
+    for expected in range(1, 6):
+        failures = policy.failures_after_crash(failures, None, backoff)
+        assert failures == expected
+
+
+def test_failures_accumulate_when_ready_only_briefly() -> None:
+    assert policy.failures_after_crash(4, 59.9, Backoff(reset_after=60.0)) == 5
+
+
+def test_failures_reset_after_a_healthy_period() -> None:
+    backoff = Backoff(reset_after=60.0)
+    assert policy.failures_after_crash(7, 60.0, backoff) == 1
+    assert policy.failures_after_crash(7, 3600.0, backoff) == 1
+    # A reset slot restarts after the base delay again, not after the grown one.
+    assert policy.restart_delay(policy.failures_after_crash(7, 61.0, backoff), backoff) == backoff.base
+
+
+# --- crash budget ---------------------------------------------------------------------------------
+
+
+def test_crash_loop_needs_more_than_limit_crashes() -> None:
+    now = 100.0
+    five = [91.0, 93.0, 95.0, 97.0, 99.0]
+    assert not policy.is_crash_loop(five, now, limit=5, window=60.0)
+    assert policy.is_crash_loop([*five, 100.0], now, limit=5, window=60.0)
+
+
+def test_crash_loop_only_counts_the_window() -> None:
+    now = 1000.0
+    old = [900.0, 901.0, 902.0, 903.0, 904.0, 905.0]
+    recent = [990.0, 995.0]
+    assert not policy.is_crash_loop(old + recent, now, limit=5, window=60.0)
+    # The window's edge counts as inside.
+    assert policy.is_crash_loop([940.0] * 6, now, limit=5, window=60.0)
+    assert not policy.is_crash_loop([939.9] * 6, now, limit=5, window=60.0)
+
+
+def test_crash_loop_with_no_crashes() -> None:
+    assert not policy.is_crash_loop([], 10.0, limit=1, window=60.0)
+
+
+# --- hang detection -------------------------------------------------------------------------------
+
+
+def test_hung_only_after_the_timeout_has_passed() -> None:
+    assert not policy.is_hung(now=130.0, heartbeat=100.0, timeout=30.0)
+    assert policy.is_hung(now=130.1, heartbeat=100.0, timeout=30.0)
+    assert not policy.is_hung(now=100.0, heartbeat=100.0, timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "interval"),
+    [(30.0, 1.0), (5.0, 1.0), (2.0, 0.4), (0.5, 0.1), (0.1, 0.05), (0.01, 0.05)],
+)
+def test_heartbeat_interval_is_a_fraction_of_the_timeout_within_bounds(
+    timeout: float, interval: float
+) -> None:
+    assert policy.heartbeat_interval(timeout) == pytest.approx(interval)
+
+
+@pytest.mark.parametrize("timeout", [0.3, 1.0, 2.5, 30.0, 600.0])
+def test_a_healthy_loop_stamps_several_times_per_timeout(timeout: float) -> None:
+    """A loop that stamps on schedule is never seen as hung, even one interval late."""
+    interval = policy.heartbeat_interval(timeout)
+    assert 2 * interval < timeout
+    assert not policy.is_hung(now=2 * interval, heartbeat=0.0, timeout=timeout)
+
+
+# --- recycling ------------------------------------------------------------------------------------
+
+
+def test_no_recycling_without_limits() -> None:
+    assert policy.recycle_reason(10**9, None, 100 * GIB, None) is None
+
+
+def test_recycle_when_the_request_limit_is_reached() -> None:
+    assert policy.recycle_reason(99, 100, None, None) is None
+    assert policy.recycle_reason(100, 100, None, None) == "served 100 requests (limit 100)"
+    assert policy.recycle_reason(150, 100, None, None) == "served 150 requests (limit 100)"
+
+
+def test_recycle_when_private_memory_passes_the_limit() -> None:
+    limit = 512 * MIB
+    assert policy.recycle_reason(0, None, limit, limit) is None
+    assert policy.recycle_reason(0, None, None, limit) is None
+    reason = policy.recycle_reason(0, None, 600 * MIB, limit)
+    assert reason == "private memory 600 MiB above --max-memory 512 MiB"
+
+
+def test_request_limit_is_reported_before_memory() -> None:
+    reason = policy.recycle_reason(10, 10, 2 * GIB, GIB)
+    assert reason is not None and reason.startswith("served 10 requests")
+
+
+def test_request_limit_without_max_requests() -> None:
+    assert policy.request_limit(None, 50, 0.7) is None
+
+
+def test_request_limit_adds_jitter_from_the_draw() -> None:
+    assert policy.request_limit(1000, 0, 0.99) == 1000
+    assert policy.request_limit(1000, 10, 0.0) == 1000
+    assert policy.request_limit(1000, 10, 0.5) == 1005
+    assert policy.request_limit(1000, 10, 0.999999) == 1010
+
+
+def test_request_limits_spread_over_the_whole_jitter_range() -> None:
+    draws = [i / 1000 for i in range(1000)]
+    limits = {policy.request_limit(100, 9, draw) for draw in draws}
+    assert limits == set(range(100, 110))
+
+
+# --- auto workers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cpus", "quota", "workers"),
+    [
+        (8, None, 8),
+        (1, None, 1),
+        (0, None, 1),
+        (8, 2.0, 2),
+        (8, 1.5, 2),
+        (8, 0.25, 1),
+        (4, 16.0, 4),
+        (8, 0.0, 8),
+        (8, -1.0, 8),
+    ],
+)
+def test_auto_workers(cpus: int, quota: float | None, workers: int) -> None:
+    assert policy.auto_workers(cpus, quota) == workers
+
+
+# --- scale ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "current", "target"),
+    [("4", 2, 4), ("+2", 3, 5), ("-1", 3, 2), (" 6 ", 1, 6), ("+0", 3, 3), ("12", 12, 12)],
+)
+def test_parse_scale(text: str, current: int, target: int) -> None:
+    assert policy.parse_scale(text, current) == target
+
+
+@pytest.mark.parametrize("text", ["", "+", "-", "four", "2.5", "+-1", "--1", "+ 2", "3x", "1e3"])
+def test_parse_scale_rejects_other_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="expected N, \\+K or -K"):
+        policy.parse_scale(text, 3)
+
+
+@pytest.mark.parametrize(("text", "current"), [("0", 3), ("-3", 3), ("-5", 2)])
+def test_parse_scale_keeps_at_least_one_worker(text: str, current: int) -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        policy.parse_scale(text, current)
+
+
+# --- memory plan ----------------------------------------------------------------------------------
+
+
+def test_memory_plan_that_fits_keeps_the_count_and_shows_the_arithmetic() -> None:
+    plan = policy.plan_memory(4, True, 100 * MIB, 200 * MIB, 1000 * MIB)
+    assert plan.workers == 4
+    assert plan.fits
+    assert plan.explanation == f"4 workers {TIMES} 100 MiB private + 200 MiB shared ≤ 900 MiB available"
+
+
+def test_memory_plan_refuses_an_explicit_count_that_does_not_fit() -> None:
+    plan = policy.plan_memory(16, True, 100 * MIB, 200 * MIB, 1000 * MIB)
+    assert plan.workers == 16
+    assert not plan.fits
+    assert plan.explanation == f"16 workers {TIMES} 100 MiB private + 200 MiB shared > 900 MiB available"
+
+
+def test_memory_plan_lowers_auto_to_what_fits() -> None:
+    plan = policy.plan_memory(16, False, 100 * MIB, 200 * MIB, 1000 * MIB)
+    assert plan.fits
+    assert plan.workers == 7  # (900 - 200) // 100
+    assert (
+        plan.explanation
+        == f"16 workers {TIMES} 100 MiB private + 200 MiB shared > 900 MiB available: using 7"
+    )
+    assert plan.workers * 100 * MIB + 200 * MIB <= 900 * MIB
+
+
+def test_memory_plan_auto_keeps_at_least_one_worker() -> None:
+    plan = policy.plan_memory(8, False, 600 * MIB, 800 * MIB, 1000 * MIB)
+    assert plan.workers == 1
+    assert plan.explanation.endswith("using 1")
+
+
+def test_memory_plan_boundary_is_inclusive_and_keeps_the_margin() -> None:
+    available = 1000 * MIB
+    budget = int(available * 0.9)
+    exact = policy.plan_memory(2, True, (budget - 100 * MIB) // 2, 100 * MIB, available)
+    assert exact.fits
+    over = policy.plan_memory(2, True, (budget - 100 * MIB) // 2 + 1, 100 * MIB, available)
+    assert not over.fits
+    no_margin = policy.plan_memory(2, True, (budget - 100 * MIB) // 2 + 1, 100 * MIB, available, margin=0.0)
+    assert no_margin.fits
+
+
+def test_memory_plan_with_unknown_private_memory() -> None:
+    plan = policy.plan_memory(3, False, 0, 100 * MIB, 1000 * MIB)
+    assert plan.fits and plan.workers == 3
+
+
+def test_memory_plan_uses_gib_for_large_sizes() -> None:
+    plan = policy.plan_memory(2, True, 3 * GIB, GIB // 2, 64 * GIB)
+    assert plan.explanation == f"2 workers {TIMES} 3.0 GiB private + 512 MiB shared ≤ 57.6 GiB available"
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (2048, "2 KiB"),
+        (5 * MIB, "5 MiB"),
+        (GIB, "1.0 GiB"),
+        (int(1.5 * GIB), "1.5 GiB"),
+        (MIB - 1, "1024 KiB"),
+    ],
+)
+def test_format_bytes(size: int, text: str) -> None:
+    assert policy.format_bytes(size) == text
