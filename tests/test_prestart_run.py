@@ -1,0 +1,101 @@
+"""`corral run` runs the pre-start steps before anything serves: three instances, one release."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CORRAL = str(Path(sys.executable).with_name("corral"))
+DEADLINE = 120.0
+
+APP = '''
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def answers(port: int) -> bool:
+    """True if an HTTP request to the port gets a response."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@pytest.fixture(params=["file", "postgresql"])
+def lock(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file:{tmp_path / 'prestart.lock'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def instances() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_no_instance_serves_before_the_step_ends(
+    tmp_path: Path, lock: str, instances: list[subprocess.Popen[bytes]]
+) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    runs, end = tmp_path / "runs", tmp_path / "end"
+    step = f"echo $$ >> {runs}; sleep 2; touch {end}"
+    ports = [free_port() for _ in range(3)]
+    for number, port in enumerate(ports):
+        args = ["--prestart", step, "--prestart-lock", lock, "--release", "r1", "-b", f"127.0.0.1:{port}"]
+        args += ["--control", str(tmp_path / f"{number}.sock"), "--workers", "1", "app:app"]
+        log = (tmp_path / f"{number}.log").open("wb")
+        instances.append(subprocess.Popen([CORRAL, "run", *args], cwd=tmp_path, stdout=log, stderr=log))
+
+    waiting = set(ports)
+    deadline = time.monotonic() + DEADLINE
+    while waiting:
+        for number, proc in enumerate(instances):
+            assert proc.poll() is None, (tmp_path / f"{number}.log").read_text()
+        for port in sorted(waiting):
+            if answers(port):
+                assert end.exists(), f"port {port} answered before the pre-start step ended"
+                waiting.discard(port)
+        assert time.monotonic() < deadline, f"ports {sorted(waiting)} never answered"
+        time.sleep(0.05)
+
+    assert len(runs.read_text().splitlines()) == 1
