@@ -134,7 +134,7 @@ def config_command(
         table.add_column(column)
     for key, value in values.items():
         table.add_row("--" + key.replace("_", "-"), json.dumps(value), resolved.sources[key])
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @app.command("prestart", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -169,7 +169,9 @@ def _control_path(control: str | None, name: str | None) -> Path:
     return default_control_path(resolved.settings.name)
 
 
-def _ask(control: str | None, name: str | None, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+def _ask(
+    control: str | None, name: str | None, message: dict[str, Any], timeout: float | None = 30.0
+) -> dict[str, Any]:
     answer = request(_control_path(control, name), message, timeout)
     if not answer.get("ok"):
         raise CorralError(str(answer.get("error", "the request failed")))
@@ -327,15 +329,30 @@ def export_kubernetes_command(
     Takes every option of `corral run`; one worker per pod unless --workers is given. The memory
     comes from `corral check` (the app is imported here) unless --memory is given.
     """
+    import dataclasses
+
     from corral.check import FALLBACK, estimate_memory, measure
     from corral.config import parse_size
     from corral.errors import ConfigError
     from corral.export import common, kubernetes
 
-    resolved = parse_run_arguments(ctx.args)
-    settings = resolved.settings
+    settings = parse_run_arguments(ctx.args).settings
     plan = common.container_plan(settings, Path.cwd())
-    workers = kubernetes.pod_workers(settings)
+    options = kubernetes.KubernetesOptions(
+        image=image or f"{common.resource_name(settings.name)}:latest",
+        memory=0,
+        memory_source="",
+        cpu=cpu,
+        namespace=namespace,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu_target=cpu_target,
+        ingress_class=ingress_class,
+        gateway=gateway,
+        cluster_issuer=cluster_issuer,
+    )
+    kubernetes.validate(plan, options)
     if memory:
         try:
             pod_memory, source = parse_size(memory), "from --memory"
@@ -347,21 +364,9 @@ def export_kubernetes_command(
         except CorralError as exc:
             footprint, source = FALLBACK, f"a fallback guess (corral check failed: {exc})"
             print(f"corral: memory not measured, using {source}; --memory sets it", file=sys.stderr)
+        workers = kubernetes.pod_workers(settings)
         pod_memory = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
-    options = kubernetes.KubernetesOptions(
-        image=image or f"{common.resource_name(settings.name)}:latest",
-        memory=pod_memory,
-        memory_source=source,
-        cpu=cpu,
-        namespace=namespace,
-        replicas=replicas,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        cpu_target=cpu_target,
-        ingress_class=ingress_class,
-        gateway=gateway,
-        cluster_issuer=cluster_issuer,
-    )
+    options = dataclasses.replace(options, memory=pod_memory, memory_source=source)
     common.emit(kubernetes.render(plan, options), out)
 
 
@@ -405,6 +410,24 @@ def check_command(
         print(json.dumps({**footprint.to_json(), "workers": workers, "estimated_memory": need}, indent=2))
         return
     Console().print(report(footprint, workers, settings))
+
+
+@app.command("trust", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def trust_command(
+    ctx: typer.Context,
+    install: Annotated[bool, Opt("--install", help="Install the root into the system trust store.")] = False,
+) -> None:
+    """Show where the local CA's root certificate is and how to trust it (takes `corral run` options)."""
+    from pathlib import Path as _Path
+
+    from corral.tls.store import default_state_dir
+    from corral.tls.trust import install as install_root
+    from corral.tls.trust import instructions, root_certificate
+
+    settings = parse_run_arguments(ctx.args).settings
+    state_dir = _Path(settings.state_dir) if settings.state_dir else default_state_dir(settings.name)
+    root = root_certificate(state_dir)
+    print(install_root(root, f"corral-{settings.name}") if install else instructions(root, settings.name))
 
 
 def main(argv: list[str] | None = None) -> None:
