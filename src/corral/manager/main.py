@@ -20,7 +20,11 @@ from corral.discovery import Target, resolve_target
 from corral.errors import CorralError
 from corral.manager import control, policy, resources
 from corral.manager.supervisor import Supervisor
+from corral.privileges import resolve_owner
 from corral.scoreboard import Scoreboard
+from corral.tls.plan import http_binds, https_enabled
+from corral.tls.service import CertificateService
+from corral.tls.store import default_state_dir
 from corral.worker.spec import ListenerSpec, TemplateSpec
 
 log = logging.getLogger("corral")
@@ -51,11 +55,20 @@ def run(settings: Settings) -> int:
         from corral.prestart import run_prestart
 
         run_prestart(settings)
+    if https_enabled(settings) and "bind" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"bind": ["0.0.0.0:443"]})
+    state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir(settings.name)
     listeners = _open_listeners(settings)
     try:
-        return asyncio.run(_serve(settings, target, listeners, control_path))
+        plain = [(open_socket(parse_bind(text)), parse_bind(text)) for text in http_binds(settings)]
+    except CorralError:
+        for sock, _ in listeners:
+            sock.close()
+        raise
+    try:
+        return asyncio.run(_serve(settings, target, listeners, plain, control_path, state_dir))
     finally:
-        for sock, bind in listeners:
+        for sock, bind in listeners + plain:
             sock.close()
             if bind is not None and bind.kind == "unix":
                 with contextlib.suppress(OSError):
@@ -83,7 +96,12 @@ def _open_listeners(settings: Settings) -> list[tuple[socket.socket, Bind | None
 
 
 async def _serve(
-    settings: Settings, target: Target, listeners: list[tuple[socket.socket, Bind | None]], control_path: Path
+    settings: Settings,
+    target: Target,
+    listeners: list[tuple[socket.socket, Bind | None]],
+    plain: list[tuple[socket.socket, Bind | None]],
+    control_path: Path,
+    state_dir: Path,
 ) -> int:
     scoreboard = Scoreboard.create()
     spec = TemplateSpec(
@@ -95,11 +113,19 @@ async def _serve(
         manager_pid=os.getpid(),
         channel_fd=-1,
         scoreboard_fd=scoreboard.fd,
-        listeners=[ListenerSpec(sock.fileno(), "app") for sock, _ in listeners],
+        listeners=[ListenerSpec(sock.fileno(), "app", https_enabled(settings)) for sock, _ in listeners]
+        + [ListenerSpec(sock.fileno(), "http") for sock, _ in plain],
+        state_dir=str(state_dir),
     )
     count, explicit = worker_count(settings)
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
-    supervisor.on_ready.append(lambda: _banner(settings, target, listeners, supervisor, control_path))
+    supervisor.on_ready.append(lambda: _banner(settings, target, listeners + plain, supervisor, control_path))
+    certificates = None
+    if https_enabled(settings):
+        owner = resolve_owner(settings.user, settings.group)
+        certificates = CertificateService(settings, state_dir, supervisor.reload_certificates, owner)
+        await certificates.start()
+        supervisor.certificate_status = certificates.status
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, supervisor.stop)
@@ -110,9 +136,12 @@ async def _serve(
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_by_signal(supervisor))
 
     server = await control.serve(control_path, lambda request: _handle(supervisor, request))
+    renewals = asyncio.create_task(certificates.run()) if certificates else None
     try:
         code = await supervisor.run()
     finally:
+        if renewals:
+            renewals.cancel()
         server.close()
         scoreboard.close()
     return int(code)
@@ -165,7 +194,9 @@ def _banner(
     control_path: Path,
 ) -> None:
     pids = sorted(w.pid for w in supervisor.workers.values() if w.pid)
-    urls = "  ".join(display_urls(sock) for sock, _ in listeners)
+    scheme = "https" if https_enabled(settings) else "http"
+    urls = "  ".join(display_urls(sock, scheme if index < len(settings.bind) else "http")
+                     for index, (sock, _) in enumerate(listeners))
     mode = "preload" if settings.preload else "no preload"
     lines = [
         f"corral {__version__} serving {target} (manager pid {os.getpid()})",

@@ -24,7 +24,7 @@ from corral.manager import policy, resources
 from corral.manager.generation import Generation, Phase
 from corral.process import describe_status, killed_by
 from corral.scoreboard import CELLS, CellState, Scoreboard
-from corral.worker.serve import DUMP_STACKS
+from corral.worker.serve import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.worker.spec import TemplateSpec
 
 log = logging.getLogger("corral")
@@ -98,6 +98,7 @@ class Supervisor:
         self._next_memory_check = 0.0
         self._stop_deadline: float | None = None
         self._announced = False
+        self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -551,7 +552,14 @@ class Supervisor:
             "stopping": self.stopping,
             "templates": templates,
             "workers": workers,
+            "certificates": self.certificate_status() if self.certificate_status else [],
         }
+
+    def reload_certificates(self) -> None:
+        """New certificate material is in the state directory: every worker loads it for new handshakes."""
+        for worker in self.workers.values():
+            if worker.pid:
+                _signal(worker.pid, RELOAD_CERTIFICATES)
 
     def ready_workers(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == "ready")

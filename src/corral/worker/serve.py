@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,6 +27,10 @@ from corral.discovery import AppLoadError, Target, import_app
 from corral.errors import ExitCode
 from corral.manager.policy import heartbeat_interval
 from corral.scoreboard import Cell, CellState, Scoreboard
+from corral.tls.http_app import wrap_app
+from corral.tls.plan import https_enabled, https_port
+from corral.tls.store import Store
+from corral.tls.worker import WorkerTLS, router_class
 from corral.worker.drain import _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
 
@@ -125,6 +130,30 @@ def run_worker(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.soc
         os._exit(int(code))
 
 
+def _https_layer(
+    spec: TemplateSpec, settings: Settings, app: Any
+) -> tuple[Any, type[asyncio.Protocol], list[socket.socket], WorkerTLS | None]:
+    """The app and HTTP protocol as served: TLS routing, the plain-HTTP listener, HSTS, proxy headers."""
+    state_dir = Path(spec.state_dir) if spec.state_dir else None
+    tls = WorkerTLS.from_settings(settings, state_dir) if state_dir and https_enabled(settings) else None
+    plain = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "http"]
+    if tls is not None or settings.hsts or settings.forwarded_allow_ips:
+        app = wrap_app(
+            app,
+            https=tls is not None,
+            hsts=settings.hsts,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            store=Store(state_dir) if tls is not None and state_dir else None,
+            https_port=https_port(settings),
+        )
+    http_class = protocol_class(settings.http)
+    if tls is not None:
+        http_class = tls.protocol_class(http_class, plain)
+    elif settings.proxy_protocol:
+        http_class = router_class(http_class, None, [], True)
+    return app, http_class, plain, tls
+
+
 def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket) -> int:
     settings = Settings.model_validate(spec.settings)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
@@ -146,16 +175,16 @@ def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket)
             report("boot_failed", error=str(exc))
             return ExitCode.APP_FAILED_TO_START
 
+    app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
     config = uvicorn.Config(
         app,
-        http=protocol_class(settings.http),
+        http=http_class,
         lifespan=settings.lifespan,
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_keep_alive=int(settings.keep_alive),
         timeout_graceful_shutdown=None,
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        proxy_headers=False,  # the Forwarded/X-Forwarded-* handling lives in corral.tls.http_app
         server_header=False,
     )
     if settings.log_level != "debug":
@@ -165,6 +194,7 @@ def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket)
     server = WorkerServer(config)
     server.drain_grace = min(2.0, settings.keep_alive)
     sockets = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "app"]
+    sockets += plain_sockets
     interval = heartbeat_interval(settings.timeout)
 
     def stamp() -> None:
@@ -186,6 +216,8 @@ def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket)
             await asyncio.sleep(interval)
 
     async def main() -> None:
+        if tls is not None:
+            asyncio.get_running_loop().add_signal_handler(RELOAD_CERTIFICATES, tls.reload)
         beat = asyncio.create_task(heartbeat())
         try:
             await server.serve(sockets=sockets)
