@@ -59,10 +59,13 @@ def run(settings: Settings) -> int:
         settings = settings.model_copy(update={"bind": ["0.0.0.0:443"]})
     state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir(settings.name)
     listeners = _open_listeners(settings)
+    plain: list[tuple[socket.socket, Bind | None]] = []
     try:
-        plain = [(open_socket(parse_bind(text)), parse_bind(text)) for text in http_binds(settings)]
+        for text in http_binds(settings):
+            bind = parse_bind(text)
+            plain.append((open_socket(bind), bind))
     except CorralError:
-        for sock, _ in listeners:
+        for sock, _ in listeners + plain:
             sock.close()
         raise
     try:
