@@ -62,8 +62,8 @@ def run(settings: Settings) -> int:
     plain: list[tuple[socket.socket, Bind | None]] = []
     try:
         for text in http_binds(settings):
-            bind = parse_bind(text)
-            plain.append((open_socket(bind), bind))
+            plain_bind = parse_bind(text)
+            plain.append((open_socket(plain_bind), plain_bind))
     except CorralError:
         for sock, _ in listeners + plain:
             sock.close()
