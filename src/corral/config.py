@@ -194,6 +194,15 @@ class Settings(BaseSettings):
             parse_bind(item)
         return value
 
+    @field_validator("admin_bind")
+    @classmethod
+    def _admin_bind(cls, value: str | None) -> str | None:
+        from corral.binds import parse_bind
+
+        if value is not None and parse_bind(value).kind == "fd":
+            raise ValueError("the admin listener takes HOST:PORT or unix:PATH")
+        return value
+
     @field_validator("acme_challenges")
     @classmethod
     def _challenges(cls, value: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from corral.config import Settings
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.errors import CorralError
-from corral.manager import control, policy, resources
+from corral.manager import control, health, policy, resources
 from corral.manager.supervisor import Supervisor
 from corral.privileges import resolve_owner
 from corral.scoreboard import Scoreboard
@@ -60,16 +60,25 @@ def run(settings: Settings) -> int:
     state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir(settings.name)
     listeners = _open_listeners(settings)
     plain: list[tuple[socket.socket, Bind | None]] = []
+    admin_socket = None
     try:
         for text in http_binds(settings):
             plain_bind = parse_bind(text)
             plain.append((open_socket(plain_bind), plain_bind))
+        if settings.admin_bind:
+            admin_bind = parse_bind(settings.admin_bind)
+            admin_socket = open_socket(admin_bind)
+            admin_socket.set_inheritable(False)
+            plain.append((admin_socket, admin_bind))
     except CorralError:
         for sock, _ in listeners + plain:
             sock.close()
         raise
     try:
-        return asyncio.run(_serve(settings, target, listeners, plain, control_path, state_dir))
+        return asyncio.run(
+            _serve(settings, target, listeners, [p for p in plain if p[0] is not admin_socket], admin_socket,
+                   control_path, state_dir)
+        )
     finally:
         for sock, bind in listeners + plain:
             sock.close()
@@ -103,6 +112,7 @@ async def _serve(
     target: Target,
     listeners: list[tuple[socket.socket, Bind | None]],
     plain: list[tuple[socket.socket, Bind | None]],
+    admin_socket: socket.socket | None,
     control_path: Path,
     state_dir: Path,
 ) -> int:
@@ -131,7 +141,7 @@ async def _serve(
         supervisor.certificate_status = certificates.status
 
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, supervisor.stop)
+    loop.add_signal_handler(signal.SIGTERM, supervisor.request_stop)
     loop.add_signal_handler(signal.SIGINT, _on_interrupt, supervisor)
     loop.add_signal_handler(signal.SIGQUIT, lambda: supervisor.stop(graceful=False))
     loop.add_signal_handler(signal.SIGTTIN, lambda: _scale_by_signal(supervisor, +1))
@@ -140,11 +150,17 @@ async def _serve(
 
     server = await control.serve(control_path, lambda request: _handle(supervisor, request))
     renewals = asyncio.create_task(certificates.run()) if certificates else None
+    admin = None
+    if admin_socket is not None:
+        checks = {"/livez": supervisor.liveness, "/readyz": supervisor.readiness}
+        admin = await health.serve(admin_socket, checks)
     try:
         code = await supervisor.run()
     finally:
         if renewals:
             renewals.cancel()
+        if admin:
+            admin.close()
         server.close()
         scoreboard.close()
     return int(code)

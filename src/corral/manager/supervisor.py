@@ -470,6 +470,19 @@ class Supervisor:
 
     # --- stopping -------------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """SIGTERM: fail /readyz at once, keep serving --drain-delay seconds (load balancers notice), then drain."""
+        if self.stopping or self.draining_instance:
+            return
+        self.draining_instance = True
+        for status in self.on_status:
+            status("stopping")
+        if self.settings.drain_delay > 0:
+            log.info("stopping: /readyz fails now; draining in %g s (--drain-delay)", self.settings.drain_delay)
+            asyncio.get_running_loop().call_later(self.settings.drain_delay, self.stop)
+        else:
+            self.stop()
+
     def stop(self, code: ExitCode = ExitCode.OK, graceful: bool = True) -> None:
         if self.stopping and graceful:
             return
@@ -554,6 +567,22 @@ class Supervisor:
             "workers": workers,
             "certificates": self.certificate_status() if self.certificate_status else [],
         }
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: this loop answers, and no serving worker's heartbeat is older than --timeout."""
+        now = time.monotonic()
+        stale = []
+        for worker in self.workers.values():
+            if worker.pid and worker.state == "ready":
+                if policy.is_hung(now, self.scoreboard.read(worker.cell).heartbeat, self.settings.timeout):
+                    stale.append(worker.slot)
+        return not stale, {"manager_pid": os.getpid(), "stale_workers": stale}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: at least one worker ready and the instance not draining."""
+        ready = self.ready_workers()
+        draining = self.stopping or self.draining_instance
+        return ready > 0 and not draining, {"ready_workers": ready, "draining": draining}
 
     def reload_certificates(self) -> None:
         """New certificate material is in the state directory: every worker loads it for new handshakes."""

@@ -1,0 +1,95 @@
+"""--admin-bind: /livez and /readyz from the manager; --drain-delay keeps serving after /readyz fails."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import Corral, free_port, wait_for, write_app
+
+APP = """
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+"""
+
+
+@pytest.fixture
+def corrals() -> Iterator[list[Corral]]:
+    started: list[Corral] = []
+    yield started
+    for corral in started:
+        corral.stop()
+
+
+def test_livez_readyz_and_drain_delay(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, APP)
+    admin_port = free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    corral = Corral(tmp_path, "app.py", "-w", "2", "--admin-bind", f"127.0.0.1:{admin_port}", "--drain-delay", "3")
+    corrals.append(corral)
+    corral.wait_ready(2)
+    live = httpx.get(admin + "/livez")
+    assert live.status_code == 200 and live.json()["ok"] is True
+    ready = httpx.get(admin + "/readyz")
+    assert ready.status_code == 200 and ready.json()["ready_workers"] == 2
+    assert httpx.get(admin + "/nope").status_code == 404
+
+    corral.signal(signal.SIGTERM)
+    wait_for(lambda: httpx.get(admin + "/readyz").status_code == 503, what="/readyz failing after SIGTERM")
+    failed_at = time.monotonic()
+    assert corral.get().text == "served"  # still serving during the drain delay
+    assert httpx.get(admin + "/livez").status_code == 200
+    assert corral.wait_exit() == 0
+    assert time.monotonic() - failed_at > 1.0  # it did wait before draining
+
+
+def test_livez_fails_while_a_worker_is_hung(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, """
+        import time
+
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            if scope["path"] == "/block":
+                time.sleep(3600)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"served"})
+    """)
+    admin_port = free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--admin-bind", f"127.0.0.1:{admin_port}", "--timeout", "3")
+    corrals.append(corral)
+    (pid,) = corral.wait_ready(1)
+    try:
+        httpx.get(corral.url + "/block", timeout=0.5)
+    except httpx.HTTPError:
+        pass
+    # between detection and the kill (the stack dump), /livez reports the stale worker
+    stale = wait_for(lambda: (r := httpx.get(admin + "/livez", timeout=5)).status_code == 503 and r.json(),
+                     what="/livez failing")
+    assert stale["stale_workers"] == [1]
+    wait_for(lambda: corral.ready_pids() and corral.ready_pids() != [pid], what="hung worker replaced")
+    wait_for(lambda: httpx.get(admin + "/livez").status_code == 200, what="/livez healthy again")
+
+
+def test_admin_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from harness import run_cli
+
+    write_app(tmp_path, APP)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("run", "app.py", "-b", f"127.0.0.1:{free_port()}", "--admin-bind", f"127.0.0.1:{port}",
+                         "--control", str(tmp_path / "c.sock"), cwd=tmp_path)
+    assert result.returncode == 5
+    assert len(result.stderr.strip().splitlines()) == 1
