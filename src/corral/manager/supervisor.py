@@ -19,7 +19,7 @@ from typing import Any
 
 from corral import channel
 from corral.config import Settings
-from corral.errors import ExitCode
+from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.generation import Generation, Phase
 from corral.process import describe_status, killed_by
@@ -99,6 +99,7 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._announced = False
         self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
+        self._prestart_task: asyncio.Task[None] | None = None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -151,12 +152,28 @@ class Supervisor:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self.stopping:
             future.set_exception(RuntimeError("corral is stopping"))
-            return future
+        elif self.settings.prestart and self.settings.prestart_on_reload:
+            self._prestart_task = asyncio.create_task(self._prestart_then_reload(future))
+        else:
+            self._begin_reload(future)
+        return future
+
+    async def _prestart_then_reload(self, future: asyncio.Future[int]) -> None:
+        from corral.prestart import run_prestart
+
+        try:
+            await asyncio.to_thread(run_prestart, self.settings, reload=True)
+        except CorralError as exc:
+            log.error("reload refused: %s", exc)
+            future.set_exception(RuntimeError(str(exc)))
+            return
+        self._begin_reload(future)
+
+    def _begin_reload(self, future: asyncio.Future[int]) -> None:
         pending = [g for g in self.generations.values() if g.phase in (Phase.LOADING, Phase.PROVING)]
         generation = pending[0] if pending else self._start_generation()
         generation.reload_waiters.append(future)
         log.info("reload: generation %d is starting", generation.number)
-        return future
 
     def _on_readable(self, generation: Generation) -> None:
         while True:
@@ -345,7 +362,7 @@ class Supervisor:
         worker.stop_reason = reason
         worker.state = "draining"
         worker.kill_at = time.monotonic() + self.settings.graceful_timeout
-        log.debug("worker %d (pid %s) draining: %s", worker.slot, worker.pid, reason)
+        log.info("worker %d (pid %s) draining: %s", worker.slot, worker.pid, reason)
         if worker.pid:
             _signal(worker.pid, signal.SIGTERM)
 
@@ -571,11 +588,13 @@ class Supervisor:
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """Alive: this loop answers, and no serving worker's heartbeat is older than --timeout."""
         now = time.monotonic()
-        stale = []
-        for worker in self.workers.values():
-            if worker.pid and worker.state == "ready":
-                if policy.is_hung(now, self.scoreboard.read(worker.cell).heartbeat, self.settings.timeout):
-                    stale.append(worker.slot)
+        stale = [
+            worker.slot
+            for worker in self.workers.values()
+            if worker.pid
+            and worker.state == "ready"
+            and policy.is_hung(now, self.scoreboard.read(worker.cell).heartbeat, self.settings.timeout)
+        ]
         return not stale, {"manager_pid": os.getpid(), "stale_workers": stale}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
