@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from harness import Corral, free_port, wait_for, write_app
 
 APP = """
@@ -67,10 +69,8 @@ def test_livez_fails_while_a_worker_is_hung(corrals: list[Corral], tmp_path: Pat
     corral = Corral(tmp_path, "app.py", "-w", "1", "--admin-bind", f"127.0.0.1:{admin_port}", "--timeout", "3")
     corrals.append(corral)
     (pid,) = corral.wait_ready(1)
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         httpx.get(corral.url + "/block", timeout=0.5)
-    except httpx.HTTPError:
-        pass
     # between detection and the kill (the stack dump), /livez reports the stale worker
     stale = wait_for(lambda: (r := httpx.get(admin + "/livez", timeout=5)).status_code == 503 and r.json(),
                      what="/livez failing")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from harness import Corral, run_cli, wait_for, write_app
 
 VERSIONED = """
