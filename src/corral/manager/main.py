@@ -19,6 +19,7 @@ from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.errors import CorralError
 from corral.manager import control, health, policy, resources
+from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
 from corral.privileges import resolve_owner
 from corral.scoreboard import Scoreboard
@@ -48,6 +49,7 @@ def worker_count(settings: Settings) -> tuple[int, bool]:
 
 def run(settings: Settings) -> int:
     setup_logging(settings.log_level)
+    notifier = Notifier.from_environ()  # taken out of the environment: children must not speak for us
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
     control_path = Path(settings.control) if settings.control else default_control_path(settings.name)
     control.claim_path(control_path)
@@ -77,7 +79,7 @@ def run(settings: Settings) -> int:
     try:
         return asyncio.run(
             _serve(settings, target, listeners, [p for p in plain if p[0] is not admin_socket], admin_socket,
-                   control_path, state_dir)
+                   control_path, state_dir, notifier)
         )
     finally:
         for sock, bind in listeners + plain:
@@ -115,6 +117,7 @@ async def _serve(
     admin_socket: socket.socket | None,
     control_path: Path,
     state_dir: Path,
+    notifier: Notifier,
 ) -> int:
     scoreboard = Scoreboard.create()
     spec = TemplateSpec(
@@ -133,6 +136,10 @@ async def _serve(
     count, explicit = worker_count(settings)
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
     supervisor.on_ready.append(lambda: _banner(settings, target, listeners + plain, supervisor, control_path))
+    supervisor.on_ready.append(
+        lambda: notifier.ready(f"{supervisor.ready_workers()} workers ready, generation {spec.generation}")
+    )
+    supervisor.on_status.append(lambda text: notifier.stopping(text) if text == "stopping" else notifier.status(text))
     certificates = None
     if https_enabled(settings):
         owner = resolve_owner(settings.user, settings.group)
@@ -150,6 +157,7 @@ async def _serve(
 
     server = await control.serve(control_path, lambda request: _handle(supervisor, request))
     renewals = asyncio.create_task(certificates.run()) if certificates else None
+    pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
     if admin_socket is not None:
         checks = {"/livez": supervisor.liveness, "/readyz": supervisor.readiness}
@@ -157,13 +165,23 @@ async def _serve(
     try:
         code = await supervisor.run()
     finally:
-        if renewals:
-            renewals.cancel()
+        for task in (renewals, pings):
+            if task:
+                task.cancel()
+        notifier.close()
         if admin:
             admin.close()
         server.close()
         scoreboard.close()
     return int(code)
+
+
+async def _watchdog_pings(notifier: Notifier) -> None:
+    """WATCHDOG=1 from the manager's loop: systemd restarts the service if this loop ever stalls."""
+    interval = notifier.watchdog_interval or 1.0
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
 
 
 def _on_interrupt(supervisor: Supervisor) -> None:

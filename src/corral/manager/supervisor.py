@@ -91,8 +91,8 @@ class Supervisor:
         self.exit_code: ExitCode | None = None
         self.fatal_message: str | None = None
         self.sampler = resources.ProcessSampler()
-        self.on_ready: list[Callable[[], None]] = []
-        self.on_status: list[Callable[[str], None]] = []
+        self.on_ready: list[Callable[[], object]] = []
+        self.on_status: list[Callable[[str], object]] = []
         self._wakeup = asyncio.Event()
         self._next_cpu_sample = 0.0
         self._next_memory_check = 0.0
@@ -291,6 +291,7 @@ class Supervisor:
                 waiter.set_result(current.number)
         current.reload_waiters.clear()
         log.info("reload finished: generation %d serves with %d workers", current.number, self.target)
+        self._report(f"{self.target} workers, generation {current.number}")
 
     # --- workers --------------------------------------------------------------------------------
 
@@ -460,6 +461,7 @@ class Supervisor:
                 raise ValueError(f"not enough memory: {plan.explanation}")
         previous, self.target = self.target, target
         log.info("scale: %d → %d workers", previous, target)
+        self._report(f"scaling to {target} workers")
         self._wakeup.set()
         return f"scaled from {previous} to {target} workers"
 
@@ -492,8 +494,7 @@ class Supervisor:
         if self.stopping or self.draining_instance:
             return
         self.draining_instance = True
-        for status in self.on_status:
-            status("stopping")
+        self._report("stopping")
         if self.settings.drain_delay > 0:
             log.info("stopping: /readyz fails now; draining in %g s (--drain-delay)", self.settings.drain_delay)
             asyncio.get_running_loop().call_later(self.settings.drain_delay, self.stop)
@@ -506,8 +507,7 @@ class Supervisor:
         self.stopping = True
         if self.exit_code is None:
             self.exit_code = code
-        for status in self.on_status:
-            status("stopping")
+        self._report("stopping")
         if not graceful:
             for worker in self.workers.values():
                 if worker.pid:
@@ -536,6 +536,10 @@ class Supervisor:
         return not self.generations
 
     # --- reporting ------------------------------------------------------------------------------
+
+    def _report(self, text: str) -> None:
+        for status in self.on_status:
+            status(text)
 
     def _announce_if_ready(self) -> None:
         if self._announced or self.current is None:
