@@ -85,7 +85,7 @@ def run_options(
     drain_delay: Annotated[float | None, Opt(help="Seconds to keep serving after SIGTERM.")] = None,
     config: Annotated[str | None, Opt("--config", help="corral.toml or pyproject.toml to read.")] = None,
 ) -> Resolved:
-    """Every option of `corral run`, resolved against the environment and the config file."""
+    """Serve APP from a supervised pool of worker processes (all options also via CORRAL_* or corral.toml)."""
     given = dict(locals())
     config_file = given.pop("config")
     given["app"] = given.pop("app_path")
