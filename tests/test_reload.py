@@ -260,3 +260,35 @@ def test_no_preload_imports_in_each_worker(corrals: list[Corral], tmp_path: Path
     imported_in, served_by = map(int, corral.get().text.split())
     assert imported_in == served_by
     assert sorted(map(int, (tmp_path / "imports.log").read_text().split())) == pids
+
+
+WEBSOCKET_APP = """
+    from fastapi import FastAPI, WebSocket
+
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket):
+        await websocket.accept()
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+"""
+
+
+def test_open_websocket_gets_1012_when_its_worker_drains(corrals: list[Corral], tmp_path: Path) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    write_app(tmp_path, WEBSOCKET_APP)
+    corral = Corral(tmp_path, "app.py", "-w", "1")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    with connect(f"ws://127.0.0.1:{corral.port}/ws", open_timeout=10) as websocket:
+        websocket.send("ping")
+        assert websocket.recv(timeout=10) == "ping"
+        result = run_cli("reload", "--control", str(corral.control))
+        assert result.returncode == 0, result.stderr
+        with pytest.raises(ConnectionClosed) as closed:
+            websocket.recv(timeout=30)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1012
