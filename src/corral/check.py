@@ -1,0 +1,186 @@
+"""`corral check`: import the app in a fresh interpreter, as a template does, and measure what it costs.
+
+The parent resolves APP (file system only) and starts `python -m corral.check FD MODULE ATTR PATH
+FACTORY`; that child loads what a template loads before the app, measures itself, imports the app,
+measures again and writes the figures as JSON to FD. The app's own output goes to stderr, so
+`--json` stays clean. The Kubernetes export sizes its pods from these figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from corral.config import Settings
+from corral.discovery import resolve_target
+from corral.errors import CorralError, ExitCode
+
+MIB = 1024 * 1024
+# Room for what requests allocate, on top of a worker's private copy of the app after import.
+WORKER_HEADROOM = 1.5
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes of one process: resident, unique (private) and proportional (shared pages split)."""
+
+    rss: int
+    uss: int
+    pss: int | None  # Linux only
+
+    def minus(self, other: Memory) -> Memory:
+        pss = self.pss - other.pss if self.pss is not None and other.pss is not None else None
+        return Memory(self.rss - other.rss, self.uss - other.uss, pss)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    app: str
+    interpreter: Memory  # the template before importing the app: Python, corral, uvicorn
+    after_import: Memory
+    import_seconds: float
+
+    @property
+    def app_share(self) -> Memory:
+        return self.after_import.minus(self.interpreter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "app_share": asdict(self.app_share)}
+
+
+# Used by the exports when the app cannot be imported here: a FastAPI app with a few libraries.
+FALLBACK = Footprint(
+    app="(not measured)",
+    interpreter=Memory(rss=40 * MIB, uss=32 * MIB, pss=None),
+    after_import=Memory(rss=120 * MIB, uss=100 * MIB, pss=None),
+    import_seconds=0.0,
+)
+
+
+def estimate_memory(footprint: Footprint, workers: int, preload: bool, max_memory: int | None) -> int:
+    """Bytes a whole instance may need: manager + template + workers, rounded up to 16 MiB.
+
+    The manager is about the bare interpreter. Each worker is budgeted at a full private copy of
+    the app plus headroom for requests, even with preload: CPython's reference counting writes
+    to shared pages, so copy-on-write sharing erodes as a worker runs. `--max-memory` is the
+    most a worker may reach before it is recycled, so with it a worker is budgeted at that.
+    """
+    manager = footprint.interpreter.rss
+    template = footprint.after_import.rss if preload else 0
+    worker = max_memory if max_memory else int(footprint.after_import.uss * WORKER_HEADROOM)
+    total = manager + template + workers * worker
+    step = 16 * MIB
+    return math.ceil(total / step) * step
+
+
+def measure(settings: Settings, cwd: Path, timeout: float = 300.0) -> Footprint:
+    """Import the app of `settings` in a child interpreter; a failure is one CorralError line."""
+    target = resolve_target(settings.app, settings.app_dir, cwd)
+    read_fd, write_fd = os.pipe()
+    command = [
+        sys.executable,
+        "-P",
+        "-m",
+        "corral.check",
+        str(write_fd),
+        target.module,
+        target.attr,
+        target.path,
+        "1" if settings.factory else "0",
+    ]
+    try:
+        child = subprocess.run(
+            command,
+            cwd=cwd,
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=2,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise CorralError(
+            f"importing {target} took more than {timeout:g} s (is it waiting for something?)",
+            ExitCode.APP_FAILED_TO_START,
+        ) from None
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        output = pipe.read()
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        raise CorralError(f"importing {target} killed the interpreter ({name})", ExitCode.APP_FAILED_TO_START)
+    try:
+        result: dict[str, Any] = json.loads(output)
+    except ValueError:
+        raise CorralError(
+            f"importing {target} ended the interpreter (exit code {child.returncode}) before it was measured",
+            ExitCode.APP_FAILED_TO_START,
+        ) from None
+    if "error" in result:
+        raise CorralError(str(result["error"]), ExitCode.APP_FAILED_TO_START)
+    return Footprint(
+        app=str(target),
+        interpreter=Memory(**result["interpreter"]),
+        after_import=Memory(**result["after_import"]),
+        import_seconds=float(result["import_seconds"]),
+    )
+
+
+def report(footprint: Footprint, workers: int, settings: Settings) -> Table:
+    """The figures as a table, with what the whole instance needs for `workers` workers."""
+    table = Table(title=f"corral check: {footprint.app}, imported in {footprint.import_seconds:.2f} s")
+    for column in ("", "interpreter", "after import", "the app's share"):
+        table.add_column(column, justify="right" if column else "left")
+    share = footprint.app_share
+    for label, key in (("RSS", "rss"), ("USS (private)", "uss"), ("PSS", "pss")):
+        values = [getattr(memory, key) for memory in (footprint.interpreter, footprint.after_import, share)]
+        table.add_row(label, *(_mib(value) for value in values))
+    need = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
+    table.caption = f"estimated for {workers} worker{'s' if workers != 1 else ''}: {_mib(need)}"
+    return table
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / MIB:.1f} MiB"
+
+
+def _own_memory() -> dict[str, int | None]:
+    import psutil
+
+    info = psutil.Process().memory_full_info()
+    return {"rss": info.rss, "uss": info.uss, "pss": getattr(info, "pss", None)}
+
+
+def _child(argv: list[str]) -> int:
+    """In the fresh interpreter: load what a template loads, measure, import the app, measure."""
+    result_fd, module, attr, path, factory = argv
+    import corral.worker.template  # noqa: F401 - the template's own imports come before the app's
+    from corral.discovery import Target, import_app
+
+    interpreter = _own_memory()
+    started = time.perf_counter()
+    try:
+        import_app(Target(module, attr, path), factory=factory == "1")
+    except CorralError as exc:
+        result: dict[str, Any] = {"error": str(exc)}
+    else:
+        seconds = time.perf_counter() - started
+        result = {"interpreter": interpreter, "after_import": _own_memory(), "import_seconds": seconds}
+    with os.fdopen(int(result_fd), "w") as out:
+        json.dump(result, out)
+    return 0 if "error" not in result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

@@ -1,0 +1,236 @@
+"""`corral export systemd`: a service unit (and with `--socket` a socket unit) running `corral run`.
+
+The unit is `Type=notify`: the manager reports READY=1, STATUS=, STOPPING=1 and WATCHDOG=1
+through `corral.manager.sd_notify`. Paths a hardened service may write to are systemd's own
+RuntimeDirectory (the control socket) and StateDirectory (certificates, locks) unless the user
+named others, which are then opened with ReadWritePaths.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pwd
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.binds import Bind, parse_bind
+from corral.config import Settings, run_arguments
+from corral.errors import ConfigError, CorralError
+from corral.export.common import ExportFile, postgres_lock
+
+WATCHDOG_SEC = 30
+RESTART_SEC = 2
+START_MARGIN = 90  # seconds to import the app and get the first generation ready
+STOP_MARGIN = 15  # seconds past drain delay + graceful timeout before systemd kills what is left
+ENV_DIR = "/etc/corral"
+
+HARDENING = (
+    ("NoNewPrivileges", "yes"),
+    ("ProtectSystem", "strict"),
+    ("ProtectHome", "read-only"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("LockPersonality", "yes"),
+    ("SystemCallArchitectures", "native"),
+    ("UMask", "0027"),
+)
+
+
+@dataclass(frozen=True)
+class SystemdOptions:
+    working_directory: Path
+    executable: str
+    socket: bool = False
+
+
+@dataclass(frozen=True)
+class SystemdUnits:
+    files: list[ExportFile]
+    service: str  # unit names, for enabling
+    socket: str | None
+    control: str  # where `corral status --control` finds the instance
+    env_file: str | None  # holds PGPASSWORD when the lock URL had a password
+    password: str | None
+
+
+def corral_executable() -> str:
+    """The `corral` of the running environment (a venv's bin/), which is what the user ran."""
+    beside = Path(sys.executable).parent / "corral"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("corral")
+    if found:
+        return str(Path(found).absolute())
+    raise CorralError(f"cannot find the corral command beside {sys.executable} or on PATH")
+
+
+def service_user(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """--user, else whoever ran the export (the sudo caller under sudo); None for root: use DynamicUser."""
+    env = os.environ if environ is None else environ
+    if settings.user:
+        return settings.user
+    name = env.get("SUDO_USER") if os.geteuid() == 0 else None
+    name = name or pwd.getpwuid(os.geteuid()).pw_name
+    return None if name == "root" else name
+
+
+def quote(arg: str) -> str:
+    """One ExecStart= word: systemd expands %specifiers and $VARIABLES, and splits on spaces."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and not re.search(r"[\s\"'\\;]", arg):
+        return arg
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def unit_name(settings: Settings) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.\\-]+", settings.name) or settings.name.startswith("."):
+        raise ConfigError(f"--name {settings.name!r} cannot name a systemd unit: use letters, digits, -_.")
+    return settings.name
+
+
+def render(
+    settings: Settings, options: SystemdOptions, environ: dict[str, str] | None = None
+) -> SystemdUnits:
+    name = unit_name(settings)
+    user = service_user(settings, environ)
+    workdir = options.working_directory.resolve()
+    directory = f"corral/{name}"  # under /run and /var/lib: apart from other instances
+    changes: dict[str, object] = {"user": None, "group": None}
+    writable: list[str] = []
+    if settings.control:
+        writable.append(str((workdir / settings.control).parent))
+    else:
+        changes["control"] = f"/run/{directory}/control.sock"
+    if settings.state_dir:
+        writable.append(str(workdir / settings.state_dir))
+    else:
+        changes["state_dir"] = f"/var/lib/{directory}"
+    lock = settings.prestart_lock or ""
+    postgres = postgres_lock(settings)
+    if postgres is not None:
+        changes["prestart_lock"] = postgres.url
+    elif lock.startswith("file:"):
+        writable.append(str((workdir / lock.removeprefix("file:")).parent))
+
+    binds = [parse_bind(text) for text in settings.bind]
+    if options.socket and any(bind.kind == "fd" for bind in binds):
+        raise ConfigError("--socket makes systemd open the --bind addresses; fd:// cannot be one of them")
+    bound_by_corral = [] if options.socket else list(binds)
+    bound_by_corral += [parse_bind(text) for text in settings.http_bind]
+    if settings.admin_bind:
+        bound_by_corral.append(parse_bind(settings.admin_bind))
+    writable += [str((workdir / bind.path).parent) for bind in bound_by_corral if bind.kind == "unix"]
+    low_ports = any(bind.kind == "tcp" and 0 < bind.port < 1024 for bind in bound_by_corral)
+
+    adapted = settings.model_copy(update=changes)
+    exec_start = " ".join(quote(arg) for arg in [options.executable, "run", *run_arguments(adapted)])
+    control = str(adapted.control)
+    env_file = f"{ENV_DIR}/{name}.env" if postgres is not None and postgres.password else None
+
+    description = f"corral: {settings.app or 'ASGI app'} ({name})".replace("%", "%%")
+    unit: list[tuple[str, str]] = [("Description", description)]
+    unit += [("Wants", "network-online.target"), ("After", "network-online.target")]
+    if postgres is not None and postgres.host in ("localhost", "127.0.0.1", "::1", None):
+        unit.append(("After", "postgresql.service"))
+    if options.socket:
+        unit += [("Requires", f"{name}.socket"), ("After", f"{name}.socket")]
+
+    service: list[tuple[str, str]] = [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("ExecStart", exec_start),
+        ("ExecReload", f"{quote(options.executable)} reload --control {quote(control)}"),
+        ("WorkingDirectory", quote(str(workdir))),
+        ("Environment", "PYTHONUNBUFFERED=1"),
+    ]
+    if env_file:
+        service.append(("EnvironmentFile", env_file))
+    service += [("User", user)] if user else [("DynamicUser", "yes")]
+    if settings.group:
+        service.append(("Group", settings.group))
+    if not settings.control:
+        service.append(("RuntimeDirectory", directory))
+    if not settings.state_dir:
+        service += [("StateDirectory", directory), ("StateDirectoryMode", "0750")]
+    service += [("ReadWritePaths", quote(path)) for path in dict.fromkeys(writable)]
+    start_timeout = START_MARGIN + len(settings.prestart) * settings.prestart_timeout
+    stop_timeout = settings.drain_delay + settings.graceful_timeout + STOP_MARGIN
+    service += [
+        ("TimeoutStartSec", str(math.ceil(start_timeout))),
+        ("TimeoutStopSec", str(math.ceil(stop_timeout))),
+        ("WatchdogSec", str(WATCHDOG_SEC)),
+        ("Restart", "on-failure"),
+        ("RestartSec", str(RESTART_SEC)),
+        ("RestartPreventExitStatus", "2"),
+        ("KillMode", "mixed"),
+        *HARDENING,
+    ]
+    if low_ports:
+        service += [
+            ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
+            ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
+        ]
+    else:
+        service.append(("CapabilityBoundingSet", ""))
+
+    files = [
+        ExportFile(
+            f"{name}.service",
+            _unit_text(
+                f"Written by corral export systemd. Status: corral status --control {control}",
+                [("Unit", unit), ("Service", service), ("Install", [("WantedBy", "multi-user.target")])],
+            ),
+        )
+    ]
+    if options.socket:
+        files.append(ExportFile(f"{name}.socket", _socket_unit(name, binds)))
+    return SystemdUnits(
+        files=files,
+        service=f"{name}.service",
+        socket=f"{name}.socket" if options.socket else None,
+        control=control,
+        env_file=env_file,
+        password=postgres.password if postgres is not None else None,
+    )
+
+
+def _socket_unit(name: str, binds: list[Bind]) -> str:
+    socket: list[tuple[str, str]] = []
+    for bind in binds:
+        if bind.kind == "unix":
+            socket.append(("ListenStream", quote(bind.path)))
+        else:
+            socket.append(("ListenStream", str(bind)))
+    if any(bind.kind == "tcp" and ":" in bind.host for bind in binds):
+        socket.append(("BindIPv6Only", "ipv6-only"))
+    if any(bind.kind == "unix" for bind in binds):
+        socket.append(("SocketMode", "0666"))
+    socket.append(("Backlog", "2048"))
+    return _unit_text(
+        "sockets opened by systemd and handed to corral (socket activation)",
+        [
+            ("Unit", [("Description", f"corral sockets ({name})")]),
+            ("Socket", socket),
+            ("Install", [("WantedBy", "sockets.target")]),
+        ],
+    )
+
+
+def _unit_text(comment: str, sections: list[tuple[str, list[tuple[str, str]]]]) -> str:
+    lines = [f"# {comment}"]
+    for title, entries in sections:
+        lines += ["", f"[{title}]"] + [f"{key}={value}" for key, value in entries]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,202 @@
+"""`corral export systemd` and `corral install`, checked by `systemd-analyze verify` and `systemctl`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.cli import parse_run_arguments
+from corral.config import settings_from
+from corral.export.install import systemd_running
+from corral.export.systemd import SystemdOptions, corral_executable, render
+
+CORRAL = str(Path(sys.executable).parent / "corral")
+
+
+def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def unit_entries(text: str) -> dict[str, list[str]]:
+    """KEY -> values, all sections together (keys do not repeat across our sections)."""
+    entries: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            entries.setdefault(key, []).append(value)
+    return entries
+
+
+def exec_words(line: str) -> list[str]:
+    """ExecStart= split as systemd does for what `quote` writes: quotes and escapes, then %% and $$."""
+    return [word.replace("%%", "%").replace("$$", "$") for word in shlex.split(line)]
+
+
+def verify(directory: Path, *units: str) -> None:
+    """No warnings at all: systemd-analyze prints problems on stderr even when it exits 0."""
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *units], cwd=directory, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "main.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    return tmp_path
+
+
+def test_unit_verifies_and_carries_every_option(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    args = [
+        "main:app",
+        "--name", "api",
+        "--bind", "0.0.0.0:8080",
+        "--workers", "3",
+        "--graceful-timeout", "20",
+        "--drain-delay", "4",
+        "--max-requests", "1000",
+        "--prestart", "alembic upgrade head",
+        "--prestart", "echo 100% $HOME \"quoted\" done",
+        "--prestart-lock", "file:locks/prestart.lock",
+        "--user", "www-data",
+    ]  # fmt: skip
+    result = corral("export", "systemd", *args, "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert (out / "api.service").is_file()
+    verify(out, "api.service")
+
+    entries = unit_entries((out / "api.service").read_text())
+    assert entries["Type"] == ["notify"]
+    assert entries["WatchdogSec"] == ["30"]
+    assert entries["Restart"] == ["on-failure"]
+    assert entries["KillMode"] == ["mixed"]
+    assert entries["User"] == ["www-data"]
+    assert int(entries["TimeoutStopSec"][0]) > 20 + 4
+    assert int(entries["TimeoutStartSec"][0]) > 2 * 600
+    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes")):
+        assert entries[key] == [value]
+    assert entries["CapabilityBoundingSet"] == [""], "no port below 1024: no capability at all"
+    assert "AmbientCapabilities" not in entries
+    assert entries["ReadWritePaths"] == [str(project / "locks")]
+    assert entries["WorkingDirectory"] == [str(project)]
+
+    words = exec_words(entries["ExecStart"][0])
+    assert words[:2] == [corral_executable(), "run"]
+    exported = parse_run_arguments(words[2:]).settings
+    given = parse_run_arguments(args).settings
+    assert exported.control == "/run/corral/api/control.sock"
+    assert exported.state_dir == "/var/lib/corral/api"
+    assert exported.user is None, "User= replaces --user: corral does not drop privileges itself"
+    assert exported.model_copy(update={"control": None, "state_dir": None, "user": None}) == given.model_copy(
+        update={"user": None}
+    )
+    assert entries["RuntimeDirectory"] == ["corral/api"]
+    assert entries["StateDirectory"] == ["corral/api"]
+    assert exec_words(entries["ExecReload"][0]) == [
+        corral_executable(),
+        "reload",
+        "--control",
+        exported.control,
+    ]
+
+
+def test_socket_unit_for_socket_activation(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    binds = ["--bind", "0.0.0.0:80", "--bind", "[::1]:8080", "--bind", f"unix:{tmp_path}/app.sock"]
+    result = corral("export", "systemd", "main:app", *binds, "--socket", "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    verify(out, "corral.service", "corral.socket")
+    socket_entries = unit_entries((out / "corral.socket").read_text())
+    assert socket_entries["ListenStream"] == ["0.0.0.0:80", "[::1]:8080", f"{tmp_path}/app.sock"]
+    assert socket_entries["BindIPv6Only"] == ["ipv6-only"]
+    service = unit_entries((out / "corral.service").read_text())
+    assert "corral.socket" in service["Requires"]
+    assert "AmbientCapabilities" not in service, "systemd binds port 80, corral needs no capability"
+
+
+def test_low_port_gets_the_capability_not_root(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    result = corral(
+        "export", "systemd", "main:app", "-b", "0.0.0.0:443", "--user", "web", "--out", str(out), cwd=project
+    )
+    assert result.returncode == 0, result.stderr
+    verify(out, "corral.service")
+    entries = unit_entries((out / "corral.service").read_text())
+    assert entries["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+    assert entries["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert entries["User"] == ["web"]
+
+
+def test_lock_password_stays_out_of_the_unit(project: Path) -> None:
+    settings = settings_from(
+        {"app": "main:app", "prestart": ["true"], "prestart_lock": "postgresql://app:s3cret@db.internal/app"}
+    )
+    units = render(settings, SystemdOptions(project, corral_executable()))
+    text = units.files[0].content
+    assert "s3cret" not in text
+    assert "--prestart-lock postgresql://app@db.internal/app" in text
+    assert unit_entries(text)["EnvironmentFile"] == ["/etc/corral/corral.env"]
+    assert units.password == "s3cret"
+    (project / "corral.service").write_text(text)
+    verify(project, "corral.service")
+
+
+def test_root_runs_the_service_as_the_sudo_caller_or_a_dynamic_user(project: Path) -> None:
+    settings = settings_from({"app": "main:app"})
+    options = SystemdOptions(project, corral_executable())
+    if os.geteuid() != 0:
+        pytest.skip("checks what an export run by root does")
+    as_sudo = unit_entries(render(settings, options, environ={"SUDO_USER": "alice"}).files[0].content)
+    assert as_sudo["User"] == ["alice"]
+    as_root = unit_entries(render(settings, options, environ={}).files[0].content)
+    assert as_root["DynamicUser"] == ["yes"]
+    assert "User" not in as_root
+
+
+def test_printed_without_out(project: Path) -> None:
+    result = corral("export", "systemd", "main:app", "--socket", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "# file: corral.service" in result.stdout
+    assert "# file: corral.socket" in result.stdout
+    assert "[Service]" in result.stdout
+    assert "ListenStream=127.0.0.1:8000" in result.stdout
+
+
+def test_bad_input_is_one_line(project: Path) -> None:
+    for args in (["--name", "bad/name"], ["--bind", "fd://3", "--socket"], ["--workers", "0"]):
+        result = corral("export", "systemd", "main:app", *args, cwd=project)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("corral: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_install_into_a_root_enables_the_units(project: Path, tmp_path: Path) -> None:
+    root = tmp_path / "image"
+    lock = "postgresql://app:s3cret@localhost/app"
+    result = corral(
+        "install", "main:app", "--name", "api", "--socket", "--prestart", "true", "--prestart-lock", lock,
+        "--root", str(root), cwd=project,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    units = root / "etc/systemd/system"
+    verify(units, "api.service", "api.socket")
+    assert (units / "multi-user.target.wants/api.service").is_symlink()
+    assert (units / "sockets.target.wants/api.socket").is_symlink()
+    env_file = root / "etc/corral/api.env"
+    assert env_file.read_text() == "PGPASSWORD=s3cret\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(systemd_running(), reason="checks the answer on a host without systemd")
+def test_install_without_systemd_says_what_to_do(project: Path) -> None:
+    result = corral("install", "main:app", cwd=project)
+    assert result.returncode == 1
+    assert result.stderr.startswith("corral: systemd is not running here")
+    assert "corral export systemd --out DIR" in result.stderr
+    assert result.stderr.count("\n") == 1
