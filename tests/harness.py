@@ -19,6 +19,32 @@ import httpx
 
 DEADLINE = 60.0
 
+LIFESPAN_APP = """
+    import os
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await receive()
+        body = f"hello from {os.getpid()}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": body})
+"""
+
+PLAIN_APP = """
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%s"})
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -7,21 +7,14 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness import Corral, corral_command, free_port, run_cli, wait_for, write_app
+from harness import PLAIN_APP, Corral, corral_command, free_port, run_cli, wait_for, write_app
 
-APP = """
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"%s"})
-"""
+APP = PLAIN_APP
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -32,13 +25,6 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert lines[0].startswith("corral: ")
     return lines[0]
 
-
-@pytest.fixture
-def corrals() -> Iterator[list[Corral]]:
-    started: list[Corral] = []
-    yield started
-    for corral in started:
-        corral.stop()
 
 
 def test_unknown_option(tmp_path: Path) -> None:

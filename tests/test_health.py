@@ -5,29 +5,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from harness import Corral, free_port, wait_for, write_app
+from harness import PLAIN_APP, Corral, free_port, wait_for, write_app
 
-APP = """
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"served"})
-"""
+APP = PLAIN_APP % "served"
 
-
-@pytest.fixture
-def corrals() -> Iterator[list[Corral]]:
-    started: list[Corral] = []
-    yield started
-    for corral in started:
-        corral.stop()
 
 
 def test_livez_readyz_and_drain_delay(corrals: list[Corral], tmp_path: Path) -> None:

@@ -86,14 +86,6 @@ def recorded(lock: str, release: str) -> bool:
         return row == (1,)
 
 
-@pytest.fixture(params=["file", "postgresql"])
-def lock(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A --prestart-lock value of each kind."""
-    if request.param == "file":
-        return f"file:{tmp_path / 'prestart.lock'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
 
 def test_one_release_runs_once_across_instances(tmp_path: Path, lock: str) -> None:
     runs = tmp_path / "runs"

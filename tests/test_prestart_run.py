@@ -13,22 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from harness import LIFESPAN_APP, write_app
+
 CORRAL = str(Path(sys.executable).with_name("corral"))
 DEADLINE = 120.0
 
-APP = '''
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
-'''
 
 
 def free_port() -> int:
@@ -50,13 +39,6 @@ def answers(port: int) -> bool:
         conn.close()
 
 
-@pytest.fixture(params=["file", "postgresql"])
-def lock(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file:{tmp_path / 'prestart.lock'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
 
 @pytest.fixture
 def instances() -> Iterator[list[subprocess.Popen[bytes]]]:
@@ -76,7 +58,7 @@ def instances() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_no_instance_serves_before_the_step_ends(
     tmp_path: Path, lock: str, instances: list[subprocess.Popen[bytes]]
 ) -> None:
-    (tmp_path / "app.py").write_text(APP)
+    write_app(tmp_path, LIFESPAN_APP)
     runs, end = tmp_path / "runs", tmp_path / "end"
     step = f"echo $$ >> {runs}; sleep 2; touch {end}"
     ports = [free_port() for _ in range(3)]

@@ -7,7 +7,6 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -35,13 +34,6 @@ VERSIONED = """
         await send({{"type": "http.response.body", "body": body}})
 """
 
-
-@pytest.fixture
-def corrals() -> Iterator[list[Corral]]:
-    started: list[Corral] = []
-    yield started
-    for corral in started:
-        corral.stop()
 
 
 def versioned(tmp_path: Path, version: str) -> None:

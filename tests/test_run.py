@@ -7,32 +7,15 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from harness import Corral, process_tree, run_cli, wait_for, write_app
+from harness import LIFESPAN_APP, Corral, process_tree, run_cli, wait_for, write_app
 
-HELLO = """
-    import os
-
-    async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await receive()
-        body = f"hello from {os.getpid()}".encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": body})
-"""
+HELLO = LIFESPAN_APP
 
 FASTAPI_APP = """
     import asyncio
@@ -61,13 +44,6 @@ FASTAPI_APP = """
         time.sleep(3600)
 """
 
-
-@pytest.fixture
-def corrals() -> Iterator[list[Corral]]:
-    started: list[Corral] = []
-    yield started
-    for corral in started:
-        corral.stop()
 
 
 def start(corrals: list[Corral], tmp_path: Path, source: str, *args: str, app: str = "app.py") -> Corral:

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import Corral, wait_for, write_app
+from harness import PLAIN_APP, Corral, wait_for, write_app
 
-APP = """
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-"""
+APP = PLAIN_APP % "served"
 
 
 class Systemd:
