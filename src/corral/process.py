@@ -1,4 +1,4 @@
-"""Process helpers shared by the template and workers: die with the parent, describe exit statuses."""
+"""Process helpers shared by the manager, templates and workers: signals, parent death, exit statuses."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import ctypes.util
 import os
 import signal
 import sys
+
+DUMP_STACKS = signal.SIGUSR1  # manager → worker: faulthandler writes every thread's stack
+RELOAD_CERTIFICATES = signal.SIGUSR2  # manager → worker: load the new certificate material
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15

@@ -22,9 +22,8 @@ from corral.config import Settings
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.generation import Generation, Phase
-from corral.process import describe_status, killed_by
+from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
 from corral.scoreboard import CELLS, CellState, Scoreboard
-from corral.worker.serve import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.worker.spec import TemplateSpec
 
 log = logging.getLogger("corral")

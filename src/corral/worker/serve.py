@@ -26,6 +26,7 @@ from corral.config import Settings
 from corral.discovery import AppLoadError, Target, import_app
 from corral.errors import ExitCode
 from corral.manager.policy import heartbeat_interval
+from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.http_app import wrap_app
 from corral.tls.plan import https_enabled, https_port
@@ -34,8 +35,6 @@ from corral.tls.worker import WorkerTLS, router_class
 from corral.worker.drain import _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
 
-DUMP_STACKS = signal.SIGUSR1
-RELOAD_CERTIFICATES = signal.SIGUSR2
 log = logging.getLogger("corral.worker")
 
 
