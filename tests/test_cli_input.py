@@ -199,3 +199,8 @@ def test_systemd_socket_activation(corrals: list[Corral], tmp_path: Path) -> Non
         process.terminate()
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
+
+
+def test_bad_forwarded_allow_ips(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("run", "app.py", "--forwarded-allow-ips", "bogus", cwd=tmp_path))
+    assert "bogus" in line and "--forwarded-allow-ips" in line

@@ -6,6 +6,7 @@ pydantic-settings and records where each value came from, for `corral config`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -192,6 +193,17 @@ class Settings(BaseSettings):
             raise ValueError("at least one address is needed")
         for item in value:
             parse_bind(item)
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or CIDR (for example 10.0.0.0/8, or *)") from None
         return value
 
     @field_validator("admin_bind")
