@@ -192,11 +192,11 @@ MEMORY_HOG = """
 
 def test_memory_budget_refuses_workers_that_do_not_fit(corrals: list[Corral], tmp_path: Path) -> None:
     write_app(tmp_path, MEMORY_HOG)
-    corral = Corral(tmp_path, "app.py", "-w", "400")
+    corral = Corral(tmp_path, "app.py", "-w", "200")
     corrals.append(corral)
     assert corral.wait_exit() == 8
     log = corral.log
-    assert re.search(r"400 workers × [\d.]+ MiB private \+ [\d.]+ MiB shared > [\d.]+ GiB available", log), log
+    assert re.search(r"200 workers × [\d.]+ MiB private \+ [\d.]+ MiB shared > [\d.]+ GiB available", log), log
 
 
 def test_memory_budget_refuses_a_scale_that_does_not_fit(corrals: list[Corral], tmp_path: Path) -> None:
@@ -204,9 +204,9 @@ def test_memory_budget_refuses_a_scale_that_does_not_fit(corrals: list[Corral], 
     corral = Corral(tmp_path, "app.py", "-w", "1")
     corrals.append(corral)
     corral.wait_ready(1)
-    result = run_cli("scale", "400", "--control", str(corral.control))
+    result = run_cli("scale", "200", "--control", str(corral.control))
     assert result.returncode != 0
-    assert "not enough memory" in result.stderr and "400 workers ×" in result.stderr
+    assert "not enough memory" in result.stderr and "200 workers ×" in result.stderr
     assert corral.status()["target_workers"] == 1
 
 

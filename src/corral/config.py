@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from corral.errors import ConfigError
+from corral.scoreboard import MAX_WORKERS
 
 ENV_PREFIX = "CORRAL_"
 
@@ -170,8 +171,8 @@ class Settings(BaseSettings):
                 value = int(text)
             except ValueError:
                 raise ValueError(f"expected a number of workers or auto, got {value!r}") from None
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            raise ValueError("must be at least 1, or auto")
+        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= MAX_WORKERS:
+            raise ValueError(f"must be from 1 to {MAX_WORKERS}, or auto")
         return value
 
     @field_validator("max_memory", mode="before")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 CELLS = 512
+MAX_WORKERS = CELLS // 2  # leaves a cell for each worker's replacement during a reload or recycle
 _LAYOUT = struct.Struct("=qqqddqq")  # pid, generation, state, heartbeat, started_at, requests, connections
 CELL_SIZE = 64
 

@@ -23,7 +23,7 @@ from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.generation import Generation, Phase
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
-from corral.scoreboard import CELLS, CellState, Scoreboard
+from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
 from corral.worker.spec import TemplateSpec
 
 log = logging.getLogger("corral")
@@ -454,6 +454,8 @@ class Supervisor:
     # --- scale, memory budget -------------------------------------------------------------------
 
     def scale(self, target: int) -> str:
+        if target > MAX_WORKERS:
+            raise ValueError(f"at most {MAX_WORKERS} workers per instance (asked for {target})")
         if target > self.target:
             plan = self._memory_plan(target, explicit=True)
             if plan is not None and not plan.fits:
