@@ -540,11 +540,6 @@ def test_run_arguments_round_trip_from_loaded_layers(clean_cwd: Path) -> None:
     assert parse_run_arguments(run_arguments(settings)).settings == settings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_arguments drops values equal to the default, so replaying the argv where corral.toml "
-    "is lets the file's value win over an explicit --workers auto",
-)
 def test_run_arguments_round_trip_beside_the_config_file(clean_cwd: Path) -> None:
     write(clean_cwd / "corral.toml", "workers = 4\n")
     settings = parse_run_arguments(["main:app", "--workers", "auto"]).settings

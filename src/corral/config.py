@@ -342,7 +342,8 @@ def settings_from(values: Mapping[str, Any]) -> Settings:
 def run_arguments(settings: Settings) -> list[str]:
     """The `corral run` arguments that reproduce `settings` (used by the exports).
 
-    Options at their default value are left out; the app comes first, as `corral run APP`.
+    Options left at their default are left out; one set explicitly is kept even at its default value, so a
+    `corral.toml` beside the exported command cannot override it. The app comes first, as `corral run APP`.
     """
     args: list[str] = [settings.app] if settings.app else []
     for name, field in Settings.model_fields.items():
@@ -350,7 +351,7 @@ def run_arguments(settings: Settings) -> list[str]:
             continue
         value = getattr(settings, name)
         default = field.get_default(call_default_factory=True)
-        if value == default:
+        if value is None or (value == default and name not in settings.model_fields_set):
             continue
         option = "--" + name.replace("_", "-")
         if isinstance(value, bool):
