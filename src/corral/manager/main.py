@@ -21,11 +21,8 @@ from corral.errors import CorralError
 from corral.manager import control, health, policy, resources
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
-from corral.privileges import resolve_owner
 from corral.scoreboard import Scoreboard
 from corral.tls.plan import http_binds, https_enabled
-from corral.tls.service import CertificateService
-from corral.tls.store import default_state_dir
 from corral.worker.spec import ListenerSpec, TemplateSpec
 
 log = logging.getLogger("corral")
@@ -59,7 +56,7 @@ def run(settings: Settings) -> int:
         run_prestart(settings)
     if https_enabled(settings) and "bind" not in settings.model_fields_set:
         settings = settings.model_copy(update={"bind": ["0.0.0.0:443"]})
-    state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir(settings.name)
+    state_dir = _state_dir(settings)
     listeners = _open_listeners(settings)
     plain: list[tuple[socket.socket, Bind | None]] = []
     admin_socket = None
@@ -91,6 +88,17 @@ def run(settings: Settings) -> int:
             control_path.unlink()
 
 
+def _state_dir(settings: Settings) -> Path | None:
+    """Only HTTPS keeps state; its modules (cryptography, acme) are imported only when it is on."""
+    if settings.state_dir:
+        return Path(settings.state_dir)
+    if not https_enabled(settings):
+        return None
+    from corral.tls.store import default_state_dir
+
+    return default_state_dir(settings.name)
+
+
 def _open_listeners(settings: Settings) -> list[tuple[socket.socket, Bind | None]]:
     inherited = systemd_sockets()
     if inherited:
@@ -116,7 +124,7 @@ async def _serve(
     plain: list[tuple[socket.socket, Bind | None]],
     admin_socket: socket.socket | None,
     control_path: Path,
-    state_dir: Path,
+    state_dir: Path | None,
     notifier: Notifier,
 ) -> int:
     scoreboard = Scoreboard.create()
@@ -131,7 +139,7 @@ async def _serve(
         scoreboard_fd=scoreboard.fd,
         listeners=[ListenerSpec(sock.fileno(), "app", https_enabled(settings)) for sock, _ in listeners]
         + [ListenerSpec(sock.fileno(), "http") for sock, _ in plain],
-        state_dir=str(state_dir),
+        state_dir=str(state_dir) if state_dir else "",
     )
     count, explicit = worker_count(settings)
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
@@ -141,7 +149,10 @@ async def _serve(
     )
     supervisor.on_status.append(lambda text: notifier.stopping(text) if text == "stopping" else notifier.status(text))
     certificates = None
-    if https_enabled(settings):
+    if https_enabled(settings) and state_dir is not None:
+        from corral.privileges import resolve_owner
+        from corral.tls.service import CertificateService
+
         owner = resolve_owner(settings.user, settings.group)
         certificates = CertificateService(settings, state_dir, supervisor.reload_certificates, owner)
         await certificates.start()

@@ -21,10 +21,9 @@ class Backoff:
 
 
 def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
-    """Delay before restarting a slot: 0 for the first failure's replacement... doubling up to the maximum.
+    """Delay before restarting a slot: `base` after its first failure, doubling up to `maximum`.
 
-    The first crash of a healthy slot is replaced after `base`; each further failure without a healthy
-    period in between doubles the wait.
+    Each further failure without a healthy period in between doubles the wait.
     """
     if consecutive_failures <= 0:
         return 0.0

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -28,12 +28,12 @@ from corral.errors import ExitCode
 from corral.manager.policy import heartbeat_interval
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
-from corral.tls.http_app import wrap_app
 from corral.tls.plan import https_enabled, https_port
-from corral.tls.store import Store
-from corral.tls.worker import WorkerTLS, router_class
 from corral.worker.drain import _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
+
+if TYPE_CHECKING:
+    from corral.tls.worker import WorkerTLS
 
 log = logging.getLogger("corral.worker")
 
@@ -132,10 +132,19 @@ def run_worker(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.soc
 def _https_layer(
     spec: TemplateSpec, settings: Settings, app: Any
 ) -> tuple[Any, type[asyncio.Protocol], list[socket.socket], WorkerTLS | None]:
-    """The app and HTTP protocol as served: TLS routing, the plain-HTTP listener, HSTS, proxy headers."""
+    """The app and HTTP protocol as served: TLS routing, the plain-HTTP listener, HSTS, proxy headers.
+
+    The TLS modules are imported only when one of these is on, so a plain-HTTP worker does not carry them.
+    """
+    plain = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "http"]
+    if not (https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol):
+        return app, protocol_class(settings.http), plain, None
+    from corral.tls.http_app import wrap_app
+    from corral.tls.store import Store
+    from corral.tls.worker import WorkerTLS, router_class
+
     state_dir = Path(spec.state_dir) if spec.state_dir else None
     tls = WorkerTLS.from_settings(settings, state_dir) if state_dir and https_enabled(settings) else None
-    plain = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "http"]
     if tls is not None or settings.hsts or settings.forwarded_allow_ips:
         app = wrap_app(
             app,
