@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from cryptography import x509
 
 from corral.config import settings_from
 from corral.tls.service import CertificateService
-from harness import free_port, wait_for
+from harness import wait_for
 from pebble import pebble_server
 from tls_helpers import listen, running_service, served_certificate, thread_worker, tls_connect
 
@@ -64,41 +63,3 @@ def test_certificate_by_challenge(tmp_path: Path, challenge: str) -> None:
         assert (state / "certs/acme/key.pem").stat().st_mode & 0o777 == 0o600
         assert not list((state / "challenges/http-01").iterdir())
         assert not list((state / "challenges/tls-alpn-01").iterdir())
-
-
-def test_renewal_of_a_short_lived_certificate_and_unreachable_ca(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    https_sock, http_sock = listen(), listen()
-    https_port, http_port = https_sock.getsockname()[1], http_sock.getsockname()[1]
-    state = tmp_path / "state"
-    caplog.set_level(logging.INFO, logger="corral.tls")
-    with pebble_server(tmp_path / "pebble", http_port, https_port, validity_seconds=60) as pebble:
-        settings = _settings(pebble, https_port, http_port, ["http-01"])
-        workers: list[Any] = []
-        service = CertificateService(settings, state, lambda: [w.reload() for w in workers])
-        with running_service(service), thread_worker(settings, state, https_sock, http_sock) as worker:
-            workers.append(worker)
-            first = wait_for(lambda: _issued_by_pebble(https_port, pebble.issuing_root), 120, "first cert")
-            # renewed when a third of the 60 s lifetime remains, seen by a new connection, same worker
-            renewed = wait_for(
-                lambda: (
-                    (c := _issued_by_pebble(https_port, pebble.issuing_root))
-                    and c.serial_number != first.serial_number
-                    and c
-                ),
-                150,
-                "a renewed certificate",
-            )
-            assert renewed.not_valid_after_utc > first.not_valid_after_utc
-
-    # the ACME server is unreachable at renewal time: retries with backoff, the last certificate serves
-    unreachable = settings.model_copy(update={"acme_directory": f"https://127.0.0.1:{free_port()}/dir"})
-    https_sock2 = listen()
-    service = CertificateService(unreachable, state, lambda: None)
-    with running_service(service), thread_worker(unreachable, state, https_sock2, None):
-        wait_for(lambda: caplog.text.count("not renewed") >= 2, 150, "two failed attempts")
-        assert "retrying at" in caplog.text
-        served = served_certificate(https_sock2.getsockname()[1], DOMAIN)
-        assert served.serial_number == renewed.serial_number
-        assert service.status()[0]["failures"] >= 2

@@ -99,6 +99,7 @@ class Supervisor:
         self._announced = False
         self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
         self._prestart_task: asyncio.Task[None] | None = None
+        self._generations_started = 0
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -137,7 +138,8 @@ class Supervisor:
     # --- generations ----------------------------------------------------------------------------
 
     def _start_generation(self) -> Generation:
-        number = max(self.generations, default=0) + 1
+        self._generations_started += 1
+        number = self._generations_started  # never reused, even after a refused reload
         self.spec.generation = number
         generation = Generation.start(self.spec)
         self.generations[number] = generation
