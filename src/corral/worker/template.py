@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import selectors
@@ -118,6 +119,22 @@ class Template:
                     channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status})
 
 
+def preload_server_modules(http: str) -> None:
+    """Import what uvicorn would import in each worker (event loop, protocols), so workers share it."""
+    import uvicorn
+
+    config = uvicorn.Config(lambda *_: None, http=http, log_config=None)
+    config.get_loop_factory()
+    for name in (
+        "uvicorn.lifespan.on",
+        "uvicorn.protocols.websockets.auto",
+        "uvicorn.protocols.http.h11_impl",
+        "uvicorn.protocols.http.httptools_impl",
+    ):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def main() -> None:
     spec = TemplateSpec.loads(os.environ.pop(ENV_VAR))
     die_with_parent(spec.manager_pid)
@@ -127,6 +144,7 @@ def main() -> None:
         from corral.privileges import drop_privileges
 
         drop_privileges(spec.settings.get("user"), spec.settings.get("group"))
+    preload_server_modules(str(spec.settings.get("http", "auto")))
     template = Template(spec)
     if not template.load():
         sys.exit(3)
