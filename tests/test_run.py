@@ -161,10 +161,30 @@ def test_blocked_event_loop_is_dumped_and_replaced(corrals: list[Corral], tmp_pa
     new = wait_for(lambda: (p := corral.ready_pids()) and p[0] != pid and p, what="replacement of the hung worker")
     assert new != [pid]
     log = corral.log
-    assert "event loop blocked" in log
+    assert "its event loop hung" in log
     assert "block_forever" in log  # the blocking function, from the stack dump
-    assert "killed after its event loop hung" in log
+    assert "killed because its event loop hung" in log
     assert corral.get("/").json()["pid"] == new[0]
+
+
+def test_worker_never_ready_stops_corral_at_the_startup_timeout(corrals: list[Corral], tmp_path: Path) -> None:
+    source = """
+        import asyncio
+
+        async def wait_for_a_database_that_never_answers():
+            await asyncio.Event().wait()
+
+        async def app(scope, receive, send):
+            if scope["type"] == "lifespan":
+                await receive()
+                await wait_for_a_database_that_never_answers()
+    """
+    corral = start(corrals, tmp_path, source, "-w", "2", "--startup-timeout", "2")
+    assert corral.wait_exit() == 3
+    log = corral.log
+    assert log.count("not ready within --startup-timeout 2 s") == 2  # the stack dump notice, the cause
+    assert "wait_for_a_database_that_never_answers" in log  # where it was stuck, from the stack dump
+    assert not process_tree(corral.process.pid)
 
 
 def test_slow_request_on_a_healthy_loop_is_not_a_hang(corrals: list[Corral], tmp_path: Path) -> None:

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     # Timeouts and restarts
     timeout: float = Field(30.0, gt=0, description="seconds a worker's event loop may stay blocked")
     graceful_timeout: float = Field(30.0, ge=0, description="seconds a draining worker may take")
+    startup_timeout: float = Field(120.0, gt=0, description="seconds a new worker may take to become ready")
     crash_limit: int = Field(5, ge=1, description="crashes within --crash-window that stop corral")
     crash_window: float = Field(60.0, gt=0, description="seconds over which crashes are counted")
     backoff_max: float = Field(30.0, gt=0, description="longest restart delay of a slot, in seconds")

@@ -44,7 +44,7 @@ class Worker:
     ready_at: float | None = None
     stop_reason: str | None = None  # set when the manager asked it to stop: its exit is not a crash
     kill_at: float | None = None
-    hung: bool = False
+    fault: str | None = None  # why the manager killed it (hung, never ready): its exit counts as a crash
     replacing: str | None = None  # why a replacement was started; drain once the replacement is ready
     request_limit: int | None = None
     memory_uss: int | None = None
@@ -324,17 +324,18 @@ class Supervisor:
     def _on_worker_exit(self, worker: Worker, status: int) -> None:
         self._forget(worker)
         what = describe_status(status)
-        if worker.stop_reason is not None and not worker.hung:
+        if worker.stop_reason is not None and worker.fault is None:
             log.debug("worker %d (pid %s) %s after: %s", worker.slot, worker.pid, what, worker.stop_reason)
             return
         generation = self.generations.get(worker.generation)
         if generation is not None and generation.phase is Phase.PROVING and worker.ready_at is None:
-            self._generation_failed(generation, generation.boot_error or f"the first worker {what}")
+            cause = f"the first worker was killed: {worker.fault}" if worker.fault else f"the first worker {what}"
+            self._generation_failed(generation, generation.boot_error or cause)
             return
         hint = ""
-        if killed_by(status) == signal.SIGKILL and not worker.hung:
+        if killed_by(status) == signal.SIGKILL and worker.fault is None:
             hint = " (SIGKILL usually comes from the kernel's out-of-memory killer: check `dmesg`)"
-        cause = "killed after its event loop hung" if worker.hung else what
+        cause = f"killed because {worker.fault}" if worker.fault else what
         log.warning("worker %d (pid %s) %s%s", worker.slot, worker.pid, cause, hint)
         now = time.monotonic()
         slot = self.slots.setdefault(worker.slot, Slot())
@@ -386,25 +387,32 @@ class Supervisor:
 
     def _watchdog(self, now: float) -> None:
         for worker in self.workers.values():
-            if worker.pid is None or worker.hung or worker.state == "draining":
+            if worker.pid is None or worker.fault or worker.state == "draining":
                 continue
             cell = self.scoreboard.read(worker.cell)
             if cell.pid != worker.pid:
                 continue
             if policy.is_hung(now, cell.heartbeat, self.settings.timeout):
-                log.error(
-                    "worker %d (pid %d): event loop blocked for %.1f s (--timeout %g); stack of every thread:",
-                    worker.slot, worker.pid, now - cell.heartbeat, self.settings.timeout,
-                )
-                worker.hung = True
-                worker.stop_reason = "hung"
-                _signal(worker.pid, DUMP_STACKS)
-                worker.kill_at = now + STACK_DUMP_WAIT
+                blocked = now - cell.heartbeat
+                self._kill_for_fault(worker, now, f"its event loop hung (blocked {blocked:.1f} s, --timeout "
+                                     f"{self.settings.timeout:g})")
+            elif worker.state == "starting" and now - worker.forked_at > self.settings.startup_timeout:
+                self._kill_for_fault(worker, now, f"it was not ready within --startup-timeout "
+                                     f"{self.settings.startup_timeout:g} s")
+
+    def _kill_for_fault(self, worker: Worker, now: float, fault: str) -> None:
+        """Log every thread's stack (faulthandler, in the worker), then kill: the blocking line is in the log."""
+        log.error("worker %d (pid %s): %s; stack of every thread:", worker.slot, worker.pid, fault)
+        worker.fault = fault
+        worker.stop_reason = fault
+        if worker.pid:
+            _signal(worker.pid, DUMP_STACKS)
+        worker.kill_at = now + STACK_DUMP_WAIT
 
     def _enforce_deadlines(self, now: float) -> None:
         for worker in self.workers.values():
             if worker.kill_at is not None and now >= worker.kill_at and worker.pid:
-                if not worker.hung:
+                if worker.fault is None:
                     log.warning(
                         "worker %d (pid %d) still busy after --graceful-timeout %g s: killed",
                         worker.slot, worker.pid, self.settings.graceful_timeout,

@@ -129,6 +129,29 @@ def run_worker(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.soc
         os._exit(int(code))
 
 
+def _dump_tasks_too(loop: asyncio.AbstractEventLoop) -> None:
+    """On DUMP_STACKS, faulthandler writes every thread's stack at once (even with the loop blocked); it then
+    chains to a loop handler that also prints the suspended coroutines, when the loop is free to run it
+    (a worker stuck awaiting something that never comes shows where it waits)."""
+
+    def print_tasks() -> None:
+        lines = []
+        for task in asyncio.all_tasks(loop):
+            lines.append(f"Task {task.get_name()} (outermost call first):")
+            awaited: Any = task.get_coro()
+            while awaited is not None:
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                if frame is None:
+                    break
+                lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno} in {frame.f_code.co_name}')
+                awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    faulthandler.unregister(DUMP_STACKS)
+    loop.add_signal_handler(DUMP_STACKS, print_tasks)
+    faulthandler.register(DUMP_STACKS, all_threads=True, chain=True)
+
+
 def _https_layer(
     spec: TemplateSpec, settings: Settings, app: Any
 ) -> tuple[Any, type[asyncio.Protocol], list[socket.socket], WorkerTLS | None]:
@@ -224,8 +247,10 @@ def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket)
             await asyncio.sleep(interval)
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        _dump_tasks_too(loop)
         if tls is not None:
-            asyncio.get_running_loop().add_signal_handler(RELOAD_CERTIFICATES, tls.reload)
+            loop.add_signal_handler(RELOAD_CERTIFICATES, tls.reload)
         beat = asyncio.create_task(heartbeat())
         try:
             await server.serve(sockets=sockets)
