@@ -37,6 +37,9 @@ from typing import Any
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import free_port, versions  # the sibling script's helpers
+
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
 REPORT_LUA = HERE / "report.lua"
@@ -82,13 +85,6 @@ class Tools:
 class Certificate:
     cert: Path  # the leaf alone, as Corral serves it
     key: Path  # PKCS#8 PEM (granian reads no other format)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def https_probe(port: int) -> tuple[str, str] | None:
@@ -291,20 +287,6 @@ class Bench:
 
 
 # Setup and report --------------------------------------------------------------------------------
-
-
-def versions(python: Path) -> dict[str, str]:
-    code = (
-        "import importlib.metadata as m, json, sys\n"
-        "found = {}\n"
-        "for name in sys.argv[1:]:\n"
-        "    try: found[name] = m.version(name)\n"
-        "    except m.PackageNotFoundError: pass\n"
-        "print(json.dumps(found))\n"
-    )
-    done = subprocess.run([str(python), "-c", code, *VERSIONS], capture_output=True, text=True, check=True)
-    found: dict[str, str] = json.loads(done.stdout)
-    return found
 
 
 def ensure_peers(corral_venv: Path, peers_venv: Path) -> None:
