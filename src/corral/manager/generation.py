@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import os
@@ -31,7 +32,7 @@ class Generation:
     phase: Phase = Phase.LOADING
     boot_error: str | None = None
     exit_sent: bool = False
-    reload_waiters: list[object] = field(default_factory=list)
+    reload_waiters: list[asyncio.Future[int]] = field(default_factory=list)
 
     @classmethod
     def start(cls, spec: TemplateSpec) -> Generation:

@@ -231,7 +231,7 @@ class Supervisor:
         log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
         log.error("generation %d keeps serving", self.current.number if self.current else 0)
         for waiter in generation.reload_waiters:
-            if isinstance(waiter, asyncio.Future) and not waiter.done():
+            if not waiter.done():
                 waiter.set_exception(RuntimeError(f"the new code failed to start: {cause}"))
 
     def _promote(self, generation: Generation) -> None:
@@ -288,7 +288,7 @@ class Supervisor:
         if older or not all(slot in ready for slot in range(1, self.target + 1)):
             return
         for waiter in current.reload_waiters:
-            if isinstance(waiter, asyncio.Future) and not waiter.done():
+            if not waiter.done():
                 waiter.set_result(current.number)
         current.reload_waiters.clear()
         log.info("reload finished: generation %d serves with %d workers", current.number, self.target)
@@ -436,9 +436,6 @@ class Supervisor:
             slot = self.slots.setdefault(slot_number, Slot())
             if not active and now >= slot.next_start:
                 self._fork(slot_number, current)
-            if slot.failures and any(w.state == "ready" and w.ready_at and now - w.ready_at >= self.backoff.reset_after
-                                     for w in active):
-                slot.failures = 0
         for worker in list(self.workers.values()):
             if worker.slot > self.target:
                 self._drain(worker, "scaled down")
