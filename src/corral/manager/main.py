@@ -17,7 +17,6 @@ from corral.binds import Bind, display_urls, open_socket, parse_bind, systemd_so
 from corral.config import Settings
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
-from corral.errors import CorralError
 from corral.manager import control, health, policy, resources
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
@@ -57,35 +56,28 @@ def run(settings: Settings) -> int:
     if https_enabled(settings) and "bind" not in settings.model_fields_set:
         settings = settings.model_copy(update={"bind": ["0.0.0.0:443"]})
     state_dir = _state_dir(settings)
-    listeners = _open_listeners(settings)
-    plain: list[tuple[socket.socket, Bind | None]] = []
-    admin_socket = None
+    opened: list[tuple[socket.socket, Bind | None]] = []  # everything to close (and unlink) at the end
     try:
-        for text in http_binds(settings):
-            plain_bind = parse_bind(text)
-            plain.append((open_socket(plain_bind), plain_bind))
-        if settings.admin_bind:
-            admin_bind = parse_bind(settings.admin_bind)
-            admin_socket = open_socket(admin_bind)
-            admin_socket.set_inheritable(False)
-            plain.append((admin_socket, admin_bind))
-    except CorralError:
-        for sock, _ in listeners + plain:
-            sock.close()
-        raise
-    try:
-        return asyncio.run(
-            _serve(settings, target, listeners, [p for p in plain if p[0] is not admin_socket], admin_socket,
-                   control_path, state_dir, notifier)
-        )
+        listeners = _open_listeners(settings, opened)
+        plain = [_open(parse_bind(text), opened) for text in http_binds(settings)]
+        admin = _open(parse_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
+        if admin is not None:
+            admin.set_inheritable(False)  # answered by the manager itself, never by a worker
+        return asyncio.run(_serve(settings, target, listeners, plain, admin, control_path, state_dir, notifier))
     finally:
-        for sock, bind in listeners + plain:
+        for sock, bind in opened:
             sock.close()
             if bind is not None and bind.kind == "unix":
                 with contextlib.suppress(OSError):
                     os.unlink(bind.path)
         with contextlib.suppress(OSError):
             control_path.unlink()
+
+
+def _open(bind: Bind, opened: list[tuple[socket.socket, Bind | None]]) -> tuple[socket.socket, Bind | None]:
+    entry: tuple[socket.socket, Bind | None] = (open_socket(bind), bind)
+    opened.append(entry)
+    return entry
 
 
 def _state_dir(settings: Settings) -> Path | None:
@@ -99,22 +91,17 @@ def _state_dir(settings: Settings) -> Path | None:
     return default_state_dir(settings.name)
 
 
-def _open_listeners(settings: Settings) -> list[tuple[socket.socket, Bind | None]]:
-    inherited = systemd_sockets()
+def _open_listeners(
+    settings: Settings, opened: list[tuple[socket.socket, Bind | None]]
+) -> list[tuple[socket.socket, Bind | None]]:
+    """The app's sockets: handed over by systemd socket activation, or bound from --bind."""
+    inherited: list[tuple[socket.socket, Bind | None]] = [(sock, None) for sock in systemd_sockets()]
+    for sock, _ in inherited:
+        sock.set_inheritable(True)
+    opened.extend(inherited)
     if inherited:
-        for sock in inherited:
-            sock.set_inheritable(True)
-        return [(sock, None) for sock in inherited]
-    opened: list[tuple[socket.socket, Bind | None]] = []
-    try:
-        for text in settings.bind:
-            bind = parse_bind(text)
-            opened.append((open_socket(bind), bind))
-    except CorralError:
-        for sock, _ in opened:
-            sock.close()
-        raise
-    return opened
+        return inherited
+    return [_open(parse_bind(text), opened) for text in settings.bind]
 
 
 async def _serve(
