@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import free_port, versions  # the sibling script's helpers
+from run import chosen_servers, free_port, versions  # the sibling script's helpers
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -379,10 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    unknown = [name for name in servers if name not in SERVERS]
-    if unknown or not servers:
-        print(f"https.py: unknown server {', '.join(unknown)} (choose from {', '.join(SERVERS)})", file=sys.stderr)
+    servers = chosen_servers(args.servers, list(SERVERS), "https.py")
+    if servers is None:
         return 2
     if "corral" not in servers:
         servers.insert(0, "corral")  # it issues the certificate the others serve

@@ -775,12 +775,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def chosen_servers(text: str, known: list[str], script: str) -> list[str] | None:
+    """`--servers a,b` checked against the known names; None (after one line on stderr) when one is unknown."""
+    servers = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in servers if name not in known]
+    if unknown or not servers:
+        print(f"{script}: unknown server {', '.join(unknown)} (choose from {', '.join(known)})", file=sys.stderr)
+        return None
+    return servers
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    unknown = [name for name in servers if name not in SERVERS]
-    if unknown or not servers:
-        print(f"run.py: unknown server {', '.join(unknown)} (choose from {', '.join(SERVERS)})", file=sys.stderr)
+    servers = chosen_servers(args.servers, list(SERVERS), "run.py")
+    if servers is None:
         return 2
     wrk = shutil.which("wrk")
     if wrk is None:
