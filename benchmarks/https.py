@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -38,7 +37,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import chosen_servers, free_port, versions  # the sibling script's helpers
+from run import chosen_servers, free_port, stop_tree, versions  # the sibling script's helpers
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -131,17 +130,7 @@ class Process:
             tree = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        for process in tree:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(tree, timeout=10)
-        self.process.wait()
+        stop_tree(self.process, tree, grace)
 
 
 def wait_ready(label: str, processes: list[Process], ready_dir: Path, port: int) -> tuple[str, str]:

@@ -235,19 +235,22 @@ class Server:
         return total / MIB, count
 
     def stop(self, grace: float = 10) -> None:
-        """SIGTERM, then SIGKILL whatever of this server's tree is left after `grace` seconds."""
-        tree = self.tree()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        for process in tree:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(tree, timeout=10)
-        self.process.wait()
+        stop_tree(self.process, self.tree(), grace)
+
+
+def stop_tree(process: subprocess.Popen[bytes], tree: list[psutil.Process], grace: float) -> None:
+    """SIGTERM, then SIGKILL whatever of the server's tree (taken before the TERM) is left after `grace` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    psutil.wait_procs(tree, timeout=10)
+    process.wait()
 
 
 @dataclass
