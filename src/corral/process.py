@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
@@ -15,11 +16,15 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def die_with_parent(expected_parent: int, sig: signal.Signals = signal.SIGKILL) -> None:
     """Ask the kernel to send `sig` when our parent exits; exit now if it already has."""
     if sys.platform == "linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        _libc().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if os.getppid() != expected_parent:
         os._exit(1)
 
@@ -27,8 +32,7 @@ def die_with_parent(expected_parent: int, sig: signal.Signals = signal.SIGKILL) 
 def set_process_title(title: str) -> None:
     """Name the process in ps/top (Linux: the comm name, at most 15 bytes)."""
     if sys.platform == "linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_NAME, title.encode()[:15], 0, 0, 0)
+        _libc().prctl(_PR_SET_NAME, title.encode()[:15], 0, 0, 0)
 
 
 def describe_status(status: int) -> str:

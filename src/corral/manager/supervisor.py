@@ -477,13 +477,13 @@ class Supervisor:
         ready = [w for w in self.workers.values() if w.state == "ready" and w.pid]
         if not ready or self.current is None:
             return None
-        private = max((self.sampler.memory(w.pid) or resources.ProcessMemory(0, 0, 0)).uss for w in ready if w.pid)
+        measured = [self.sampler.memory(w.pid) for w in ready if w.pid]
+        private = [m.uss for m in measured if m is not None]
         template = self.sampler.memory(self.current.process.pid)
         shared = template.rss if template else 0
-        pool = shared + sum(
-            (self.sampler.memory(w.pid) or resources.ProcessMemory(0, 0, 0)).uss for w in ready if w.pid
-        )
-        return policy.plan_memory(wanted, explicit, private, shared, resources.memory_available() + pool)
+        pool = shared + sum(private)
+        available = resources.memory_available() + pool
+        return policy.plan_memory(wanted, explicit, max(private, default=0), shared, available)
 
     def _plan_memory_at_start(self) -> None:
         plan = self._memory_plan(self.target, self.explicit_workers)
@@ -515,7 +515,8 @@ class Supervisor:
         self.stopping = True
         if self.exit_code is None:
             self.exit_code = code
-        self._report("stopping")
+        if not self.draining_instance:  # request_stop() has told already
+            self._report("stopping")
         if not graceful:
             for worker in self.workers.values():
                 if worker.pid:

@@ -116,11 +116,11 @@ def _summarise(message: str) -> str:
     return f"{lines[-1].strip()}{where}"
 
 
-def run_worker(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket) -> None:
+def run_worker(spec: TemplateSpec, settings: Settings, app: Any, cell: int, channel_sock: socket.socket) -> None:
     """Body of a forked worker; ends the process."""
     code: int = ExitCode.ERROR
     try:
-        code = _serve(spec, app, cell, channel_sock)
+        code = _serve(spec, settings, app, cell, channel_sock)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -185,8 +185,7 @@ def _https_layer(
     return app, http_class, plain, tls
 
 
-def _serve(spec: TemplateSpec, app: Any, cell: int, channel_sock: socket.socket) -> int:
-    settings = Settings.model_validate(spec.settings)
+def _serve(spec: TemplateSpec, settings: Settings, app: Any, cell: int, channel_sock: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from corral import channel
+from corral.config import Settings
 from corral.discovery import AppLoadError, Target, import_app
 from corral.process import die_with_parent, set_process_title
 from corral.worker.serve import run_worker
@@ -27,8 +28,9 @@ log = logging.getLogger("corral.template")
 
 
 class Template:
-    def __init__(self, spec: TemplateSpec) -> None:
+    def __init__(self, spec: TemplateSpec, settings: Settings) -> None:
         self.spec = spec
+        self.settings = settings
         self.channel = socket.socket(fileno=spec.channel_fd)
         self.app: Any = None
         self.children: dict[int, int] = {}  # pid -> scoreboard cell
@@ -36,12 +38,12 @@ class Template:
         self.wakeup_read, self.wakeup_write = os.pipe()
 
     def load(self) -> bool:
-        if not self.spec.settings.get("preload", True):
+        if not self.settings.preload:
             channel.send(self.channel, {"ev": "loaded"})
             return True
         try:
             target = Target(self.spec.module, self.spec.attr, self.spec.path)
-            self.app = import_app(target, bool(self.spec.settings.get("factory")))
+            self.app = import_app(target, self.settings.factory)
         except AppLoadError as exc:
             channel.send(self.channel, {"ev": "load_failed", "error": str(exc)})
             return False
@@ -100,7 +102,7 @@ class Template:
             os.close(self.wakeup_write)
             die_with_parent(template_pid)
             set_process_title(f"corral-w{self.spec.generation}")
-            run_worker(self.spec, self.app, cell, self.channel)
+            run_worker(self.spec, self.settings, self.app, cell, self.channel)
         self.children[pid] = cell
         channel.send(self.channel, {"ev": "forked", "cell": cell, "pid": pid})
 
@@ -140,12 +142,13 @@ def main() -> None:
     die_with_parent(spec.manager_pid)
     set_process_title(f"corral-t{spec.generation}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if spec.settings.get("user") or spec.settings.get("group"):
+    settings = Settings.model_validate(spec.settings)  # once here, not in every fork
+    if settings.user or settings.group:
         from corral.privileges import drop_privileges
 
-        drop_privileges(spec.settings.get("user"), spec.settings.get("group"))
-    preload_server_modules(str(spec.settings.get("http", "auto")))
-    template = Template(spec)
+        drop_privileges(settings.user, settings.group)
+    preload_server_modules(settings.http)
+    template = Template(spec, settings)
     if not template.load():
         sys.exit(3)
     template.serve()
