@@ -66,6 +66,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, what: str 
         time.sleep(0.05)
 
 
+CORRAL = str(Path(sys.executable).with_name("corral"))  # the console script, as a user runs it
+
+
 def corral_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "corral", *args]
 

@@ -11,7 +11,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+
+from harness import free_port
 
 ENV_URL = "CORRAL_TEST_POSTGRES_URL"
 
@@ -33,13 +34,6 @@ def _bindir() -> Path:
     if initdb:
         return Path(initdb).parent
     pytest.fail(f"PostgreSQL is not installed (apt-get install postgresql), and {ENV_URL} is not set")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -64,7 +58,7 @@ def postgres_cluster() -> Iterator[str]:
             capture_output=True,
         )
         for _attempt in range(5):
-            port = _free_port()
+            port = free_port()
             options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}"
             pg_ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(logfile)]
             started = subprocess.run(

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from corral.check import FALLBACK, MIB, Footprint, Memory, estimate_memory, measure
 from corral.config import settings_from
-
-CORRAL = str(Path(sys.executable).parent / "corral")
+from harness import CORRAL
 
 # 64 MiB the app writes to at import, like a model loaded at startup; and a measurable import time.
 HEAVY = """

@@ -13,8 +13,8 @@ import yaml
 
 from corral.cli import parse_run_arguments
 from corral.export.docker import health_command
+from harness import CORRAL
 
-CORRAL = str(Path(sys.executable).parent / "corral")
 APP = "async def app(scope, receive, send):\n    pass\n"
 
 

@@ -16,8 +16,8 @@ import pytest
 from corral import __version__
 from corral.cli import parse_run_arguments
 from corral.export.docker import health_command
+from harness import CORRAL
 
-CORRAL = str(Path(sys.executable).parent / "corral")
 APP = "async def app(scope, receive, send):\n    pass\n"
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from corral.cli import parse_run_arguments
+from harness import CORRAL
 
-CORRAL = str(Path(sys.executable).parent / "corral")
 MIB = 1024 * 1024
 APP = """
 WEIGHTS = bytearray(64 * 1024 * 1024)

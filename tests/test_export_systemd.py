@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,7 @@ from corral.cli import parse_run_arguments
 from corral.config import settings_from
 from corral.export.install import systemd_running
 from corral.export.systemd import SystemdOptions, corral_executable, render
-
-CORRAL = str(Path(sys.executable).parent / "corral")
+from harness import CORRAL
 
 
 def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

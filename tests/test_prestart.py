@@ -7,9 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -17,8 +14,8 @@ import pytest
 
 from corral.config import settings_from
 from corral.prestart import run_prestart
+from harness import CORRAL, wait_for
 
-CORRAL = str(Path(sys.executable).with_name("corral"))
 DEADLINE = 120.0
 
 
@@ -51,14 +48,6 @@ def start(tmp_path: Path, name: str, *args: str) -> Instance:
 
 def prestart(tmp_path: Path, *args: str) -> tuple[int, str]:
     return start(tmp_path, "single", *args).finish()
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -158,11 +147,11 @@ def test_killed_holder_hands_the_lock_over(tmp_path: Path, lock: str) -> None:
     step = f'echo $$ >> {runs}; if mkdir {first}; then sleep 600 & echo "$$ $!" > {pids}; wait; fi'
     args = ["--prestart", step, "--prestart-lock", lock, "--release", "r1"]
     holder = start(tmp_path, "holder", *args)
-    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, "the step to start")
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, DEADLINE, "the step to start")
     step_processes = [int(pid) for pid in pids.read_text().split()]
 
     waiter = start(tmp_path, "waiter", *args)
-    wait_until(lambda: "waiting for the" in waiter.output(), "the second instance to wait for the lock")
+    wait_for(lambda: "waiting for the" in waiter.output(), DEADLINE, "the second instance to wait for the lock")
     assert waiter.proc.poll() is None
     holder.proc.kill()
     assert holder.finish()[0] == -signal.SIGKILL
@@ -173,7 +162,7 @@ def test_killed_holder_hands_the_lock_over(tmp_path: Path, lock: str) -> None:
     assert len(lines(runs)) == 2
     assert recorded(lock, "r1")
     for pid in step_processes:
-        wait_until(lambda pid=pid: not alive(pid), f"step process {pid} to end")
+        wait_for(lambda pid=pid: not alive(pid), DEADLINE, f"step process {pid} to end")
 
 
 def test_timeout_kills_a_hung_step(tmp_path: Path) -> None:
@@ -184,7 +173,7 @@ def test_timeout_kills_a_hung_step(tmp_path: Path) -> None:
     assert code == 6, out
     assert out.splitlines()[-1] == f"corral: pre-start step 1 timed out after 1 s and was killed: {step}"
     shell = int(pid_file.read_text())
-    wait_until(lambda: not alive(shell), "the hung step to be killed")
+    wait_for(lambda: not alive(shell), DEADLINE, "the hung step to be killed")
     assert not after.exists()
 
 

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import http.client
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import LIFESPAN_APP, write_app
+from harness import CORRAL, LIFESPAN_APP, free_port, write_app
 
-CORRAL = str(Path(sys.executable).with_name("corral"))
 DEADLINE = 120.0
 
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def answers(port: int) -> bool:
