@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import chosen_servers, free_port, stop_tree, versions  # the sibling script's helpers
+from run import BenchError, chosen_servers, free_port, parse_wrk, stop_tree, versions  # the sibling script's helpers
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -53,10 +53,6 @@ PINNED = ("uvicorn", "uvloop", "httptools", "h11", "fastapi", "starlette", "pyda
 PEER_PACKAGES = ("uvicorn[standard]", "granian", "fastapi", "psutil")
 VERSIONS = (*PINNED, "granian", "corral", "cryptography")
 READY_TIMEOUT = 60.0
-
-
-class BenchError(Exception):
-    """A measurement that could not be taken: reported in its row, and the run exits non-zero."""
 
 
 @dataclass(frozen=True)
@@ -245,17 +241,7 @@ class Bench:
             self.commands["wrk"] = [*argv, f"https://{NAME}:PORT/"]
         done = subprocess.run([*argv, f"https://{NAME}:{port}/"], capture_output=True, text=True,
                               timeout=duration + 60, check=False)  # fmt: skip
-        for line in done.stdout.splitlines():
-            if line.startswith("BENCH-JSON "):
-                raw = json.loads(line.removeprefix("BENCH-JSON "))
-                failed = sum(raw[key] for key in ("connect", "read", "write", "status", "timeout"))
-                return {
-                    "requests": raw["requests"],
-                    "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
-                    "p99_ms": round(raw["p99_us"] / 1000, 2),
-                    "failed": failed,
-                }
-        raise BenchError(f"wrk gave no result: {(done.stderr or done.stdout).strip()[-300:]}")
+        return parse_wrk(done.stdout, done.stderr)
 
     def measure(self, server: str, keep_state: Path) -> dict[str, Any]:
         label = LABELS.get(server, server)
