@@ -441,6 +441,8 @@ class Supervisor:
                 self._drain(worker, "scaled down")
 
     def _recycle(self) -> None:
+        if self.settings.max_requests is None and self.settings.max_memory is None:
+            return
         for worker in self.workers.values():
             if worker.state != "ready" or worker.replacing or worker.stop_reason:
                 continue
