@@ -21,6 +21,7 @@ from corral import channel
 from corral.config import Settings
 from corral.discovery import AppLoadError, Target, import_app
 from corral.process import die_with_parent, set_process_title
+from corral.tls.plan import https_enabled
 from corral.worker.serve import run_worker
 from corral.worker.spec import ENV_VAR, TemplateSpec
 
@@ -121,18 +122,23 @@ class Template:
                     channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status})
 
 
-def preload_server_modules(http: str) -> None:
-    """Import what uvicorn would import in each worker (event loop, protocols), so workers share it."""
+def preload_server_modules(settings: Settings) -> None:
+    """Import what a worker would import later (event loop, protocols, TLS), so that workers share it, and
+    before privileges are dropped, so that the service user needs no access to where Corral is installed."""
     import uvicorn
 
-    config = uvicorn.Config(lambda *_: None, http=http, log_config=None)
+    config = uvicorn.Config(lambda *_: None, http=settings.http, log_config=None)
     config.get_loop_factory()
-    for name in (
+    names = [
         "uvicorn.lifespan.on",
+        "uvicorn.lifespan.off",
         "uvicorn.protocols.websockets.auto",
         "uvicorn.protocols.http.h11_impl",
         "uvicorn.protocols.http.httptools_impl",
-    ):
+    ]
+    if https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol:
+        names += ["corral.tls.http_app", "corral.tls.store", "corral.tls.worker"]
+    for name in names:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
 
@@ -143,11 +149,11 @@ def main() -> None:
     set_process_title(f"corral-t{spec.generation}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings.model_validate(spec.settings)  # once here, not in every fork
+    preload_server_modules(settings)
     if settings.user or settings.group:
         from corral.privileges import drop_privileges
 
         drop_privileges(settings.user, settings.group)
-    preload_server_modules(settings.http)
     template = Template(spec, settings)
     if not template.load():
         sys.exit(3)
