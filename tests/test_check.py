@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from corral.check import FALLBACK, MIB, Footprint, Memory, estimate_memory, measure
-from corral.config import settings_from
+from corral.config import options_from
 from harness import CORRAL
 
 # 64 MiB the app writes to at import, like a model loaded at startup; and a measurable import time.
@@ -40,7 +40,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
 
 def test_measures_the_import(tmp_path: Path) -> None:
     (tmp_path / "heavy.py").write_text(HEAVY)
-    footprint = measure(settings_from({"app": "heavy:app"}), tmp_path)
+    footprint = measure(options_from({"app": "heavy:app"}), tmp_path)
     assert footprint.app == "heavy:app"
     share = footprint.app_share
     assert share.rss >= 60 * MIB
@@ -82,7 +82,7 @@ def test_factory_is_called(tmp_path: Path) -> None:
         "        pass\n"
         "    return app\n"
     )
-    footprint = measure(settings_from({"app": "factory:create", "factory": True}), tmp_path)
+    footprint = measure(options_from({"app": "factory:create", "factory": True}), tmp_path)
     assert footprint.app_share.uss >= 40 * MIB
 
 

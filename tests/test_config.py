@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from corral.config import (
     ConfigError,
     Settings,
     load_settings,
+    options_from,
     parse_size,
     run_arguments,
     settings_from,
 )
 from corral.errors import CorralError, ExitCode
+from corral.options import Options
 
 
 def write(path: Path, text: str) -> Path:
@@ -554,3 +557,24 @@ def test_run_arguments_round_trip_of_an_empty_list(clean_cwd: Path) -> None:
     except ConfigError:
         return  # refusing an empty list is a fix too
     assert parse_run_arguments(run_arguments(settings)).settings == settings
+
+
+def test_options_mirror_every_setting_with_its_type() -> None:
+    hints = typing.get_type_hints(Options)
+    assert list(hints) == list(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        assert hints[name] == field.annotation, name
+
+
+def test_options_carry_the_validated_values_through_json() -> None:
+    options = options_from({"app": "main:app", "workers": "3", "max_memory": "1KiB", "prestart": ["a, b"]})
+    assert (options.workers, options.max_memory, options.prestart) == (3, 1024, ["a, b"])
+    assert Options.loads(options.dumps()) == options
+
+
+def test_https_without_bind_listens_on_443() -> None:
+    assert options_from({"https": ["api.example.com"]}).bind == ["0.0.0.0:443"]
+    assert options_from({"certfile": "c.pem"}).bind == ["0.0.0.0:443"]
+    assert options_from({"https": ["localhost"], "bind": ["127.0.0.1:8443"]}).bind == ["127.0.0.1:8443"]
+    assert options_from({"https": ["localhost"], "bind": ["127.0.0.1:8000"]}).bind == ["127.0.0.1:8000"]
+    assert options_from({}).bind == ["127.0.0.1:8000"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from corral.config import settings_from
+from corral.config import options_from
 from corral.prestart import run_prestart
 from harness import CORRAL, wait_for
 
@@ -191,12 +191,12 @@ def test_steps_run_in_order_from_the_config_file_with_shell_syntax(tmp_path: Pat
 
 def test_steps_rerun_on_reload_only_when_asked(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    settings = settings_from({"prestart": [f"echo x >> {marker}"]})
+    settings = options_from({"prestart": [f"echo x >> {marker}"]})
     run_prestart(settings, reload=True)
     assert not marker.exists()
     run_prestart(settings)
     assert lines(marker) == ["x"]
-    on_reload = settings_from({"prestart": [f"echo x >> {marker}"], "prestart_on_reload": True})
+    on_reload = options_from({"prestart": [f"echo x >> {marker}"], "prestart_on_reload": True})
     run_prestart(on_reload, reload=True)
     assert lines(marker) == ["x", "x"]
 

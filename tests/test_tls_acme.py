@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from corral.config import settings_from
+from corral.config import options_from
 from corral.tls.service import CertificateService
 from harness import wait_for
 from pebble import pebble_server
@@ -18,7 +18,7 @@ DOMAIN = "api.corral-example.com"
 
 
 def _settings(pebble: Any, https_port: int, http_port: int, challenges: list[str]) -> Any:
-    return settings_from(
+    return options_from(
         {
             "https": [DOMAIN],
             "bind": [f"127.0.0.1:{https_port}"],

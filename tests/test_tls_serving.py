@@ -4,6 +4,7 @@ forwarded headers, and the TLS-ALPN-01 router never showing a challenge certific
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import ssl
@@ -15,7 +16,7 @@ import pytest
 import trustme
 from cryptography import x509
 
-from corral.config import settings_from
+from corral.config import options_from
 from corral.errors import CorralError
 from corral.tls.alpn import ID_PE_ACME_IDENTIFIER, challenge_certificate
 from corral.tls.service import CertificateService
@@ -35,7 +36,7 @@ from tls_helpers import (
 def test_local_ca_verified_by_httpx(tmp_path: Path) -> None:
     sock = listen()
     port = sock.getsockname()[1]
-    settings = settings_from({"https": ["localhost"], "bind": [f"127.0.0.1:{port}"], "hsts": True})
+    settings = options_from({"https": ["localhost"], "bind": [f"127.0.0.1:{port}"], "hsts": True})
     state = tmp_path / "state"
     service = CertificateService(settings, state, lambda: None)
     with running_service(service), thread_worker(settings, state, sock) as _:
@@ -51,7 +52,7 @@ def test_local_ca_verified_by_httpx(tmp_path: Path) -> None:
 def test_redirect_and_http01_answers_on_the_plain_listener(tmp_path: Path) -> None:
     https_sock, http_sock = listen(), listen()
     port, http_port = https_sock.getsockname()[1], http_sock.getsockname()[1]
-    settings = settings_from({"https": ["localhost"], "bind": [f"127.0.0.1:{port}"]})
+    settings = options_from({"https": ["localhost"], "bind": [f"127.0.0.1:{port}"]})
     state = tmp_path / "state"
     service = CertificateService(settings, state, lambda: None)
     with running_service(service), thread_worker(settings, state, https_sock, http_sock):
@@ -82,7 +83,7 @@ def test_certfile_change_is_picked_up_and_a_broken_one_refused(
     _write_pair(ca.issue_cert("api.example.com"), certfile, keyfile)
     sock = listen()
     port = sock.getsockname()[1]
-    settings = settings_from(
+    settings = options_from(
         {"https": ["api.example.com"], "bind": [f"127.0.0.1:{port}"], "certfile": str(certfile),
          "keyfile": str(keyfile)}
     )  # fmt: skip
@@ -122,7 +123,7 @@ def test_bad_certfile_at_start_is_one_clear_error(tmp_path: Path) -> None:
                            not_before=trustme.datetime.datetime(2000, 1, 1))  # fmt: skip
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
     _write_pair(expired, certfile, keyfile)
-    settings = settings_from(
+    settings = options_from(
         {"https": ["api.example.com"], "certfile": str(certfile), "keyfile": str(keyfile)}
     )
     service = CertificateService(settings, tmp_path / "state", lambda: None)
@@ -133,7 +134,7 @@ def test_bad_certfile_at_start_is_one_clear_error(tmp_path: Path) -> None:
 def test_challenge_certificate_only_for_acme_tls_1_clients(tmp_path: Path) -> None:
     sock = listen()
     port = sock.getsockname()[1]
-    settings = settings_from({"https": ["app.test"], "bind": [f"127.0.0.1:{port}"]})
+    settings = options_from({"https": ["app.test"], "bind": [f"127.0.0.1:{port}"]})
     state = tmp_path / "state"
     service = CertificateService(settings, state, lambda: None)
     with running_service(service), thread_worker(settings, state, sock):
@@ -159,7 +160,7 @@ def test_challenge_certificate_only_for_acme_tls_1_clients(tmp_path: Path) -> No
 def test_proxy_protocol_and_forwarded_headers(tmp_path: Path) -> None:
     https_sock, http_sock = listen(), listen()
     port, http_port = https_sock.getsockname()[1], http_sock.getsockname()[1]
-    settings = settings_from(
+    settings = options_from(
         {"https": ["localhost"], "bind": [f"127.0.0.1:{port}"], "proxy_protocol": True,
          "forwarded_allow_ips": ["127.0.0.0/8"]}
     )  # fmt: skip
@@ -185,7 +186,7 @@ def test_proxy_protocol_and_forwarded_headers(tmp_path: Path) -> None:
     # forwarded headers without the PROXY protocol
     https_sock, http_sock = listen(), listen()
     port = https_sock.getsockname()[1]
-    settings = settings_from(
+    settings = options_from(
         {"https": ["localhost"], "bind": [f"127.0.0.1:{port}"], "forwarded_allow_ips": ["127.0.0.0/8"]}
     )
     service = CertificateService(settings, tmp_path / "state2", lambda: None)
@@ -200,7 +201,7 @@ def test_proxy_protocol_and_forwarded_headers(tmp_path: Path) -> None:
         )
     https_sock, http_sock = listen(), listen()
     port = https_sock.getsockname()[1]
-    untrusted = settings.model_copy(update={"forwarded_allow_ips": ["10.0.0.0/8"]})
+    untrusted = dataclasses.replace(settings, forwarded_allow_ips=["10.0.0.0/8"])
     shutil.rmtree(tmp_path / "state2")
     service = CertificateService(untrusted, tmp_path / "state2", lambda: None)
     with running_service(service), thread_worker(untrusted, tmp_path / "state2", https_sock, http_sock):

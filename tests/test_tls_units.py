@@ -16,7 +16,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from corral.config import settings_from
+from corral.config import options_from
 from corral.errors import ConfigError
 from corral.tls.alpn import ID_PE_ACME_IDENTIFIER, challenge_certificate
 from corral.tls.certs import BadCertificate, covers, load_material
@@ -76,13 +76,13 @@ def test_local_names() -> None:
 
 
 def test_plans_split_public_and_local_names() -> None:
-    plans = certificate_plans(settings_from({"https": ["api.example.com", "localhost", "www.example.com"]}))
+    plans = certificate_plans(options_from({"https": ["api.example.com", "localhost", "www.example.com"]}))
     assert [(p.label, p.names) for p in plans] == [
         ("acme", ("api.example.com", "www.example.com")),
         ("local", ("localhost",)),
     ]
     with pytest.raises(ConfigError, match="--keyfile needs --certfile"):
-        certificate_plans(settings_from({"keyfile": "k.pem"}))
+        certificate_plans(options_from({"keyfile": "k.pem"}))
 
 
 def test_wildcard_coverage() -> None:
@@ -217,9 +217,9 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
 def test_plain_http_listener_defaults() -> None:
     from corral.tls.plan import http_binds
 
-    assert http_binds(settings_from({"https": ["api.example.com"]})) == ["0.0.0.0:80"]
-    assert http_binds(settings_from({"https": ["api.example.com"], "acme_challenges": ["tls-alpn-01"]})) == []
-    assert http_binds(settings_from({"https": ["localhost"]})) == []
-    assert http_binds(settings_from({"https": ["localhost"], "http_bind": ["127.0.0.1:8080"]})) == [
+    assert http_binds(options_from({"https": ["api.example.com"]})) == ["0.0.0.0:80"]
+    assert http_binds(options_from({"https": ["api.example.com"], "acme_challenges": ["tls-alpn-01"]})) == []
+    assert http_binds(options_from({"https": ["localhost"]})) == []
+    assert http_binds(options_from({"https": ["localhost"], "http_bind": ["127.0.0.1:8080"]})) == [
         "127.0.0.1:8080"
     ]

@@ -16,7 +16,7 @@ import uvicorn
 from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from corral.config import Settings
+from corral.options import Options
 from corral.tls.http_app import wrap_app
 from corral.tls.plan import https_port
 from corral.tls.store import Store
@@ -63,7 +63,7 @@ class ThreadWorker:
 
 @contextlib.contextmanager
 def thread_worker(
-    settings: Settings, state_dir: Path, https_sock: socket.socket, http_sock: socket.socket | None = None
+    settings: Options, state_dir: Path, https_sock: socket.socket, http_sock: socket.socket | None = None
 ) -> Iterator[ThreadWorker]:
     """What the lead's worker does with the hooks: WorkerTLS, the router protocol, the wrapped app."""
     tls = WorkerTLS.from_settings(settings, state_dir)

@@ -21,9 +21,9 @@ from typing import Any
 
 from rich.table import Table
 
-from corral.config import Settings
 from corral.discovery import resolve_target
 from corral.errors import CorralError, ExitCode
+from corral.options import Options
 
 MIB = 1024 * 1024
 # Room for what requests allocate, on top of a worker's private copy of the app after import.
@@ -83,7 +83,7 @@ def estimate_memory(footprint: Footprint, workers: int, preload: bool, max_memor
     return math.ceil(total / step) * step
 
 
-def measure(settings: Settings, cwd: Path, timeout: float = 300.0) -> Footprint:
+def measure(settings: Options, cwd: Path, timeout: float = 300.0) -> Footprint:
     """Import the app of `settings` in a child interpreter; a failure is one CorralError line."""
     target = resolve_target(settings.app, settings.app_dir, cwd)
     read_fd, write_fd = os.pipe()
@@ -137,7 +137,7 @@ def measure(settings: Settings, cwd: Path, timeout: float = 300.0) -> Footprint:
     )
 
 
-def report(footprint: Footprint, workers: int, settings: Settings) -> Table:
+def report(footprint: Footprint, workers: int, settings: Options) -> Table:
     """The figures as a table, with what the whole instance needs for `workers` workers."""
     table = Table(title=f"corral check: {footprint.app}, imported in {footprint.import_seconds:.2f} s")
     for column in ("", "interpreter", "after import", "the app's share"):

@@ -115,7 +115,7 @@ def run_command(ctx: typer.Context) -> None:
     resolved = parse_run_arguments(ctx.args)
     from corral.manager.main import run
 
-    raise typer.Exit(run(resolved.settings))
+    raise typer.Exit(run(resolved.settings.options()))
 
 
 @app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -149,7 +149,7 @@ def prestart_command(ctx: typer.Context) -> None:
     from corral.manager.main import setup_logging
     from corral.prestart import run_prestart
 
-    settings = parse_run_arguments(ctx.args).settings
+    settings = parse_run_arguments(ctx.args).settings.options()
     if not settings.prestart:
         raise ConfigError("no pre-start steps: give --prestart CMD, or prestart = [...] in corral.toml")
     setup_logging(settings.log_level)
@@ -361,7 +361,7 @@ def export_kubernetes_command(
             raise ConfigError(f"invalid --memory: {exc}") from None
     else:
         try:
-            footprint, source = measure(settings, Path.cwd(), import_timeout), "measured by corral check"
+            footprint, source = measure(settings.options(), Path.cwd(), import_timeout), "measured by corral check"
         except CorralError as exc:
             footprint, source = FALLBACK, f"a fallback guess (corral check failed: {exc})"
             print(f"corral: memory not measured, using {source}; --memory sets it", file=sys.stderr)
@@ -403,7 +403,7 @@ def check_command(
     from corral.check import estimate_memory, measure, report
     from corral.manager.main import worker_count
 
-    settings = parse_run_arguments(ctx.args).settings
+    settings = parse_run_arguments(ctx.args).settings.options()
     footprint = measure(settings, Path.cwd(), import_timeout)
     workers = worker_count(settings)[0]
     if json_output:

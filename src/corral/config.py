@@ -6,6 +6,7 @@ pydantic-settings and records where each value came from, for `corral config`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -25,7 +26,9 @@ from pydantic_settings import (
 )
 
 from corral.errors import ConfigError
+from corral.options import Options
 from corral.scoreboard import MAX_WORKERS
+from corral.tls.plan import https_enabled
 
 ENV_PREFIX = "CORRAL_"
 
@@ -227,6 +230,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown challenge {item!r} (http-01, tls-alpn-01)")
         return value
 
+    def options(self) -> Options:
+        """The values as plain data for `corral run`'s processes; with HTTPS and no --bind, the app listens
+        on 0.0.0.0:443."""
+        options = Options(**self.model_dump())
+        if https_enabled(options) and "bind" not in self.model_fields_set:
+            options = dataclasses.replace(options, bind=["0.0.0.0:443"])
+        return options
+
 
 FIELDS: tuple[str, ...] = tuple(Settings.model_fields)
 
@@ -337,6 +348,11 @@ def settings_from(values: Mapping[str, Any]) -> Settings:
         return Settings.model_validate(dict(values))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, {})) from exc
+
+
+def options_from(values: Mapping[str, Any]) -> Options:
+    """`settings_from(values).options()`: for tests of the code that runs in `corral run`'s processes."""
+    return settings_from(values).options()
 
 
 

@@ -36,7 +36,7 @@ from corral.errors import ConfigError, CorralError, ExitCode
 if TYPE_CHECKING:
     from psycopg import Connection
 
-    from corral.config import Settings
+    from corral.options import Options
 
 log = logging.getLogger("corral.prestart")
 
@@ -52,7 +52,7 @@ PG_KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_k
 OUTPUT_GRACE = 5.0
 
 
-def run_prestart(settings: Settings, *, reload: bool = False) -> None:
+def run_prestart(settings: Options, *, reload: bool = False) -> None:
     """Run the pre-start steps of `settings` under its lock; raise CorralError if one fails.
 
     Nothing to do without steps, or on a reload unless `prestart_on_reload` is set.

@@ -14,12 +14,12 @@ from typing import Any
 
 from corral import __version__
 from corral.binds import Bind, display_urls, open_socket, parse_bind, systemd_sockets
-from corral.config import Settings
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import control, health, policy, resources
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
+from corral.options import Options
 from corral.scoreboard import Scoreboard
 from corral.tls.plan import http_binds, https_enabled
 from corral.worker.spec import ListenerSpec, TemplateSpec
@@ -36,14 +36,14 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
-def worker_count(settings: Settings) -> tuple[int, bool]:
+def worker_count(settings: Options) -> tuple[int, bool]:
     """The number of workers and whether the user chose it (an explicit count is never lowered)."""
     if settings.workers == "auto":
         return policy.auto_workers(resources.cpu_count(), resources.cgroup_cpu_quota()), False
     return int(settings.workers), True
 
 
-def run(settings: Settings) -> int:
+def run(settings: Options) -> int:
     setup_logging(settings.log_level)
     notifier = Notifier.from_environ()  # taken out of the environment: children must not speak for us
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
@@ -53,8 +53,6 @@ def run(settings: Settings) -> int:
         from corral.prestart import run_prestart
 
         run_prestart(settings)
-    if https_enabled(settings) and "bind" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"bind": ["0.0.0.0:443"]})
     state_dir = _state_dir(settings)
     opened: list[tuple[socket.socket, Bind | None]] = []  # everything to close (and unlink) at the end
     try:
@@ -80,7 +78,7 @@ def _open(bind: Bind, opened: list[tuple[socket.socket, Bind | None]]) -> tuple[
     return entry
 
 
-def _state_dir(settings: Settings) -> Path | None:
+def _state_dir(settings: Options) -> Path | None:
     """Only HTTPS keeps state; its modules (cryptography, acme) are imported only when it is on."""
     if settings.state_dir:
         return Path(settings.state_dir)
@@ -92,7 +90,7 @@ def _state_dir(settings: Settings) -> Path | None:
 
 
 def _open_listeners(
-    settings: Settings, opened: list[tuple[socket.socket, Bind | None]]
+    settings: Options, opened: list[tuple[socket.socket, Bind | None]]
 ) -> list[tuple[socket.socket, Bind | None]]:
     """The app's sockets: handed over by systemd socket activation, or bound from --bind."""
     inherited: list[tuple[socket.socket, Bind | None]] = [(sock, None) for sock in systemd_sockets()]
@@ -105,7 +103,7 @@ def _open_listeners(
 
 
 async def _serve(
-    settings: Settings,
+    settings: Options,
     target: Target,
     listeners: list[tuple[socket.socket, Bind | None]],
     plain: list[tuple[socket.socket, Bind | None]],
@@ -116,7 +114,7 @@ async def _serve(
 ) -> int:
     scoreboard = Scoreboard.create()
     spec = TemplateSpec(
-        settings=settings.model_dump(),
+        settings=settings.to_dict(),
         module=target.module,
         attr=target.attr,
         path=target.path,
@@ -222,7 +220,7 @@ async def _handle(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, 
 
 
 def _banner(
-    settings: Settings,
+    settings: Options,
     target: Target,
     listeners: list[tuple[socket.socket, Bind | None]],
     supervisor: Supervisor,

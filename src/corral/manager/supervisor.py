@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral import channel
-from corral.config import Settings
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.generation import Generation, Phase
+from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
 from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
 from corral.worker.spec import TemplateSpec
@@ -66,7 +66,7 @@ class Fatal(Exception):
 class Supervisor:
     def __init__(
         self,
-        settings: Settings,
+        settings: Options,
         spec: TemplateSpec,
         scoreboard: Scoreboard,
         target_workers: int,

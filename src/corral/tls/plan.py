@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from corral.binds import parse_bind
-from corral.config import Settings
 from corral.errors import ConfigError
+from corral.options import Options
 from corral.tls.names import is_local_name, normalize
 
 Source = Literal["acme", "local", "files"]
@@ -21,7 +21,7 @@ class CertificatePlan:
     names: tuple[str, ...]
 
 
-def certificate_plans(settings: Settings) -> list[CertificatePlan]:
+def certificate_plans(settings: Options) -> list[CertificatePlan]:
     """`--certfile` gives one certificate; otherwise public names share one ACME certificate and local
     names (localhost, IPs, *.test, ...) one from the local CA."""
     if settings.keyfile and not settings.certfile:
@@ -42,11 +42,11 @@ def certificate_plans(settings: Settings) -> list[CertificatePlan]:
     return plans
 
 
-def https_enabled(settings: Settings) -> bool:
+def https_enabled(settings: Options) -> bool:
     return bool(settings.https or settings.certfile)
 
 
-def https_port(settings: Settings) -> int:
+def https_port(settings: Options) -> int:
     """The port redirects point at: the first TCP --bind."""
     for text in settings.bind:
         bind = parse_bind(text)
@@ -55,7 +55,7 @@ def https_port(settings: Settings) -> int:
     return 443
 
 
-def http_binds(settings: Settings) -> list[str]:
+def http_binds(settings: Options) -> list[str]:
     """The plain-HTTP listeners: `--http-bind` as given; by default port 80 on all addresses when a public
     certificate may be validated over HTTP-01, none otherwise (local CA, --certfile)."""
     if settings.http_bind:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corral.config import Settings
 from corral.errors import CorralError
+from corral.options import Options
 from corral.tls.acmeclient import AcmeIssuer
 from corral.tls.certs import BadCertificate, Material, read_material
 from corral.tls.localca import LocalCA
@@ -56,7 +56,7 @@ class CertificateService:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Options,
         state_dir: Path,
         on_change: Callable[[], None],
         owner: tuple[int, int] | None = None,

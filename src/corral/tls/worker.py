@@ -20,7 +20,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from corral.config import Settings
+from corral.options import Options
 from corral.tls.alpn import ACME_TLS_1
 from corral.tls.certs import covers
 from corral.tls.clienthello import NotClientHello, parse_client_hello, record_length
@@ -72,7 +72,7 @@ class WorkerTLS:
         self.reload()
 
     @classmethod
-    def from_settings(cls, settings: Settings, state_dir: Path) -> WorkerTLS | None:
+    def from_settings(cls, settings: Options, state_dir: Path) -> WorkerTLS | None:
         """None when the configuration serves no HTTPS."""
         if not https_enabled(settings):
             return None

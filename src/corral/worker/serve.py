@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from corral import channel
-from corral.config import Settings
 from corral.discovery import AppLoadError, Target, import_app
 from corral.errors import ExitCode
 from corral.manager.policy import heartbeat_interval
+from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
@@ -116,7 +116,7 @@ def _summarise(message: str) -> str:
     return f"{lines[-1].strip()}{where}"
 
 
-def run_worker(spec: TemplateSpec, settings: Settings, app: Any, cell: int, channel_sock: socket.socket) -> None:
+def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> None:
     """Body of a forked worker; ends the process."""
     code: int = ExitCode.ERROR
     try:
@@ -153,7 +153,7 @@ def _dump_tasks_too(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _https_layer(
-    spec: TemplateSpec, settings: Settings, app: Any
+    spec: TemplateSpec, settings: Options, app: Any
 ) -> tuple[Any, type[asyncio.Protocol], list[socket.socket], WorkerTLS | None]:
     """The app and HTTP protocol as served: TLS routing, the plain-HTTP listener, HSTS, proxy headers.
 
@@ -185,7 +185,7 @@ def _https_layer(
     return app, http_class, plain, tls
 
 
-def _serve(spec: TemplateSpec, settings: Settings, app: Any, cell: int, channel_sock: socket.socket) -> int:
+def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)

@@ -18,8 +18,8 @@ import sys
 from typing import Any
 
 from corral import channel
-from corral.config import Settings
 from corral.discovery import AppLoadError, Target, import_app
+from corral.options import Options
 from corral.process import die_with_parent, set_process_title
 from corral.tls.plan import https_enabled
 from corral.worker.serve import run_worker
@@ -29,7 +29,7 @@ log = logging.getLogger("corral.template")
 
 
 class Template:
-    def __init__(self, spec: TemplateSpec, settings: Settings) -> None:
+    def __init__(self, spec: TemplateSpec, settings: Options) -> None:
         self.spec = spec
         self.settings = settings
         self.channel = socket.socket(fileno=spec.channel_fd)
@@ -122,7 +122,7 @@ class Template:
                     channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status})
 
 
-def preload_server_modules(settings: Settings) -> None:
+def preload_server_modules(settings: Options) -> None:
     """Import what a worker would import later (event loop, protocols, TLS), so that workers share it, and
     before privileges are dropped, so that the service user needs no access to where Corral is installed."""
     import uvicorn
@@ -148,7 +148,7 @@ def main() -> None:
     die_with_parent(spec.manager_pid)
     set_process_title(f"corral-t{spec.generation}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = Settings.model_validate(spec.settings)  # once here, not in every fork
+    settings = Options(**spec.settings)
     preload_server_modules(settings)
     if settings.user or settings.group:
         from corral.privileges import drop_privileges

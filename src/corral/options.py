@@ -1,0 +1,72 @@
+"""The validated options of `corral run` as plain data.
+
+`corral.config.Settings` parses and checks the options (pydantic); `Settings.options()` turns the result
+into an `Options`. The manager, the templates and the workers read only `Options`, so none of them imports
+pydantic: a process that never loads it is about 15 MiB smaller, and the manager is one more process
+beside the app's. The fields mirror `Settings` one for one (a unit test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Options:
+    app: str | None
+    factory: bool
+    app_dir: str | None
+    name: str
+    bind: list[str]
+    workers: int | Literal["auto"]
+    control: str | None
+    preload: bool
+    state_dir: str | None
+    timeout: float
+    graceful_timeout: float
+    startup_timeout: float
+    crash_limit: int
+    crash_window: float
+    backoff_max: float
+    max_requests: int | None
+    max_requests_jitter: int
+    max_memory: int | None
+    http: Literal["auto", "h11", "httptools"]
+    lifespan: Literal["auto", "on", "off"]
+    log_level: Literal["critical", "error", "warning", "info", "debug"]
+    access_log: bool
+    keep_alive: float
+    https: list[str]
+    http_bind: list[str]
+    acme_directory: str
+    acme_email: str | None
+    acme_ca_bundle: str | None
+    acme_challenges: list[str]
+    certfile: str | None
+    keyfile: str | None
+    hsts: bool
+    forwarded_allow_ips: list[str]
+    proxy_protocol: bool
+    user: str | None
+    group: str | None
+    prestart: list[str]
+    prestart_timeout: float
+    prestart_on_reload: bool
+    prestart_lock: str | None
+    release: str | None
+    admin_bind: str | None
+    drain_delay: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def loads(cls, text: str) -> Options:
+        """Options written by `dumps` in the same version of Corral (already validated, so not checked again)."""
+        return cls(**json.loads(text))
