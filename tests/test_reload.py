@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from harness import Corral, run_cli, wait_for, write_app
@@ -252,6 +253,35 @@ def test_no_preload_imports_in_each_worker(corrals: list[Corral], tmp_path: Path
     imported_in, served_by = map(int, corral.get().text.split())
     assert imported_in == served_by
     assert sorted(map(int, (tmp_path / "imports.log").read_text().split())) == pids
+
+
+MODULE_REPORTER = """
+    import sys
+
+    CLI_LIBRARIES = ("pydantic", "pydantic_core", "pydantic_settings", "typer", "rich")
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = " ".join(name for name in CLI_LIBRARIES if name in sys.modules) or "none"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body.encode()})
+"""
+
+
+def test_manager_and_workers_leave_the_command_line_libraries_out(corrals: list[Corral], tmp_path: Path) -> None:
+    """Less memory: an app without pydantic runs in processes without it (the CLI's libraries stay in the CLI)."""
+    write_app(tmp_path, MODULE_REPORTER)
+    corral = Corral(tmp_path, "app.py", "-w", "2")
+    corrals.append(corral)
+    corral.wait_ready(2)
+    assert corral.get().text == "none"
+    manager = psutil.Process(corral.process.pid)  # `corral run` became the manager: same pid, its command shown
+    assert "corral.manager.entry" in manager.cmdline() and "app.py" in manager.cmdline()
+    template = corral.status()["templates"][0]["pid"]
+    for pid in (manager.pid, template):
+        libraries = {Path(m.path).name for m in psutil.Process(pid).memory_maps()}
+        assert not [name for name in libraries if "pydantic" in name], pid
 
 
 WEBSOCKET_APP = """

@@ -113,9 +113,9 @@ _run_parser.command()(run_options)
 )
 def run_command(ctx: typer.Context) -> None:
     resolved = parse_run_arguments(ctx.args)
-    from corral.manager.main import run
+    from corral.manager.entry import exec_manager
 
-    raise typer.Exit(run(resolved.settings.options()))
+    exec_manager(resolved.settings.options(), ctx.args)
 
 
 @app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

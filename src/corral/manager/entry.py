@@ -1,0 +1,49 @@
+"""The manager's own interpreter.
+
+`corral run` parses and validates its options with typer and pydantic, then replaces itself (same pid, so
+signals, systemd's main PID and inherited sockets are unaffected) with `python -m corral.manager.entry`,
+which receives the options as plain data. The manager lives as long as the service does and never loads
+the command line's libraries, which would otherwise add about 20 MiB to it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from corral.errors import CorralError, ExitCode
+from corral.options import Options
+
+OPTIONS_VAR = "CORRAL_MANAGER_OPTIONS"
+
+
+def exec_manager(options: Options, arguments: Sequence[str]) -> None:
+    """Become the manager. `arguments` (the `corral run` command line) are only shown by `ps`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = {**os.environ, OPTIONS_VAR: options.dumps()}
+    # -P: the current directory is the app's, and must not shadow the modules the manager imports
+    argv = [sys.executable, "-P", "-m", "corral.manager.entry", "run", *arguments]
+    os.execve(sys.executable, argv, env)
+
+
+def main() -> None:
+    text = os.environ.pop(OPTIONS_VAR, None)
+    if text is None:
+        print("corral: the manager is started by `corral run`", file=sys.stderr)
+        sys.exit(ExitCode.USAGE)
+    from corral.manager.main import run
+
+    try:
+        code = run(Options.loads(text))
+    except CorralError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()
