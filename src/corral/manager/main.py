@@ -20,6 +20,7 @@ from corral.manager import control, health, policy, resources
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
 from corral.options import Options
+from corral.process import release_free_memory
 from corral.scoreboard import Scoreboard
 from corral.tls.plan import http_binds, https_enabled
 from corral.worker.spec import ListenerSpec, TemplateSpec
@@ -61,6 +62,7 @@ def run(settings: Options) -> int:
         admin = _open(parse_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
         if admin is not None:
             admin.set_inheritable(False)  # answered by the manager itself, never by a worker
+        release_free_memory()  # the manager's imports are done; it runs as long as the service
         return asyncio.run(_serve(settings, target, listeners, plain, admin, control_path, state_dir, notifier))
     finally:
         for sock, bind in opened:
