@@ -51,3 +51,20 @@ def test_user_drops_privileges_before_the_app_is_imported(corrals: list[Corral])
         assert path.stat().st_uid == nobody.pw_uid, path
     corral.stop()
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
+@pytest.mark.parametrize("closed", ["file", "directory"])
+def test_app_closed_to_the_service_user_is_named(corrals: list[Corral], closed: str) -> None:
+    tmp_path = Path(tempfile.mkdtemp(prefix="corral-user-"))  # mode 0700, root's: nobody cannot enter
+    app = write_app(tmp_path, APP)
+    if closed == "file":
+        tmp_path.chmod(0o755)
+        app.chmod(0o600)
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--user", "nobody")
+    corrals.append(corral)
+    assert corral.wait_exit() == 3
+    unreadable = app if closed == "file" else tmp_path
+    assert f"{unreadable} is not readable by user 'nobody'" in corral.log, corral.log
+    assert len(corral.log.strip().splitlines()) == 1, corral.log
+    shutil.rmtree(tmp_path)

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import pwd
 import sys
 import traceback
 from dataclasses import dataclass
@@ -82,7 +84,9 @@ def import_app(target: Target, factory: bool = False) -> Any:
         module = importlib.import_module(target.module)
     except BaseException as exc:
         if isinstance(exc, ModuleNotFoundError) and exc.name == target.module:
-            raise AppLoadError(f"cannot import {target}: no module named {target.module!r}") from None
+            raise AppLoadError(f"cannot import {target}: {_why_not_found(target)}") from None
+        if isinstance(exc, PermissionError) and exc.filename:
+            raise AppLoadError(f"cannot import {target}: {exc.filename} is not readable by user {_user()!r}") from None
         raise AppLoadError(f"cannot import {target}: {_cause(exc, target.path)}") from None
     obj: Any = module
     for part in target.attr.split("."):
@@ -98,6 +102,39 @@ def import_app(target: Target, factory: bool = False) -> Any:
     if not callable(obj):
         raise AppLoadError(f"{target} is not an ASGI app (not callable); use --factory for a factory")
     return obj
+
+
+def _why_not_found(target: Target) -> str:
+    """A module that exists but cannot be read (an app's files closed to the `--user` it runs as) is named as
+    such rather than as missing."""
+    base = Path(target.path)
+    parts = target.module.split(".")
+    candidates = [base.joinpath(*parts[:depth]) for depth in range(len(parts) + 1)]
+    candidates.append(base.joinpath(*parts).with_suffix(".py"))
+    for candidate in candidates:
+        if _unreadable(candidate):
+            return f"{candidate} is not readable by user {_user()!r}"
+    return f"no module named {target.module!r}"
+
+
+def _unreadable(path: Path) -> bool:
+    try:
+        if path.is_dir():
+            os.listdir(path)
+        else:
+            path.open("rb").close()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _cause(exc: BaseException, app_path: str) -> str:
