@@ -134,6 +134,19 @@ def test_environment_lists_are_comma_separated(tmp_path: Path) -> None:
     assert settings.acme_challenges == ["tls-alpn-01"]
 
 
+def test_environment_lists_as_json_keep_their_commas(tmp_path: Path) -> None:
+    environ = {"CORRAL_PRESTART": '["python -c \\"print(1, 2)\\"", "alembic upgrade head"]'}
+    settings = load_settings({}, environ=environ, cwd=tmp_path).settings
+    assert settings.prestart == ['python -c "print(1, 2)"', "alembic upgrade head"]
+
+
+@pytest.mark.parametrize("text", ["[not json", '["a", 1]', '["a", ["b"]]'])
+def test_environment_list_that_is_not_a_json_array_of_strings(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, environ={"CORRAL_PRESTART": text}, cwd=tmp_path)
+    assert_one_line_error(error, "--prestart", "CORRAL_PRESTART", "JSON array")
+
+
 def test_command_line_lists_are_not_split(tmp_path: Path) -> None:
     settings = load_settings({"prestart": ["echo a, b"]}, environ={}, cwd=tmp_path).settings
     assert settings.prestart == ["echo a, b"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -67,7 +68,16 @@ def parse_size(text: object) -> int:
 
 
 def _split_list(value: Any) -> Any:
-    """Environment variables give lists as comma-separated strings."""
+    """Environment variables give lists as comma-separated strings, or as a JSON array when an item holds a
+    comma (a pre-start command, say)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            items = json.loads(value)
+        except ValueError:
+            raise ValueError("starts with [ but is not a JSON array of strings") from None
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValueError("starts with [ but is not a JSON array of strings")
+        return items
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
@@ -100,7 +110,9 @@ class Settings(BaseSettings):
     # Timeouts and restarts
     timeout: float = Field(30.0, gt=0, description="seconds a worker's event loop may stay blocked")
     graceful_timeout: float = Field(30.0, ge=0, description="seconds a draining worker may take")
-    startup_timeout: float = Field(120.0, gt=0, description="seconds a new worker may take to become ready")
+    startup_timeout: float = Field(
+        120.0, gt=0, description="seconds the app's import, then a new worker's start, may each take"
+    )
     crash_limit: int = Field(5, ge=1, description="crashes within --crash-window that stop corral")
     crash_window: float = Field(60.0, gt=0, description="seconds over which crashes are counted")
     backoff_max: float = Field(30.0, gt=0, description="longest restart delay of a slot, in seconds")
