@@ -91,6 +91,11 @@ def test_hung_only_after_the_timeout_has_passed() -> None:
     assert not policy.is_hung(now=100.0, heartbeat=100.0, timeout=0.5)
 
 
+def test_a_worker_importing_the_app_is_not_hung() -> None:
+    """--no-preload: the import runs before any event loop; --startup-timeout bounds it, not --timeout."""
+    assert not policy.is_hung(now=1000.0, heartbeat=100.0, timeout=30.0, importing=True)
+
+
 @pytest.mark.parametrize(
     ("timeout", "interval"),
     [(30.0, 1.0), (5.0, 1.0), (2.0, 0.4), (0.5, 0.1), (0.1, 0.05), (0.01, 0.05)],

@@ -63,18 +63,29 @@ def test_reload_serves_new_code(corrals: list[Corral], tmp_path: Path) -> None:
     wait_for(lambda: corral.get().text.startswith("v3") and corral.status()["generation"] == 3, what="v3")
 
 
+NEVER_IMPORTED = """
+    import time
+
+    def wait_for_a_database_that_never_answers():
+        time.sleep(3600)
+
+    wait_for_a_database_that_never_answers()
+"""
+
+
 @pytest.mark.parametrize(
     ("broken", "cause"),
     [
         ("def broken(:\n", "SyntaxError"),
         (VERSIONED.format(version="v2").replace("lifespan.startup.complete", "lifespan.startup.failed"),
          "failed to start"),
+        (NEVER_IMPORTED, "importing the app took longer than --startup-timeout 10 s"),
     ],
-    ids=["syntax-error", "failing-lifespan"],
+    ids=["syntax-error", "failing-lifespan", "import-never-ends"],
 )
 def test_reload_to_broken_code_is_refused(corrals: list[Corral], tmp_path: Path, broken: str, cause: str) -> None:
     versioned(tmp_path, "v1")
-    corral = Corral(tmp_path, "app.py", "-w", "2")
+    corral = Corral(tmp_path, "app.py", "-w", "2", "--startup-timeout", "10")
     corrals.append(corral)
     old = corral.wait_ready(2)
     write_app(tmp_path, broken)

@@ -135,6 +135,17 @@ def test_no_preload_import_error_is_reported_once(corrals: list[Corral], tmp_pat
     assert corral.log.count("No module named 'not_a_module_anywhere'") == 1, corral.log
 
 
+def test_no_preload_import_longer_than_the_hang_timeout_is_not_a_hang(corrals: list[Corral], tmp_path: Path) -> None:
+    """Without preload each worker imports before its event loop exists: --startup-timeout bounds that, not
+    --timeout."""
+    write_app(tmp_path, HELLO + "\n    import time\n    time.sleep(3)  # a slow import\n", name="slow.py")
+    corral = Corral(tmp_path, "slow.py", "-w", "2", "--no-preload", "--timeout", "1")
+    corrals.append(corral)
+    pids = corral.wait_ready(2)
+    assert corral.get().text.startswith("hello from ")
+    assert "hung" not in corral.log and sorted(pids) == corral.ready_pids(), corral.log
+
+
 def test_crash_loop_stops_corral_with_its_own_code(corrals: list[Corral], tmp_path: Path) -> None:
     source = HELLO.replace(
         'await send({"type": "lifespan.startup.complete"})',
@@ -185,6 +196,22 @@ def test_worker_never_ready_stops_corral_at_the_startup_timeout(corrals: list[Co
     assert log.count("not ready within --startup-timeout 2 s") == 2  # the stack dump notice, the cause
     assert "wait_for_a_database_that_never_answers" in log  # where it was stuck, from the stack dump
     assert not process_tree(corral.process.pid)
+
+
+def test_import_that_never_ends_stops_corral_at_the_startup_timeout(corrals: list[Corral], tmp_path: Path) -> None:
+    source = """
+        import time
+
+        def wait_for_a_database_that_never_answers():
+            time.sleep(3600)
+
+        wait_for_a_database_that_never_answers()
+    """
+    corral = start(corrals, tmp_path, source, "-w", "2", "--startup-timeout", "2")
+    assert corral.wait_exit() == 3
+    log = corral.log
+    assert log.count("importing the app took longer than --startup-timeout 2 s") == 2  # the dump notice, the cause
+    assert "wait_for_a_database_that_never_answers" in log  # where the import was, from the stack dump
 
 
 def test_slow_request_on_a_healthy_loop_is_not_a_hang(corrals: list[Corral], tmp_path: Path) -> None:

@@ -48,7 +48,9 @@ def run_options(
     state_dir: Annotated[str | None, Opt(help="State directory.")] = None,
     timeout: Annotated[float | None, Opt(help="Seconds an event loop may stay blocked.")] = None,
     graceful_timeout: Annotated[float | None, Opt(help="Seconds a draining worker may take.")] = None,
-    startup_timeout: Annotated[float | None, Opt(help="Seconds a new worker may take to become ready.")] = None,
+    startup_timeout: Annotated[
+        float | None, Opt(help="Seconds the app's import, then a new worker's start, may each take.")
+    ] = None,
     crash_limit: Annotated[int | None, Opt(help="Crashes within --crash-window that stop corral.")] = None,
     crash_window: Annotated[float | None, Opt(help="Window of the crash budget, seconds.")] = None,
     backoff_max: Annotated[float | None, Opt(help="Longest restart delay, seconds.")] = None,

@@ -25,6 +25,7 @@ class CellState(IntEnum):
     STARTING = 1
     READY = 2
     DRAINING = 3
+    IMPORTING = 4  # --no-preload: importing the app, no event loop yet to stamp the heartbeat
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from corral import channel
@@ -32,6 +33,8 @@ class Generation:
     phase: Phase = Phase.LOADING
     boot_error: str | None = None
     exit_sent: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    kill_at: float | None = None  # set when its import overran --startup-timeout: killed after the stack dump
     reload_waiters: list[asyncio.Future[int]] = field(default_factory=list)
 
     @classmethod

@@ -48,9 +48,12 @@ def is_crash_loop(crash_times: Sequence[float], now: float, limit: int, window: 
     return len(recent) > limit
 
 
-def is_hung(now: float, heartbeat: float, timeout: float) -> bool:
-    """A worker whose event loop has not stamped its heartbeat for longer than `timeout` is hung."""
-    return now - heartbeat > timeout
+def is_hung(now: float, heartbeat: float, timeout: float, importing: bool = False) -> bool:
+    """A worker whose event loop has not stamped its heartbeat for longer than `timeout` is hung.
+
+    A worker still importing the app (`--no-preload`) has no event loop yet: only --startup-timeout bounds it.
+    """
+    return not importing and now - heartbeat > timeout
 
 
 def heartbeat_interval(timeout: float) -> float:

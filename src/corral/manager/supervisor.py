@@ -122,6 +122,7 @@ class Supervisor:
     def _tick(self) -> None:
         now = time.monotonic()
         self._watch_templates()
+        self._watch_imports(now)
         self._watchdog(now)
         self._enforce_deadlines(now)
         if now >= self._next_cpu_sample:
@@ -265,6 +266,22 @@ class Supervisor:
             replacement = self._start_generation()
             replacement.reload_waiters.extend(generation.reload_waiters)
 
+    def _watch_imports(self, now: float) -> None:
+        """A template whose import of the app overruns --startup-timeout logs its stack, then is killed: the
+        generation fails (exit 3 at start, a refused reload later) instead of waiting forever."""
+        for generation in self.generations.values():
+            if generation.phase is not Phase.LOADING or not generation.alive:
+                continue
+            if generation.kill_at is None and now - generation.started_at > self.settings.startup_timeout:
+                generation.boot_error = (
+                    f"importing the app took longer than --startup-timeout {self.settings.startup_timeout:g} s"
+                )
+                log.error("generation %d: %s; stack of the template:", generation.number, generation.boot_error)
+                _signal(generation.process.pid, DUMP_STACKS)
+                generation.kill_at = now + STACK_DUMP_WAIT
+            elif generation.kill_at is not None and now >= generation.kill_at:
+                generation.kill()
+
     def _drop_generation(self, generation: Generation) -> None:
         del self.generations[generation.number]
         asyncio.get_running_loop().remove_reader(generation.channel)
@@ -392,7 +409,7 @@ class Supervisor:
             cell = self.scoreboard.read(worker.cell)
             if cell.pid != worker.pid:
                 continue
-            if policy.is_hung(now, cell.heartbeat, self.settings.timeout):
+            if policy.is_hung(now, cell.heartbeat, self.settings.timeout, cell.state is CellState.IMPORTING):
                 blocked = now - cell.heartbeat
                 self._kill_for_fault(worker, now, f"its event loop hung (blocked {blocked:.1f} s, --timeout "
                                      f"{self.settings.timeout:g})")

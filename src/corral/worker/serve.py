@@ -192,7 +192,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
     scoreboard = Scoreboard(spec.scoreboard_fd)
     pid = os.getpid()
     started_at = time.time()
-    scoreboard.write(cell, Cell(pid, spec.generation, CellState.STARTING, time.monotonic(), started_at, 0, 0))
+    state = CellState.IMPORTING if app is None else CellState.STARTING
+    scoreboard.write(cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, 0, 0))
 
     def report(event: str, **fields: Any) -> None:
         with contextlib.suppress(OSError):

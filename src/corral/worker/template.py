@@ -7,6 +7,7 @@ plain blocking process (no event loop) so that every fork starts from a clean st
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import importlib
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 from corral import channel
 from corral.discovery import AppLoadError, Target, import_app
 from corral.options import Options
-from corral.process import die_with_parent, set_process_title
+from corral.process import DUMP_STACKS, die_with_parent, set_process_title
 from corral.tls.plan import https_enabled
 from corral.worker.serve import run_worker
 from corral.worker.spec import ENV_VAR, TemplateSpec
@@ -148,6 +149,7 @@ def main() -> None:
     die_with_parent(spec.manager_pid)
     set_process_title(f"corral-t{spec.generation}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)  # where an import is stuck, when asked
     settings = Options(**spec.settings)
     preload_server_modules(settings)
     if settings.user or settings.group:
