@@ -3,7 +3,8 @@
 `corral run` parses and validates its options with typer and pydantic, then replaces itself (same pid, so
 signals, systemd's main PID and inherited sockets are unaffected) with `python -m corral.manager.entry`,
 which receives the options as plain data. The manager lives as long as the service does and never loads
-the command line's libraries, which would otherwise add about 20 MiB to it.
+the command line's libraries, which would otherwise add about 16 MiB to it (measured beside the memory
+benchmark's workers: 33 MiB PSS before, 17 after).
 """
 
 from __future__ import annotations
