@@ -289,6 +289,7 @@ def test_manager_and_workers_leave_the_command_line_libraries_out(corrals: list[
     assert corral.get().text == "none"
     manager = psutil.Process(corral.process.pid)  # `corral run` became the manager: same pid, its command shown
     assert "corral.manager.entry" in manager.cmdline() and "app.py" in manager.cmdline()
+    assert manager.name() == "corral"
     template = corral.status()["templates"][0]["pid"]
     for pid in (manager.pid, template):
         libraries = {Path(m.path).name for m in psutil.Process(pid).memory_maps()}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from corral.errors import CorralError, ExitCode
 from corral.options import Options
+from corral.process import set_process_title
 
 OPTIONS_VAR = "CORRAL_MANAGER_OPTIONS"
 
@@ -34,6 +35,7 @@ def main() -> None:
     if text is None:
         print("corral: the manager is started by `corral run`", file=sys.stderr)
         sys.exit(ExitCode.USAGE)
+    set_process_title("corral")  # what `corral run` showed in ps, top and pgrep before it became python
     from corral.manager.main import run
 
     try:
