@@ -118,16 +118,14 @@ def _why_not_found(target: Target) -> str:
 
 
 def _unreadable(path: Path) -> bool:
+    """`path` exists, but this user may not read it (or, for a directory, list and enter it)."""
     try:
-        if path.is_dir():
-            os.listdir(path)
-        else:
-            path.open("rb").close()
-    except PermissionError:
+        is_directory = path.is_dir()
+        if not is_directory and not path.exists():
+            return False
+    except PermissionError:  # the directory above cannot be entered
         return True
-    except OSError:
-        return False
-    return False
+    return not os.access(path, os.R_OK | os.X_OK if is_directory else os.R_OK)
 
 
 def _user() -> str:
