@@ -45,6 +45,15 @@ PLAIN_APP = """
         await send({"type": "http.response.body", "body": b"%s"})
 """
 
+NEVER_IMPORTED_APP = """
+    import time
+
+    def wait_for_a_database_that_never_answers():
+        time.sleep(3600)
+
+    wait_for_a_database_that_never_answers()
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:

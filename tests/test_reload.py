@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from harness import Corral, run_cli, wait_for, write_app
+from harness import NEVER_IMPORTED_APP, Corral, run_cli, wait_for, write_app
 
 VERSIONED = """
     import os
@@ -63,23 +63,13 @@ def test_reload_serves_new_code(corrals: list[Corral], tmp_path: Path) -> None:
     wait_for(lambda: corral.get().text.startswith("v3") and corral.status()["generation"] == 3, what="v3")
 
 
-NEVER_IMPORTED = """
-    import time
-
-    def wait_for_a_database_that_never_answers():
-        time.sleep(3600)
-
-    wait_for_a_database_that_never_answers()
-"""
-
-
 @pytest.mark.parametrize(
     ("broken", "cause"),
     [
         ("def broken(:\n", "SyntaxError"),
         (VERSIONED.format(version="v2").replace("lifespan.startup.complete", "lifespan.startup.failed"),
          "failed to start"),
-        (NEVER_IMPORTED, "importing the app took longer than --startup-timeout 10 s"),
+        (NEVER_IMPORTED_APP, "importing the app took longer than --startup-timeout 10 s"),
     ],
     ids=["syntax-error", "failing-lifespan", "import-never-ends"],
 )

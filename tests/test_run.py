@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from harness import LIFESPAN_APP, Corral, process_tree, run_cli, wait_for, write_app
+from harness import LIFESPAN_APP, NEVER_IMPORTED_APP, Corral, process_tree, run_cli, wait_for, write_app
 
 HELLO = LIFESPAN_APP
 
@@ -199,15 +199,7 @@ def test_worker_never_ready_stops_corral_at_the_startup_timeout(corrals: list[Co
 
 
 def test_import_that_never_ends_stops_corral_at_the_startup_timeout(corrals: list[Corral], tmp_path: Path) -> None:
-    source = """
-        import time
-
-        def wait_for_a_database_that_never_answers():
-            time.sleep(3600)
-
-        wait_for_a_database_that_never_answers()
-    """
-    corral = start(corrals, tmp_path, source, "-w", "2", "--startup-timeout", "2")
+    corral = start(corrals, tmp_path, NEVER_IMPORTED_APP, "-w", "2", "--startup-timeout", "2")
     assert corral.wait_exit() == 3
     log = corral.log
     assert log.count("importing the app took longer than --startup-timeout 2 s") == 2  # the dump notice, the cause
