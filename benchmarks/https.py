@@ -37,7 +37,15 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BenchError, chosen_servers, free_port, parse_wrk, stop_tree, versions  # the sibling script's helpers
+from run import (  # the sibling script's helpers
+    BenchError,
+    chosen_servers,
+    free_port,
+    parse_wrk,
+    stop_tree,
+    versions,
+    wrk_and_corral,
+)
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -360,14 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     if "corral" not in servers:
         servers.insert(0, "corral")  # it issues the certificate the others serve
     servers.sort(key=SERVERS.index)
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        print("https.py: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
+    found = wrk_and_corral(args.corral_venv, "https.py")
+    if found is None:
         return 2
-    corral_venv = args.corral_venv.resolve()
-    if not (corral_venv / "bin" / "corral").is_file():
-        print(f"https.py: no corral in {corral_venv} (give --corral-venv)", file=sys.stderr)
-        return 2
+    wrk, corral_venv = found
     peers_venv = args.peers_venv.resolve()
     ensure_peers(corral_venv, peers_venv)
     tools = Tools(corral_venv, peers_venv, wrk, shutil.which("caddy"))

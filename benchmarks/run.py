@@ -793,19 +793,29 @@ def chosen_servers(text: str, known: list[str], script: str) -> list[str] | None
     return servers
 
 
+def wrk_and_corral(corral_venv: Path, script: str) -> tuple[str, Path] | None:
+    """wrk's path and the resolved environment Corral runs from; None (after one line on stderr) when either
+    is missing."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print(f"{script}: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
+        return None
+    corral_venv = corral_venv.resolve()
+    if not (corral_venv / "bin" / "corral").is_file():
+        print(f"{script}: no corral in {corral_venv} (give --corral-venv)", file=sys.stderr)
+        return None
+    return wrk, corral_venv
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     servers = chosen_servers(args.servers, list(SERVERS), "run.py")
     if servers is None:
         return 2
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        print("run.py: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
+    found = wrk_and_corral(args.corral_venv, "run.py")
+    if found is None:
         return 2
-    corral_venv = args.corral_venv.resolve()
-    if not (corral_venv / "bin" / "corral").is_file():
-        print(f"run.py: no corral in {corral_venv} (give --corral-venv)", file=sys.stderr)
-        return 2
+    wrk, corral_venv = found
     scenarios = args.only or list(SCENARIOS)
     if "memory" in scenarios and "numpy" not in versions(corral_venv / "bin" / "python"):
         print(f"run.py: the memory scenario needs numpy in {corral_venv}: pip install numpy", file=sys.stderr)
