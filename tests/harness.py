@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx
 
+from corral.config import settings_from
+from corral.options import Options
+
 DEADLINE = 60.0
 
 LIFESPAN_APP = """
@@ -53,6 +56,11 @@ NEVER_IMPORTED_APP = """
 
     wait_for_a_database_that_never_answers()
 """
+
+
+def options_from(values: dict[str, Any]) -> Options:
+    """The Options `corral run` would hand its processes for these values (no environment, no file)."""
+    return settings_from(values).options()
 
 
 def free_port() -> int:

@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 from corral.check import FALLBACK, MIB, Footprint, Memory, estimate_memory, measure
-from corral.config import options_from
-from harness import CORRAL
+from harness import CORRAL, options_from
 
 # 64 MiB the app writes to at import, like a model loaded at startup; and a measurable import time.
 HEAVY = """

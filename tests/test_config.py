@@ -16,13 +16,13 @@ from corral.config import (
     ConfigError,
     Settings,
     load_settings,
-    options_from,
     parse_size,
     run_arguments,
     settings_from,
 )
 from corral.errors import CorralError, ExitCode
 from corral.options import Options
+from harness import options_from
 
 
 def write(path: Path, text: str) -> Path:

@@ -12,9 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from corral.config import options_from
 from corral.prestart import run_prestart
-from harness import CORRAL, wait_for
+from harness import CORRAL, options_from, wait_for
 
 DEADLINE = 120.0
 

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from corral.config import options_from
 from corral.tls.service import CertificateService
-from harness import wait_for
+from harness import options_from, wait_for
 from pebble import pebble_server
 from tls_helpers import listen, running_service, served_certificate, thread_worker, tls_connect
 

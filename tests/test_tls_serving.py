@@ -16,12 +16,11 @@ import pytest
 import trustme
 from cryptography import x509
 
-from corral.config import options_from
 from corral.errors import CorralError
 from corral.tls.alpn import ID_PE_ACME_IDENTIFIER, challenge_certificate
 from corral.tls.service import CertificateService
 from corral.tls.store import Store
-from harness import wait_for
+from harness import options_from, wait_for
 from tls_helpers import (
     http_get,
     https_get,

@@ -16,7 +16,6 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from corral.config import options_from
 from corral.errors import ConfigError
 from corral.tls.alpn import ID_PE_ACME_IDENTIFIER, challenge_certificate
 from corral.tls.certs import BadCertificate, covers, load_material
@@ -27,6 +26,7 @@ from corral.tls.plan import certificate_plans
 from corral.tls.proxyprotocol import ProxyProtocolError, parse_proxy_header
 from corral.tls.renewal import renewal_time
 from corral.tls.store import Store
+from harness import options_from
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 

@@ -362,11 +362,6 @@ def settings_from(values: Mapping[str, Any]) -> Settings:
         raise ConfigError(_describe(exc, {})) from exc
 
 
-def options_from(values: Mapping[str, Any]) -> Options:
-    """`settings_from(values).options()`: for tests of the code that runs in `corral run`'s processes."""
-    return settings_from(values).options()
-
-
 
 def run_arguments(settings: Settings) -> list[str]:
     """The `corral run` arguments that reproduce `settings` (used by the exports).
