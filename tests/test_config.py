@@ -486,6 +486,12 @@ def every_option_changed() -> dict[str, Any]:
         "release": "v1.2.3",
         "admin_bind": "127.0.0.1:9999",
         "drain_delay": 0.5,
+        "admin_token": "s3cret-token",
+        "admin_token_file": "/etc/corral/token",
+        "env_file": [".env", "prod.env"],
+        "log_format": "json",
+        "autoscale": "2:6",
+        "target_utilisation": "40:80",
     }
 
 

@@ -86,6 +86,12 @@ def run_options(
     release: Annotated[str | None, Opt(help="Release id: run the pre-start steps once per release.")] = None,
     admin_bind: Annotated[str | None, Opt(help="Address for /livez and /readyz.")] = None,
     drain_delay: Annotated[float | None, Opt(help="Seconds to keep serving after SIGTERM.")] = None,
+    admin_token: Annotated[str | None, Opt(help="Token the admin listener requires off loopback.")] = None,
+    admin_token_file: Annotated[str | None, Opt(help="File holding the admin token.")] = None,
+    env_file: Annotated[list[str] | None, Opt(help="dotenv file loaded into the app's processes (repeatable).")] = None,
+    log_format: Annotated[str | None, Opt(help="text or json.")] = None,
+    autoscale: Annotated[str | None, Opt(help="MIN:MAX: grow and shrink the pool within this range.")] = None,
+    target_utilisation: Annotated[str | None, Opt(help="LOW:HIGH utilisation band, percent.")] = None,
     config: Annotated[str | None, Opt("--config", help="corral.toml or pyproject.toml to read.")] = None,
 ) -> Resolved:
     """Serve APP from a supervised pool of worker processes (all options also via CORRAL_* or corral.toml)."""

@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from corral.errors import ConfigError
+from corral.manager.policy import parse_range
 from corral.options import Options
 from corral.scoreboard import MAX_WORKERS
 from corral.tls.plan import https_enabled
@@ -156,9 +157,20 @@ class Settings(BaseSettings):
     release: str | None = Field(None, description="release id: run the pre-start steps once per release")
     admin_bind: str | None = Field(None, description="address of /livez and /readyz")
     drain_delay: float = Field(0.0, ge=0, description="seconds to keep serving after SIGTERM")
+    admin_token: str | None = Field(None, description="token the admin listener requires (non-loopback)")
+    admin_token_file: str | None = Field(None, description="file holding the admin token")
+
+    # The app's environment, logs
+    env_file: StrList = Field(default_factory=list, description="dotenv file loaded into the app's processes")
+    log_format: Literal["text", "json"] = Field("text", description="text or json, for every log line")
+
+    # Autoscaling
+    autoscale: str | None = Field(None, description="MIN:MAX: grow and shrink the pool within this range")
+    target_utilisation: str = Field("50:90", description="LOW:HIGH percent band the autoscaler keeps")
 
     @field_validator(
-        "bind", "https", "http_bind", "acme_challenges", "forwarded_allow_ips", "prestart", mode="before"
+        "bind", "https", "http_bind", "acme_challenges", "forwarded_allow_ips", "prestart", "env_file",
+        mode="before",
     )
     @classmethod
     def _lists(cls, value: Any) -> Any:
@@ -231,6 +243,24 @@ class Settings(BaseSettings):
         if value is not None and parse_bind(value).kind == "fd":
             raise ValueError("the admin listener takes HOST:PORT or unix:PATH")
         return value
+
+    @field_validator("autoscale")
+    @classmethod
+    def _autoscale(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        low, high = parse_range(value, "MIN:MAX workers, for example 1:8")
+        if not 1 <= low <= high <= MAX_WORKERS:
+            raise ValueError(f"expected 1 <= MIN <= MAX <= {MAX_WORKERS}, got {value!r}")
+        return f"{low}:{high}"
+
+    @field_validator("target_utilisation")
+    @classmethod
+    def _band(cls, value: str) -> str:
+        low, high = parse_range(value, "LOW:HIGH percent, for example 50:90")
+        if not 1 <= low < high <= 100:
+            raise ValueError(f"expected 1 <= LOW < HIGH <= 100 (percent), got {value!r}")
+        return f"{low}:{high}"
 
     @field_validator("acme_challenges")
     @classmethod

@@ -60,6 +60,12 @@ class Options:
     release: str | None
     admin_bind: str | None
     drain_delay: float
+    admin_token: str | None
+    admin_token_file: str | None
+    env_file: list[str]
+    log_format: Literal["text", "json"]
+    autoscale: str | None
+    target_utilisation: str
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

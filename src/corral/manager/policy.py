@@ -103,6 +103,14 @@ def parse_scale(text: str, current: int) -> int:
     return target
 
 
+def parse_range(text: str, example: str) -> tuple[int, int]:
+    """'A:B' as two integers (`--autoscale 1:8`, `--target-utilisation 50:90`); raises ValueError."""
+    low, sep, high = str(text).strip().partition(":")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError(f"expected {example}, got {text!r}")
+    return int(low), int(high)
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     workers: int

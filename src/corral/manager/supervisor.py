@@ -20,6 +20,7 @@ from typing import Any
 from corral import channel
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
+from corral.manager.events import EventLog
 from corral.manager.generation import Generation, Phase
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
@@ -90,6 +91,7 @@ class Supervisor:
         self.exit_code: ExitCode | None = None
         self.fatal_message: str | None = None
         self.sampler = resources.ProcessSampler()
+        self.events = EventLog()
         self.on_ready: list[Callable[[], object]] = []
         self.on_status: list[Callable[[str], object]] = []
         self._wakeup = asyncio.Event()
