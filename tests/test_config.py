@@ -490,6 +490,7 @@ def every_option_changed() -> dict[str, Any]:
         "admin_token_file": "/etc/corral/token",
         "env_file": [".env", "prod.env"],
         "log_format": "json",
+        "metrics": False,
         "autoscale": "2:6",
         "target_utilisation": "40:80",
     }

@@ -46,3 +46,20 @@ def test_unlimited_cgroup_memory_is_the_machine_s(tmp_path: Path) -> None:
     (tmp_path / "memory.current").write_text("1000\n")
     available = psutil.virtual_memory().available
     assert abs(memory_available(tmp_path) - available) < 256 * 2**20  # the machine's, give or take a moment
+
+
+def test_accept_queue_counts_connections_no_worker_accepted() -> None:
+    import socket
+
+    from corral.manager.resources import accept_queue
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(77)
+        assert accept_queue(listener) == (0, 77)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]
+        try:
+            assert accept_queue(listener) == (5, 77)
+        finally:
+            for client in clients:
+                client.close()

@@ -90,6 +90,7 @@ def run_options(
     admin_token_file: Annotated[str | None, Opt(help="File holding the admin token.")] = None,
     env_file: Annotated[list[str] | None, Opt(help="dotenv file loaded into the app's processes (repeatable).")] = None,
     log_format: Annotated[str | None, Opt(help="text or json.")] = None,
+    metrics: Annotated[bool | None, Opt("--metrics/--no-metrics", help="Request metrics and the app's.")] = None,
     autoscale: Annotated[str | None, Opt(help="MIN:MAX: grow and shrink the pool within this range.")] = None,
     target_utilisation: Annotated[str | None, Opt(help="LOW:HIGH utilisation band, percent.")] = None,
     config: Annotated[str | None, Opt("--config", help="corral.toml or pyproject.toml to read.")] = None,

@@ -163,6 +163,7 @@ class Settings(BaseSettings):
     # The app's environment, logs
     env_file: StrList = Field(default_factory=list, description="dotenv file loaded into the app's processes")
     log_format: Literal["text", "json"] = Field("text", description="text or json, for every log line")
+    metrics: bool = Field(True, description="count requests and latency, and gather the app's metrics")
 
     # Autoscaling
     autoscale: str | None = Field(None, description="MIN:MAX: grow and shrink the pool within this range")

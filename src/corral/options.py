@@ -64,6 +64,7 @@ class Options:
     admin_token_file: str | None
     env_file: list[str]
     log_format: Literal["text", "json"]
+    metrics: bool
     autoscale: str | None
     target_utilisation: str
 

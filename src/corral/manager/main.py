@@ -16,6 +16,7 @@ from corral import __version__
 from corral.binds import Bind, display_urls, open_socket, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
+from corral.manager import admin as admin_http
 from corral.manager import control, health, policy, resources
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
@@ -158,8 +159,8 @@ async def _serve(
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
     if admin_socket is not None:
-        checks = {"/livez": supervisor.liveness, "/readyz": supervisor.readiness}
-        admin = await health.serve(admin_socket, checks)
+        routes = health.routes({"/livez": supervisor.liveness, "/readyz": supervisor.readiness})
+        admin = await admin_http.serve(admin_socket, routes)
     try:
         code = await supervisor.run()
     finally:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +82,25 @@ class ProcessSampler:
         except psutil.Error:
             return None
         return ProcessMemory(int(info.rss), int(getattr(info, "uss", info.rss)), int(getattr(info, "pss", info.rss)))
+
+
+_TCP_INFO_QUEUE = struct.Struct("=II")  # tcpi_unacked, tcpi_sacked: at offset 24 of struct tcp_info
+_TCP_INFO_QUEUE_OFFSET = 24
+
+
+def accept_queue(sock: socket.socket) -> tuple[int, int] | None:
+    """(connections waiting in a TCP listener's accept queue, the queue's limit), or None where unknown.
+
+    For a listening socket, Linux reports the current and the maximum backlog in `tcp_info`'s `unacked` and
+    `sacked` fields: one getsockopt, no reading of /proc.
+    """
+    if sys.platform != "linux" or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_QUEUE_OFFSET + _TCP_INFO_QUEUE.size:
+        return None
+    waiting, limit = _TCP_INFO_QUEUE.unpack_from(info, _TCP_INFO_QUEUE_OFFSET)
+    return int(waiting), int(limit)
