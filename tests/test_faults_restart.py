@@ -1,0 +1,188 @@
+"""Fault suite, restarts: a serving pool is never given up for crashes of proven workers (issue 9).
+
+Real `corral run` processes on loopback; faults are real (`os._exit`, SIGSEGV, SIGKILL from outside).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from corral.control_client import request
+from harness import LIFESPAN_APP, Corral, process_tree, run_cli, wait_for, write_app
+
+CRASHING_APP = """
+    import os
+    import signal
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    if os.path.exists("fail-startup"):
+                        os._exit(1)
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/exit":
+            os._exit(1)
+        if scope["path"] == "/segv":
+            signal.raise_signal(signal.SIGSEGV)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def start(corrals: list[Corral], tmp_path: Path, source: str, *args: str) -> Corral:
+    write_app(tmp_path, source)
+    corral = Corral(tmp_path, "app.py", *args)
+    corrals.append(corral)
+    return corral
+
+
+def workers(corral: Corral) -> list[dict[str, object]]:
+    """The manager's workers, asked over the control socket (no CLI process: cheap enough to poll)."""
+    answer = request(corral.control, {"cmd": "status"}, timeout=5)
+    return list(answer["workers"])
+
+
+def proven(corral: Corral, count: int) -> bool:
+    """`count` workers ready for well over the proving time (1 s): their deaths are crashes while serving."""
+    ready = [w for w in workers(corral) if w["state"] == "ready" and float(w["ready_for"] or 0) > 1.5]  # type: ignore[arg-type]
+    return len(ready) == count
+
+
+def test_requests_that_crash_their_worker_do_not_stop_the_service(corrals: list[Corral], tmp_path: Path) -> None:
+    """Default --crash-limit (5): eight crashing requests within a minute, and corral keeps serving."""
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2")
+    corral.wait_ready(2)
+    for n in range(8):
+        wait_for(lambda: proven(corral, 2), what="two proven workers")
+        try:
+            httpx.get(corral.url + ("/exit" if n % 2 else "/segv"), timeout=10)
+        except httpx.HTTPError:
+            pass
+        else:
+            raise AssertionError("a crashing request was answered")
+        assert corral.process.poll() is None, corral.log
+    wait_for(lambda: proven(corral, 2), what="two proven workers after the crashes")
+    assert corral.get().status_code == 200
+    status = corral.status()
+    assert status["crashes"] == 8 and status["failed_starts"] == 0
+    assert status["restarts"] == 8 and status["backoff"] == []
+    log = corral.log
+    assert "crash loop" not in log
+    assert log.count("exited with code 1") == 4 and log.count("SIGSEGV") >= 4, log
+    corral.signal(signal.SIGTERM)
+    assert corral.wait_exit() == 0
+
+
+def test_a_worker_killed_again_and_again_under_load_never_empties_the_pool(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """15 SIGKILLs from outside, 0.6 s apart, oldest worker first, while a client sends requests."""
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "3")
+    corral.wait_ready(3)
+    stop = threading.Event()
+    outcomes: list[bool] = []
+    empty_since: list[float] = []
+    longest_empty = [0.0]
+
+    def client() -> None:
+        with httpx.Client(timeout=5) as http:
+            while not stop.is_set():
+                try:
+                    outcomes.append(http.get(corral.url + "/").status_code == 200)
+                except httpx.HTTPError:
+                    outcomes.append(False)
+
+    def sampler() -> None:
+        while not stop.is_set():
+            ready = sum(1 for w in workers(corral) if w["state"] == "ready")
+            now = time.monotonic()
+            if ready:
+                empty_since.clear()
+            elif not empty_since:
+                empty_since.append(now)
+            else:
+                longest_empty[0] = max(longest_empty[0], now - empty_since[0])
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=client), threading.Thread(target=sampler)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(15):
+            templates = psutil.Process(corral.process.pid).children()
+            pool = [child for template in templates for child in template.children()]
+            oldest = min(pool, key=lambda p: p.create_time())
+            os.kill(oldest.pid, signal.SIGKILL)
+            time.sleep(0.6)
+            assert corral.process.poll() is None, corral.log
+        corral.wait_ready(3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert longest_empty[0] < 1.0, f"no ready worker for {longest_empty[0]:.2f} s"
+    failed = outcomes.count(False)
+    assert len(outcomes) > 50 and failed <= len(outcomes) // 10, (failed, len(outcomes))
+    assert corral.status()["restarts"] >= 15
+    assert corral.get().status_code == 200
+
+
+def test_a_lifespan_startup_that_always_fails_still_exits_3(corrals: list[Corral], tmp_path: Path) -> None:
+    (tmp_path / "fail-startup").touch()
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2")
+    assert corral.wait_exit() == 3
+    assert "failed to start" in corral.log
+    assert not process_tree(corral.process.pid)
+
+
+def test_workers_dying_right_after_ready_every_time_still_end_in_exit_4(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """Ready, then dead 0.3 s later, every time: no worker proves itself, so this is a crash loop."""
+    source = LIFESPAN_APP.replace(
+        'await send({"type": "lifespan.startup.complete"})',
+        'await send({"type": "lifespan.startup.complete"})\n'
+        '                    import asyncio; asyncio.get_running_loop().call_later(0.3, os._exit, 1)',
+    )
+    corral = start(corrals, tmp_path, source, "-w", "2")
+    assert corral.wait_exit() == 4
+    log = corral.log
+    assert log.count("crash loop") == 1 and "none stayed ready" in log, log
+    assert not process_tree(corral.process.pid)
+
+
+def test_status_shows_a_slot_waiting_in_backoff(corrals: list[Corral], tmp_path: Path) -> None:
+    """One slot cannot start any more (its startup fails) while the other serves: the slot backs off,
+    corral keeps serving and says which slot waits, until when."""
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2")
+    corral.wait_ready(2)
+    wait_for(lambda: proven(corral, 2), what="two proven workers")
+    (tmp_path / "fail-startup").touch()
+    victim = random.choice(corral.ready_pids())
+    os.kill(victim, signal.SIGKILL)
+
+    def waiting() -> dict[str, object] | None:
+        backoff = corral.status()["backoff"]
+        return backoff[0] if backoff and backoff[0]["seconds"] > 0.5 else None
+
+    slot = wait_for(waiting, what="a slot in backoff")
+    assert slot["failures"] >= 3 and slot["until"] > time.time()
+    table = run_cli("status", "--control", str(corral.control))
+    assert f"worker {slot['id']} waits in backoff until" in table.stdout, table.stdout
+    assert corral.get().status_code == 200 and corral.process.poll() is None
+    (tmp_path / "fail-startup").unlink()
+    corral.wait_ready(2, timeout=60)
+    assert "crash loop" not in corral.log
