@@ -5,6 +5,7 @@ Real `corral run` processes on loopback; faults are real (`os._exit`, SIGSEGV, S
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ import httpx
 import psutil
 
 from corral.control_client import request
+from corral.errors import CorralError
 from harness import LIFESPAN_APP, Corral, process_tree, run_cli, wait_for, write_app
 
 CRASHING_APP = """
@@ -106,8 +108,11 @@ def test_a_worker_killed_again_and_again_under_load_never_empties_the_pool(
                     outcomes.append(False)
 
     def sampler() -> None:
-        while not stop.is_set():
-            ready = sum(1 for w in workers(corral) if w["state"] == "ready")
+        while not stop.is_set() and corral.process.poll() is None:
+            try:
+                ready = sum(1 for w in workers(corral) if w["state"] == "ready")
+            except (OSError, CorralError):
+                continue
             now = time.monotonic()
             if ready:
                 empty_since.clear()
@@ -186,3 +191,60 @@ def test_status_shows_a_slot_waiting_in_backoff(corrals: list[Corral], tmp_path:
     (tmp_path / "fail-startup").unlink()
     corral.wait_ready(2, timeout=60)
     assert "crash loop" not in corral.log
+
+
+LEAKING_APP = """
+    import os
+
+    HELD = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        HELD.append(b"x" * 50_000_000)  # 50 MB more per request, touched
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def test_a_fast_leak_is_stopped_before_twice_max_memory(corrals: list[Corral], tmp_path: Path) -> None:
+    """50 MB per request against --max-memory 200MiB: the worker is recycled, and killed once far above,
+    before its resident memory reaches twice the limit (the old 1 s sampling let it reach 839 MiB)."""
+    limit = 200 * 2**20
+    corral = start(corrals, tmp_path, LEAKING_APP, "-w", "1", "--max-memory", "200MiB")
+    corral.wait_ready(1)
+    stop = threading.Event()
+    peak = [0]
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    http.get(corral.url)
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 40
+        while corral.log.count("killed: private memory") < 2 and time.monotonic() < deadline:
+            for template in psutil.Process(corral.process.pid).children():
+                for worker in template.children():
+                    peak[0] = max(peak[0], rss(worker.pid))
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+    log = corral.log
+    assert "recycled: private memory" in log and log.count("killed: private memory") >= 2, log
+    assert peak[0] < 2 * limit, f"peak RSS {peak[0] / 2**20:.0f} MiB"
+    assert corral.process.poll() is None and corral.status()["failed_starts"] == 0

@@ -50,6 +50,7 @@ class Worker:
     replacing: str | None = None  # why a replacement was started; drain once the replacement is ready
     request_limit: int | None = None
     memory_uss: int | None = None
+    memory_killed: bool = False
 
 
 class Fatal(Exception):
@@ -482,10 +483,11 @@ class Supervisor:
                 worker.replacing = reason
 
     def _measure_memory(self) -> None:
-        """Every tick: RSS (one small read) as a pre-filter, USS only above the limit, a kill far above it."""
+        """Every tick: RSS (one small read) as a pre-filter, USS only above the limit, a kill far above it
+        (draining workers too: keep-alive clients still reach them)."""
         limit = self.settings.max_memory
         for worker in self.workers.values():
-            if not worker.pid or worker.state != "ready" or worker.stop_reason:
+            if not worker.pid or worker.state == "starting" or worker.memory_killed or worker.fault:
                 continue
             if not policy.memory_check(resources.rss(worker.pid), limit):
                 worker.memory_uss = None
@@ -498,7 +500,9 @@ class Supervisor:
                             policy.KILL_FACTOR)
                 self.events.record("recycle", f"worker {worker.slot} killed: {reason}", slot=worker.slot,
                                    pid=worker.pid, memory_uss=worker.memory_uss)
-                worker.replacing = worker.stop_reason = f"killed: {reason}"
+                worker.memory_killed = True
+                worker.replacing = worker.replacing or f"killed: {reason}"
+                worker.stop_reason = worker.stop_reason or f"killed: {reason}"
                 _signal(worker.pid, signal.SIGKILL)
 
     # --- scale, memory budget -------------------------------------------------------------------
