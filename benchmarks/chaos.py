@@ -29,8 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from run import HERE, SERVERS, Bench, BenchError, Env, Plan, Server, ensure_peers, machine, render_machine, table
-from run import chosen_servers, wrk_and_corral
+from run import (
+    HERE,
+    SERVERS,
+    Bench,
+    BenchError,
+    Env,
+    Plan,
+    chosen_servers,
+    ensure_peers,
+    machine,
+    render_machine,
+    table,
+    wrk_and_corral,
+)
 
 CHAOS_SERVERS = ("corral", "gunicorn", "uvicorn")
 WORKERS = 4
