@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -170,26 +171,26 @@ def test_workers_dying_right_after_ready_every_time_still_end_in_exit_4(
 
 
 def test_status_shows_a_slot_waiting_in_backoff(corrals: list[Corral], tmp_path: Path) -> None:
-    """One slot cannot start any more (its startup fails) while the other serves: the slot backs off,
-    corral keeps serving and says which slot waits, until when."""
-    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2")
+    """One slot cannot start any more (its startup fails) while the other serves: the slot backs off (up to
+    --backoff-max 2), corral keeps serving and says which slot waits, until when; then the slot recovers."""
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2", "--backoff-max", "2")
     corral.wait_ready(2)
     wait_for(lambda: proven(corral, 2), what="two proven workers")
     (tmp_path / "fail-startup").touch()
-    victim = random.choice(corral.ready_pids())
-    os.kill(victim, signal.SIGKILL)
+    os.kill(random.choice(corral.ready_pids()), signal.SIGKILL)
 
-    def waiting() -> dict[str, object] | None:
-        backoff = corral.status()["backoff"]
-        return backoff[0] if backoff and backoff[0]["seconds"] > 0.5 else None
+    def waiting() -> dict[str, Any] | None:
+        backoff: list[dict[str, Any]] = request(corral.control, {"cmd": "status"}, timeout=5)["backoff"]
+        return backoff[0] if backoff and backoff[0]["seconds"] > 0.3 else None
 
     slot = wait_for(waiting, what="a slot in backoff")
-    assert slot["failures"] >= 3 and slot["until"] > time.time()
-    table = run_cli("status", "--control", str(corral.control))
-    assert f"worker {slot['id']} waits in backoff until" in table.stdout, table.stdout
+    assert slot["failures"] >= 4 and slot["until"] > time.time() - 1
+    shown = wait_for(lambda: (out := run_cli("status", "--control", str(corral.control)).stdout)
+                     and "waits in backoff until" in out and out, what="the backoff in the status table")
+    assert f"worker {slot['id']} waits in backoff until" in shown and "failed starts in a row" in shown, shown
     assert corral.get().status_code == 200 and corral.process.poll() is None
     (tmp_path / "fail-startup").unlink()
-    corral.wait_ready(2, timeout=60)
+    corral.wait_ready(2)
     assert "crash loop" not in corral.log
 
 
