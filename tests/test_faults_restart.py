@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 import signal
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -249,3 +250,18 @@ def test_a_fast_leak_is_stopped_before_twice_max_memory(corrals: list[Corral], t
     assert "recycled: private memory" in log and log.count("killed: private memory") >= 2, log
     assert peak[0] < 2 * limit, f"peak RSS {peak[0] / 2**20:.0f} MiB"
     assert corral.process.poll() is None and corral.status()["failed_starts"] == 0
+
+
+def test_a_dead_template_whose_successor_cannot_import_ends_in_exit_4(corrals: list[Corral], tmp_path: Path) -> None:
+    """The serving template dies and the code on disk no longer imports: nothing can serve, so corral ends
+    (exit 4) instead of keeping an open port with no worker behind it."""
+    source = 'import os\nif os.path.exists("fail-import"):\n    raise RuntimeError("broken deploy")\n'
+    corral = start(corrals, tmp_path, source + textwrap.dedent(CRASHING_APP), "-w", "1")
+    corral.wait_ready(1)
+    (tmp_path / "fail-import").touch()
+    (template,) = psutil.Process(corral.process.pid).children()
+    template.kill()
+    assert corral.wait_exit() == 4
+    log = corral.log
+    assert "a new template cannot start after the last one died" in log and "broken deploy" in log, log
+    assert not process_tree(corral.process.pid)
