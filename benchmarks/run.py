@@ -439,7 +439,8 @@ def trigger_reload(running: Server, command: bool) -> dict[str, Any]:
 
 
 def reload(bench: Bench) -> dict[str, Any]:
-    """Failed requests across two rolling reloads while wrk keeps keep-alive connections busy."""
+    """Failed requests and p99 across two rolling reloads while wrk keeps keep-alive connections busy, beside
+    the p99 of a steady wrk run of the same length on the same server just before."""
     plan = bench.plan
     results: dict[str, Any] = {}
     for server in [s for s in bench.servers if s != "gunicorn-preload"]:
@@ -447,6 +448,7 @@ def reload(bench: Bench) -> dict[str, Any]:
         def measure(server: str = server) -> dict[str, Any]:
             with bench.serve("reload", server, "hello_fastapi:app", 2) as running:
                 bench.wrk(running.port, "/", plan.warmup, plan.reload_connections)
+                steady = bench.wrk(running.port, "/", plan.reload_duration, plan.reload_connections)
                 before = running.workers()
                 outcome: dict[str, Any] = {}
                 load = threading.Thread(
@@ -463,7 +465,9 @@ def reload(bench: Bench) -> dict[str, Any]:
                 load.join()
                 if not outcome:
                     raise BenchError("wrk gave no result")
-                return {**outcome, "new_workers": settled_new_workers(running, before), "reloads": reloads}
+                new_workers = settled_new_workers(running, before)
+                steady_p99 = steady["p99_ms"]
+                return {**outcome, "steady_p99_ms": steady_p99, "new_workers": new_workers, "reloads": reloads}
 
         results[server] = bench.attempt(f"reload on {server}", measure)
     return results
@@ -706,6 +710,8 @@ def render(results: dict[str, Any], plan: Plan) -> str:
                     cell(result, "requests"),
                     cell(result, "failed"),
                     detail,
+                    cell(result, "steady_p99_ms"),
+                    cell(result, "p99_ms"),
                     cell(result, "new_workers"),
                     ratio(corral.get("failed"), result.get("failed"), server),
                 ]
@@ -716,6 +722,8 @@ def render(results: dict[str, Any], plan: Plan) -> str:
             "requests",
             "failed",
             "connect/read/write/status/timeout",
+            "steady p99 ms",
+            "reload p99 ms",
             "new workers",
             "Corral/server failed",
         ]

@@ -9,59 +9,59 @@ from corral.manager.policy import GIB, MIB, Backoff
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 
-# --- restart backoff ------------------------------------------------------------------------------
+# --- restarts: a crash while serving, or a failed start -------------------------------------------
 
 
-def test_restart_delay_doubles_from_base_up_to_the_maximum() -> None:
+def test_a_worker_is_proven_once_ready_for_the_proving_time() -> None:
+    backoff = Backoff(proving_time=1.0)
+    assert not policy.proved(None, backoff)
+    assert not policy.proved(0.3, backoff)
+    assert policy.proved(1.0, backoff)
+    assert policy.proved(3600.0, backoff)
+    assert Backoff().proving_time == policy.PROVING_TIME == 1.0
+
+
+def test_a_crash_while_serving_is_replaced_at_once_whatever_came_before() -> None:
+    backoff = Backoff()
+    for previous in (0, 1, 7, 100):
+        failures = policy.failures_after_exit(previous, 5.0, backoff)
+        assert failures == 0
+        assert policy.restart_delay(failures, backoff) == 0.0
+
+
+def test_failed_starts_in_a_row_back_off_after_the_first() -> None:
     backoff = Backoff(base=0.1, maximum=30.0)
-    delays = [policy.restart_delay(n, backoff) for n in range(1, 13)]
-    assert delays[:5] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6])
-    assert delays[-1] == 30.0
-    assert max(delays) == 30.0
-    assert delays == sorted(delays)
+    failures, delays = 0, []
+    for _ in range(12):
+        failures = policy.failures_after_exit(failures, None if failures % 2 else 0.5, backoff)
+        delays.append(policy.restart_delay(failures, backoff))
+    assert failures == 12
+    assert delays[:6] == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.8, 1.6])
+    assert delays[-1] == 30.0 and delays == sorted(delays)
 
 
-def test_restart_delay_is_zero_without_failures() -> None:
+def test_restart_delay_respects_a_small_maximum_and_no_failures() -> None:
+    assert policy.restart_delay(6, Backoff(base=1.0, maximum=3.0)) == 3.0
     assert policy.restart_delay(0, Backoff()) == 0.0
     assert policy.restart_delay(-3, Backoff()) == 0.0
 
 
-def test_restart_delay_defaults_match_the_design() -> None:
-    """0.1 s doubling to 30 s per slot, reset after 60 s ready."""
+def test_a_proven_worker_resets_its_slot_backoff() -> None:
     backoff = Backoff()
-    assert (backoff.base, backoff.maximum, backoff.reset_after) == (0.1, 30.0, 60.0)
-    assert policy.restart_delay(1, backoff) == pytest.approx(0.1)
-    assert policy.restart_delay(100, backoff) == 30.0
+    assert policy.failures_after_exit(9, 1.0, backoff) == 0
+    assert policy.restart_delay(policy.failures_after_exit(0, None, backoff), backoff) == 0.0
 
 
-def test_restart_delay_respects_a_small_maximum() -> None:
-    assert policy.restart_delay(5, Backoff(base=1.0, maximum=3.0)) == 3.0
+def test_backoff_never_leaves_the_pool_empty() -> None:
+    assert policy.start_despite_backoff(ready_or_starting=0, waiting_slots=3)
+    assert not policy.start_despite_backoff(ready_or_starting=1, waiting_slots=3)
+    assert not policy.start_despite_backoff(ready_or_starting=0, waiting_slots=0)
 
 
-def test_failures_accumulate_while_the_worker_never_became_ready() -> None:
-    backoff = Backoff()
-    failures = 0
-    for expected in range(1, 6):
-        failures = policy.failures_after_crash(failures, None, backoff)
-        assert failures == expected
+# --- crash loop: failed starts without proof -----------------------------------------------------
 
 
-def test_failures_accumulate_when_ready_only_briefly() -> None:
-    assert policy.failures_after_crash(4, 59.9, Backoff(reset_after=60.0)) == 5
-
-
-def test_failures_reset_after_a_healthy_period() -> None:
-    backoff = Backoff(reset_after=60.0)
-    assert policy.failures_after_crash(7, 60.0, backoff) == 1
-    assert policy.failures_after_crash(7, 3600.0, backoff) == 1
-    # A reset slot restarts after the base delay again, not after the grown one.
-    assert policy.restart_delay(policy.failures_after_crash(7, 61.0, backoff), backoff) == backoff.base
-
-
-# --- crash budget ---------------------------------------------------------------------------------
-
-
-def test_crash_loop_needs_more_than_limit_crashes() -> None:
+def test_crash_loop_needs_more_than_limit_failed_starts() -> None:
     now = 100.0
     five = [91.0, 93.0, 95.0, 97.0, 99.0]
     assert not policy.is_crash_loop(five, now, limit=5, window=60.0)
@@ -78,8 +78,36 @@ def test_crash_loop_only_counts_the_window() -> None:
     assert not policy.is_crash_loop([939.9] * 6, now, limit=5, window=60.0)
 
 
-def test_crash_loop_with_no_crashes() -> None:
+def test_a_proof_starts_the_count_again() -> None:
+    starts = [90.0, 91.0, 92.0, 93.0, 94.0, 95.0, 96.0]
+    assert policy.is_crash_loop(starts, 100.0, limit=5, window=60.0, last_proof=None)
+    assert policy.is_crash_loop(starts, 100.0, limit=5, window=60.0, last_proof=80.0)
+    assert not policy.is_crash_loop(starts, 100.0, limit=5, window=60.0, last_proof=92.5)
+    # A proof at the same instant as a failed start covers it.
+    assert not policy.is_crash_loop(starts, 100.0, limit=5, window=60.0, last_proof=96.0)
+
+
+def test_crash_loop_with_no_failed_starts() -> None:
     assert not policy.is_crash_loop([], 10.0, limit=1, window=60.0)
+
+
+# --- memory checks -------------------------------------------------------------------------------
+
+
+def test_memory_is_measured_only_when_rss_passes_the_limit() -> None:
+    assert not policy.memory_check(300 * MIB, None)
+    assert not policy.memory_check(None, 200 * MIB)
+    assert not policy.memory_check(200 * MIB, 200 * MIB)
+    assert policy.memory_check(201 * MIB, 200 * MIB)
+
+
+def test_a_worker_far_above_the_limit_is_killed() -> None:
+    limit = 200 * MIB
+    assert not policy.memory_kill(250 * MIB, limit)
+    assert not policy.memory_kill(300 * MIB, limit)
+    assert policy.memory_kill(301 * MIB, limit)
+    assert not policy.memory_kill(None, limit)
+    assert not policy.memory_kill(10 * GIB, None)
 
 
 # --- hang detection -------------------------------------------------------------------------------

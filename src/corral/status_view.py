@@ -27,6 +27,7 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         title=(
             f"manager pid {status['manager_pid']} · generation {status['generation']} · "
             f"{status['target_workers']} workers wanted · {status['restarts']} restarts"
+            + (f" ({status['crashes']} crashes while serving)" if status.get("crashes") else "")
             + (" · stopping" if status.get("stopping") else "")
         )
     )
@@ -47,3 +48,9 @@ def print_status(status: dict[str, Any], console: Console) -> None:
             format_bytes(uss) if uss else "-",
         )
     console.print(table)
+    for slot in status.get("backoff", []):
+        until = time.strftime("%H:%M:%S", time.localtime(slot["until"]))
+        console.print(
+            f"[yellow]worker {slot['id']} waits in backoff until {until} ({slot['seconds']:.1f} s): "
+            f"{slot['failures']} failed starts in a row[/]"
+        )

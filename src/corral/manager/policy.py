@@ -13,38 +13,60 @@ GIB = 1024**3
 MIB = 1024**2
 
 
+PROVING_TIME = 1.0  # seconds a worker must stay ready before its death counts as a crash, not a failed start
+
+
 @dataclass(frozen=True)
 class Backoff:
     base: float = 0.1
     maximum: float = 30.0
-    reset_after: float = 60.0
+    proving_time: float = PROVING_TIME
+
+
+def proved(ready_for: float | None, backoff: Backoff) -> bool:
+    """A worker that stayed ready for the proving time has shown the app can serve.
+
+    Its death is a crash of that worker (a bad request, a segfault, the OOM killer), not evidence that the
+    app cannot start. `ready_for` is None when the worker never became ready.
+    """
+    return ready_for is not None and ready_for >= backoff.proving_time
+
+
+def failures_after_exit(previous_failures: int, ready_for: float | None, backoff: Backoff) -> int:
+    """A slot's count of failed starts in a row once its worker has died: 0 after a proven worker."""
+    return 0 if proved(ready_for, backoff) else previous_failures + 1
 
 
 def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
-    """Delay before restarting a slot: `base` after its first failure, doubling up to `maximum`.
+    """Delay before restarting a slot after `consecutive_failures` failed starts in a row.
 
-    Each further failure without a healthy period in between doubles the wait.
+    No failed start, or the first one: at once (a crash while serving is replaced by a fork, and one early
+    death is as likely a kill from outside as a bad start). Then `base`, doubling up to `maximum`.
     """
-    if consecutive_failures <= 0:
+    if consecutive_failures <= 1:
         return 0.0
-    delay: float = backoff.base * 2.0 ** (consecutive_failures - 1)
+    delay: float = backoff.base * 2.0 ** (consecutive_failures - 2)
     return min(backoff.maximum, delay)
 
 
-def failures_after_crash(previous_failures: int, ready_for: float | None, backoff: Backoff) -> int:
-    """The slot's consecutive-failure count once a worker has died.
+def start_despite_backoff(ready_or_starting: int, waiting_slots: int) -> bool:
+    """Backoff never leaves the pool at zero: with no worker ready or starting, one waiting slot starts now.
 
-    A worker that stayed ready for `reset_after` seconds proves the slot healthy: the count starts again.
-    `ready_for` is None when the worker never became ready.
+    An app that truly cannot start then fails fast, and the crash limit ends it.
     """
-    if ready_for is not None and ready_for >= backoff.reset_after:
-        return 1
-    return previous_failures + 1
+    return ready_or_starting == 0 and waiting_slots > 0
 
 
-def is_crash_loop(crash_times: Sequence[float], now: float, limit: int, window: float) -> bool:
-    """More than `limit` crashes within the last `window` seconds."""
-    recent = [t for t in crash_times if now - t <= window]
+def is_crash_loop(
+    failed_starts: Sequence[float], now: float, limit: int, window: float, last_proof: float | None = None
+) -> bool:
+    """More than `limit` failed starts within the last `window` seconds, none of them followed by proof.
+
+    A failed start is a worker that died before proving itself, or a template that died. `last_proof` is
+    the latest time a worker was seen proven (alive, or dead of a crash, after the proving time): a pool
+    that keeps proving workers can serve, however many die, so the count starts again after each proof.
+    """
+    recent = [t for t in failed_starts if now - t <= window and (last_proof is None or t > last_proof)]
     return len(recent) > limit
 
 
@@ -73,6 +95,23 @@ def recycle_reason(
     if memory_limit is not None and memory_uss is not None and memory_uss > memory_limit:
         return f"private memory {format_bytes(memory_uss)} above --max-memory {format_bytes(memory_limit)}"
     return None
+
+
+def memory_check(rss: int | None, memory_limit: int | None) -> bool:
+    """Whether to measure a worker's private memory (USS, a walk of its page map) now.
+
+    RSS, one read of /proc/PID/statm, bounds USS from above: below the limit there is nothing to measure.
+    """
+    return memory_limit is not None and rss is not None and rss > memory_limit
+
+
+KILL_FACTOR = 1.5
+
+
+def memory_kill(memory_uss: int | None, memory_limit: int | None) -> bool:
+    """A worker this far above --max-memory is killed, not drained: a fast leak would overshoot while its
+    replacement starts and its requests finish."""
+    return memory_limit is not None and memory_uss is not None and memory_uss > KILL_FACTOR * memory_limit
 
 
 def request_limit(max_requests: int | None, jitter: int, draw: float) -> int | None:

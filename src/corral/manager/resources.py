@@ -84,6 +84,18 @@ class ProcessSampler:
         return ProcessMemory(int(info.rss), int(getattr(info, "uss", info.rss)), int(getattr(info, "pss", info.rss)))
 
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss(pid: int) -> int | None:
+    """Resident memory of a process from /proc/PID/statm (one short read, no parsing of smaps), or None."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 _TCP_INFO_QUEUE = struct.Struct("=II")  # tcpi_unacked, tcpi_sacked: at offset 24 of struct tcp_info
 _TCP_INFO_QUEUE_OFFSET = 24
 

@@ -22,6 +22,7 @@ from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.events import EventLog
 from corral.manager.generation import Generation, Phase
+from corral.manager.restarts import Restarts, Slot
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
 from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
@@ -49,13 +50,7 @@ class Worker:
     replacing: str | None = None  # why a replacement was started; drain once the replacement is ready
     request_limit: int | None = None
     memory_uss: int | None = None
-
-
-@dataclass
-class Slot:
-    failures: int = 0
-    restarts: int = 0
-    next_start: float = 0.0
+    memory_killed: bool = False
 
 
 class Fatal(Exception):
@@ -78,12 +73,11 @@ class Supervisor:
         self.scoreboard = scoreboard
         self.target = target_workers
         self.explicit_workers = explicit_workers
-        self.backoff = policy.Backoff(maximum=settings.backoff_max)
+        self.book = Restarts(policy.Backoff(maximum=settings.backoff_max), settings.crash_limit, settings.crash_window)
         self.generations: dict[int, Generation] = {}
         self.current: Generation | None = None
         self.workers: dict[int, Worker] = {}  # by scoreboard cell
-        self.slots: dict[int, Slot] = {}
-        self.crash_times: list[float] = []
+        self.slots: dict[int, Slot] = self.book.slots
         self.restarts = 0
         self.started = False  # the first generation has proven itself
         self.stopping = False
@@ -96,7 +90,6 @@ class Supervisor:
         self.on_status: list[Callable[[str], object]] = []
         self._wakeup = asyncio.Event()
         self._next_cpu_sample = 0.0
-        self._next_memory_check = 0.0
         self._stop_deadline: float | None = None
         self._announced = False
         self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
@@ -131,8 +124,7 @@ class Supervisor:
             self._next_cpu_sample = now + 1.0
             self.sampler.sample_cpu([w.pid for w in self.workers.values() if w.pid])
         if not self.stopping:
-            if now >= self._next_memory_check and self.settings.max_memory:
-                self._next_memory_check = now + 1.0
+            if self.settings.max_memory:
                 self._measure_memory()
             self._recycle()
             self._reconcile(now)
@@ -231,6 +223,8 @@ class Supervisor:
             self._forget(worker)
         if not self.started:
             raise Fatal(f"the app failed to start: {cause}", ExitCode.APP_FAILED_TO_START)
+        if self.current is None:  # its template died and no generation serves
+            raise Fatal(f"a new template cannot start after the last one died: {cause}", ExitCode.CRASH_LOOP)
         log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
         log.error("generation %d keeps serving", self.current.number if self.current else 0)
         for waiter in generation.reload_waiters:
@@ -263,7 +257,9 @@ class Supervisor:
                 self._generation_failed(generation, generation.boot_error or cause)
                 continue
             log.error("generation %d: %s; starting a new template", generation.number, cause)
-            self._record_crash(time.monotonic(), f"the template {describe_status_code(code)}")
+            self.restarts += 1
+            self.book.template_died(time.monotonic())
+            self._check_crash_loop(time.monotonic(), f"the template {describe_status_code(code)}")
             self.current = None
             replacement = self._start_generation()
             replacement.reload_waiters.extend(generation.reload_waiters)
@@ -357,21 +353,29 @@ class Supervisor:
         cause = f"killed because {worker.fault}" if worker.fault else what
         log.warning("worker %d (pid %s) %s%s", worker.slot, worker.pid, cause, hint)
         now = time.monotonic()
-        slot = self.slots.setdefault(worker.slot, Slot())
         ready_for = None if worker.ready_at is None else now - worker.ready_at
-        slot.failures = policy.failures_after_crash(slot.failures, ready_for, self.backoff)
-        slot.next_start = now + policy.restart_delay(slot.failures, self.backoff)
-        slot.restarts += 1
-        self._record_crash(now, f"worker {worker.slot} {cause}")
-
-    def _record_crash(self, now: float, last: str) -> None:
+        verdict = self.book.worker_died(worker.slot, ready_for, now)
         self.restarts += 1
-        self.crash_times.append(now)
-        self.crash_times = [t for t in self.crash_times if now - t <= self.settings.crash_window]
-        if policy.is_crash_loop(self.crash_times, now, self.settings.crash_limit, self.settings.crash_window):
+        fields = {"slot": worker.slot, "pid": worker.pid, "cause": cause, "ready_for": ready_for}
+        if verdict.crash:
+            self.events.record("crash", f"worker {worker.slot} {cause}; replaced at once", **fields)
+            return
+        self.events.record("crash", f"worker {worker.slot} {cause} before proving itself", failed_start=True, **fields)
+        if verdict.delay > 0:
+            log.warning("worker %d: %d failed starts in a row; next start in %.1f s", worker.slot, verdict.failures,
+                        verdict.delay)
+            self.events.record("backoff", f"slot {worker.slot} waits {verdict.delay:.1f} s", slot=worker.slot,
+                               seconds=verdict.delay, failures=verdict.failures)
+        self._check_crash_loop(now, f"worker {worker.slot} {cause}")
+
+    def _check_crash_loop(self, now: float, last: str) -> None:
+        """Exit 4 once more than --crash-limit starts failed in --crash-window with no worker proving itself."""
+        self.book.saw_ready([w.ready_at for w in self.workers.values() if w.ready_at and w.state == "ready"], now)
+        if self.book.crash_loop(now):
             raise Fatal(
-                f"crash loop: {len(self.crash_times)} crashes within {self.settings.crash_window:g} s "
-                f"(limit {self.settings.crash_limit}; last: {last}); stopping",
+                f"crash loop: {self.book.recent_failed_starts(now)} workers failed to start within "
+                f"{self.settings.crash_window:g} s and none stayed ready {self.book.backoff.proving_time:g} s "
+                f"(--crash-limit {self.settings.crash_limit}; last: {last}); stopping",
                 ExitCode.CRASH_LOOP,
             )
 
@@ -452,9 +456,14 @@ class Supervisor:
                 if w.slot == slot_number and w.generation == current.number
                 and not w.replacing and w.stop_reason is None
             ]
-            slot = self.slots.setdefault(slot_number, Slot())
-            if not active and now >= slot.next_start:
+            if not active and now >= self.book.slot(slot_number).next_start:
                 self._fork(slot_number, current)
+        waiting = self.book.waiting(range(1, self.target + 1), now)
+        serving = sum(1 for w in self.workers.values() if w.state != "draining" and w.stop_reason is None)
+        if policy.start_despite_backoff(serving, len(waiting)):
+            slot_number = min(waiting, key=lambda n: self.book.slot(n).next_start)
+            log.warning("worker %d: starting before its backoff ends: no worker is ready", slot_number)
+            self._fork(slot_number, current)
         for worker in list(self.workers.values()):
             if worker.slot > self.target:
                 self._drain(worker, "scaled down")
@@ -474,10 +483,27 @@ class Supervisor:
                 worker.replacing = reason
 
     def _measure_memory(self) -> None:
+        """Every tick: RSS (one small read) as a pre-filter, USS only above the limit, a kill far above it
+        (draining workers too: keep-alive clients still reach them)."""
+        limit = self.settings.max_memory
         for worker in self.workers.values():
-            if worker.pid and worker.state == "ready":
-                memory = self.sampler.memory(worker.pid)
-                worker.memory_uss = memory.uss if memory else None
+            if not worker.pid or worker.state == "starting" or worker.memory_killed or worker.fault:
+                continue
+            if not policy.memory_check(resources.rss(worker.pid), limit):
+                worker.memory_uss = None
+                continue
+            memory = self.sampler.memory(worker.pid)
+            worker.memory_uss = memory.uss if memory else None
+            if policy.memory_kill(worker.memory_uss, limit):
+                reason = policy.recycle_reason(0, None, worker.memory_uss, limit) or "memory"
+                log.warning("worker %d (pid %s) killed: %s, over %g times the limit", worker.slot, worker.pid, reason,
+                            policy.KILL_FACTOR)
+                self.events.record("recycle", f"worker {worker.slot} killed: {reason}", slot=worker.slot,
+                                   pid=worker.pid, memory_uss=worker.memory_uss)
+                worker.memory_killed = True
+                worker.replacing = worker.replacing or f"killed: {reason}"
+                worker.stop_reason = worker.stop_reason or f"killed: {reason}"
+                _signal(worker.pid, signal.SIGKILL)
 
     # --- scale, memory budget -------------------------------------------------------------------
 
@@ -594,12 +620,13 @@ class Supervisor:
                     "generation": worker.generation,
                     "requests": cell.requests if cell.pid == worker.pid else 0,
                     "connections": cell.connections if cell.pid == worker.pid else 0,
-                    "restarts": self.slots.get(worker.slot, Slot()).restarts,
+                    "restarts": self.book.slot(worker.slot).restarts,
                     "cpu_percent": self.sampler.cpu.get(worker.pid or -1, 0.0),
                     "memory_uss": memory.uss if memory else None,
                     "memory_pss": memory.pss if memory else None,
                     "memory_rss": memory.rss if memory else None,
                     "started_at": worker.started_at,
+                    "ready_for": None if worker.ready_at is None else time.monotonic() - worker.ready_at,
                     "heartbeat_age": max(0.0, time.monotonic() - cell.heartbeat) if cell.pid == worker.pid else None,
                     "ready": cell.state is CellState.READY,
                 }
@@ -613,6 +640,9 @@ class Supervisor:
             "generation": self.current.number if self.current else 0,
             "target_workers": self.target,
             "restarts": self.restarts,
+            "crashes": self.book.crashes,
+            "failed_starts": self.book.failed,
+            "backoff": self.book.status(range(1, self.target + 1), time.monotonic()),
             "stopping": self.stopping,
             "templates": templates,
             "workers": workers,

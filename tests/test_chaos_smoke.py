@@ -1,0 +1,26 @@
+"""benchmarks/chaos.py end to end on Corral alone (--quick), so the script cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_chaos_run_on_corral_writes_a_report(tmp_path: Path) -> None:
+    argv = [sys.executable, str(ROOT / "benchmarks" / "chaos.py"), "--quick", "--servers", "corral"]
+    done = subprocess.run([*argv, "--results", str(tmp_path)], capture_output=True, text=True, timeout=240,
+                          cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    report = json.loads((tmp_path / "chaos.json").read_text())
+    assert report["errors"] == []
+    result = report["results"]["corral"]
+    assert result["alive_at_end"] and result["requests"] > 0
+    assert result["kills"] + result["skipped_kills"] == 10 and result["kills"] > 0
+    assert result["replaced"] == result["kills"], result
+    assert 0 <= result["zero_ready_share"] <= 1 and result["samples"] > 0
+    assert "| corral |" in (tmp_path / "chaos.md").read_text()

@@ -1,0 +1,267 @@
+"""Fault suite, restarts: a serving pool is never given up for crashes of proven workers (issue 9).
+
+Real `corral run` processes on loopback; faults are real (`os._exit`, SIGSEGV, SIGKILL from outside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from corral.control_client import request
+from corral.errors import CorralError
+from harness import LIFESPAN_APP, Corral, process_tree, run_cli, wait_for, write_app
+
+CRASHING_APP = """
+    import os
+    import signal
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    if os.path.exists("fail-startup"):
+                        os._exit(1)
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/exit":
+            os._exit(1)
+        if scope["path"] == "/segv":
+            signal.raise_signal(signal.SIGSEGV)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def start(corrals: list[Corral], tmp_path: Path, source: str, *args: str) -> Corral:
+    write_app(tmp_path, source)
+    corral = Corral(tmp_path, "app.py", *args)
+    corrals.append(corral)
+    return corral
+
+
+def workers(corral: Corral) -> list[dict[str, object]]:
+    """The manager's workers, asked over the control socket (no CLI process: cheap enough to poll)."""
+    answer = request(corral.control, {"cmd": "status"}, timeout=5)
+    return list(answer["workers"])
+
+
+def proven(corral: Corral, count: int) -> bool:
+    """`count` workers ready for well over the proving time (1 s): their deaths are crashes while serving."""
+    ready = [w for w in workers(corral) if w["state"] == "ready" and float(w["ready_for"] or 0) > 1.5]  # type: ignore[arg-type]
+    return len(ready) == count
+
+
+def test_requests_that_crash_their_worker_do_not_stop_the_service(corrals: list[Corral], tmp_path: Path) -> None:
+    """Default --crash-limit (5): eight crashing requests within a minute, and corral keeps serving."""
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2")
+    corral.wait_ready(2)
+    for n in range(8):
+        wait_for(lambda: proven(corral, 2), what="two proven workers")
+        try:
+            httpx.get(corral.url + ("/exit" if n % 2 else "/segv"), timeout=10)
+        except httpx.HTTPError:
+            pass
+        else:
+            raise AssertionError("a crashing request was answered")
+        assert corral.process.poll() is None, corral.log
+    wait_for(lambda: proven(corral, 2), what="two proven workers after the crashes")
+    assert corral.get().status_code == 200
+    status = corral.status()
+    assert status["crashes"] == 8 and status["failed_starts"] == 0
+    assert status["restarts"] == 8 and status["backoff"] == []
+    log = corral.log
+    assert "crash loop" not in log
+    assert log.count("exited with code 1") == 4 and log.count("SIGSEGV") >= 4, log
+    corral.signal(signal.SIGTERM)
+    assert corral.wait_exit() == 0
+
+
+def test_a_worker_killed_again_and_again_under_load_never_empties_the_pool(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """15 SIGKILLs from outside, 0.6 s apart, oldest worker first, while a client sends requests."""
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "3")
+    corral.wait_ready(3)
+    stop = threading.Event()
+    outcomes: list[bool] = []
+    empty_since: list[float] = []
+    longest_empty = [0.0]
+
+    def client() -> None:
+        with httpx.Client(timeout=5) as http:
+            while not stop.is_set():
+                try:
+                    outcomes.append(http.get(corral.url + "/").status_code == 200)
+                except httpx.HTTPError:
+                    outcomes.append(False)
+
+    def sampler() -> None:
+        while not stop.is_set() and corral.process.poll() is None:
+            try:
+                ready = sum(1 for w in workers(corral) if w["state"] == "ready")
+            except (OSError, CorralError):
+                continue
+            now = time.monotonic()
+            if ready:
+                empty_since.clear()
+            elif not empty_since:
+                empty_since.append(now)
+            else:
+                longest_empty[0] = max(longest_empty[0], now - empty_since[0])
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=client), threading.Thread(target=sampler)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(15):
+            templates = psutil.Process(corral.process.pid).children()
+            pool = [child for template in templates for child in template.children()]
+            oldest = min(pool, key=lambda p: p.create_time())
+            os.kill(oldest.pid, signal.SIGKILL)
+            time.sleep(0.6)
+            assert corral.process.poll() is None, corral.log
+        corral.wait_ready(3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert longest_empty[0] < 1.0, f"no ready worker for {longest_empty[0]:.2f} s"
+    failed = outcomes.count(False)
+    assert len(outcomes) > 50 and failed <= len(outcomes) // 10, (failed, len(outcomes))
+    assert corral.status()["restarts"] >= 15
+    assert corral.get().status_code == 200
+
+
+def test_a_lifespan_startup_that_always_fails_still_exits_3(corrals: list[Corral], tmp_path: Path) -> None:
+    (tmp_path / "fail-startup").touch()
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2")
+    assert corral.wait_exit() == 3
+    assert "failed to start" in corral.log
+    assert not process_tree(corral.process.pid)
+
+
+def test_workers_dying_right_after_ready_every_time_still_end_in_exit_4(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """Ready, then dead 0.3 s later, every time: no worker proves itself, so this is a crash loop."""
+    source = LIFESPAN_APP.replace(
+        'await send({"type": "lifespan.startup.complete"})',
+        'await send({"type": "lifespan.startup.complete"})\n'
+        '                    import asyncio; asyncio.get_running_loop().call_later(0.3, os._exit, 1)',
+    )
+    corral = start(corrals, tmp_path, source, "-w", "2")
+    assert corral.wait_exit() == 4
+    log = corral.log
+    assert log.count("crash loop") == 1 and "none stayed ready" in log, log
+    assert not process_tree(corral.process.pid)
+
+
+def test_status_shows_a_slot_waiting_in_backoff(corrals: list[Corral], tmp_path: Path) -> None:
+    """One slot cannot start any more (its startup fails) while the other serves: the slot backs off (up to
+    --backoff-max 2), corral keeps serving and says which slot waits, until when; then the slot recovers."""
+    corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2", "--backoff-max", "2")
+    corral.wait_ready(2)
+    wait_for(lambda: proven(corral, 2), what="two proven workers")
+    (tmp_path / "fail-startup").touch()
+    os.kill(random.choice(corral.ready_pids()), signal.SIGKILL)
+
+    def waiting() -> dict[str, Any] | None:
+        backoff: list[dict[str, Any]] = request(corral.control, {"cmd": "status"}, timeout=5)["backoff"]
+        return backoff[0] if backoff and backoff[0]["seconds"] > 0.3 else None
+
+    slot = wait_for(waiting, what="a slot in backoff")
+    assert slot["failures"] >= 4 and slot["until"] > time.time() - 1
+    shown = wait_for(lambda: (out := run_cli("status", "--control", str(corral.control)).stdout)
+                     and "waits in backoff until" in out and out, what="the backoff in the status table")
+    assert f"worker {slot['id']} waits in backoff until" in shown and "failed starts in a row" in shown, shown
+    assert corral.get().status_code == 200 and corral.process.poll() is None
+    (tmp_path / "fail-startup").unlink()
+    corral.wait_ready(2)
+    assert "crash loop" not in corral.log
+
+
+LEAKING_APP = """
+    import os
+
+    HELD = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        HELD.append(b"x" * 50_000_000)  # 50 MB more per request, touched
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def test_a_fast_leak_is_stopped_before_twice_max_memory(corrals: list[Corral], tmp_path: Path) -> None:
+    """50 MB per request against --max-memory 200MiB: the worker is recycled, and killed once far above,
+    before its resident memory reaches twice the limit (the old 1 s sampling let it reach 839 MiB)."""
+    limit = 200 * 2**20
+    corral = start(corrals, tmp_path, LEAKING_APP, "-w", "1", "--max-memory", "200MiB")
+    corral.wait_ready(1)
+    stop = threading.Event()
+    peak = [0]
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    http.get(corral.url)
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 40
+        while corral.log.count("killed: private memory") < 2 and time.monotonic() < deadline:
+            for template in psutil.Process(corral.process.pid).children():
+                for worker in template.children():
+                    peak[0] = max(peak[0], rss(worker.pid))
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+    log = corral.log
+    assert "recycled: private memory" in log and log.count("killed: private memory") >= 2, log
+    assert peak[0] < 2 * limit, f"peak RSS {peak[0] / 2**20:.0f} MiB"
+    assert corral.process.poll() is None and corral.status()["failed_starts"] == 0
+
+
+def test_a_dead_template_whose_successor_cannot_import_ends_in_exit_4(corrals: list[Corral], tmp_path: Path) -> None:
+    """The serving template dies and the code on disk no longer imports: nothing can serve, so corral ends
+    (exit 4) instead of keeping an open port with no worker behind it."""
+    source = 'import os\nif os.path.exists("fail-import"):\n    raise RuntimeError("broken deploy")\n'
+    corral = start(corrals, tmp_path, source + textwrap.dedent(CRASHING_APP), "-w", "1")
+    corral.wait_ready(1)
+    (tmp_path / "fail-import").touch()
+    (template,) = psutil.Process(corral.process.pid).children()
+    template.kill()
+    assert corral.wait_exit() == 4
+    log = corral.log
+    assert "a new template cannot start after the last one died" in log and "broken deploy" in log, log
+    assert not process_tree(corral.process.pid)
