@@ -427,17 +427,19 @@ def trust_command(
     ctx: typer.Context,
     install: Annotated[bool, Opt("--install", help="Install the root into the system trust store.")] = False,
 ) -> None:
-    """Show where the local CA's root certificate is and how to trust it (takes `corral run` options)."""
-    from pathlib import Path as _Path
+    """Show where the local CA's root certificate is and how to trust it.
 
-    from corral.tls.store import default_state_dir
+    Finds the CA of a running instance or the only one on this machine; --name or --state-dir choose.
+    """
+    from corral.tls.trust import find_ca, instructions
     from corral.tls.trust import install as install_root
-    from corral.tls.trust import instructions, root_certificate
 
-    settings = parse_run_arguments(ctx.args).settings
-    state_dir = _Path(settings.state_dir) if settings.state_dir else default_state_dir(settings.name)
-    root = root_certificate(state_dir)
-    print(install_root(root, f"corral-{settings.name}") if install else instructions(root, settings.name))
+    resolved = parse_run_arguments(ctx.args)
+    settings = resolved.settings
+    state_dir = Path(settings.state_dir) if settings.state_dir else None
+    name = settings.name if resolved.sources["name"] != "default" else None
+    ca = find_ca(state_dir, name)
+    print(install_root(ca.root, f"corral-{ca.name}") if install else instructions(ca.root))
 
 
 def main(argv: list[str] | None = None) -> None:
