@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral.manager.policy import format_bytes
+from corral.text import plural
 
 
 def _uptime(started_at: float) -> str:
@@ -26,7 +27,7 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     table = Table(
         title=(
             f"manager pid {status['manager_pid']} · generation {status['generation']} · "
-            f"{status['target_workers']} workers wanted · {status['restarts']} restarts"
+            f"{plural(status['target_workers'], 'worker')} wanted · {plural(status['restarts'], 'restart')}"
             + (" · stopping" if status.get("stopping") else "")
         )
     )

@@ -24,6 +24,7 @@ from corral.manager.supervisor import Supervisor
 from corral.options import Options
 from corral.process import release_free_memory
 from corral.scoreboard import Scoreboard
+from corral.text import plural
 from corral.tls.plan import http_binds, https_enabled
 from corral.worker.spec import ListenerSpec, TemplateSpec
 
@@ -148,7 +149,7 @@ async def _serve(
         )
     )
     supervisor.on_ready.append(
-        lambda: notifier.ready(f"{supervisor.ready_workers()} workers ready, generation {spec.generation}")
+        lambda: notifier.ready(f"{plural(supervisor.ready_workers(), 'worker')} ready, generation {spec.generation}")
     )
     supervisor.on_status.append(lambda text: notifier.stopping(text) if text == "stopping" else notifier.status(text))
     certificates = None
