@@ -127,7 +127,7 @@ class Namespace:
         wait_for(lambda: os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"),
                  what="the mount namespace")
         for directory in ("/run/corral", "/var/lib/corral"):
-            subprocess.run(self.prefix() + ["mount", "-t", "tmpfs", "corral-test", directory], check=True)
+            subprocess.run([*self.prefix(), "mount", "-t", "tmpfs", "corral-test", directory], check=True)
 
     def prefix(self) -> list[str]:
         return ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
@@ -140,8 +140,10 @@ class Namespace:
         log = tmp_path / f"{name}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                self.prefix() + corral_command("run", "app:app", "--app-dir", str(tmp_path), "-w", "1", "--https", "localhost", "--name", name,
-                                               "-b", f"127.0.0.1:{free_port()}"),
+                self.prefix() + corral_command(
+                    "run", "app:app", "--app-dir", str(tmp_path), "-w", "1", "--https", "localhost",
+                    "--name", name, "-b", f"127.0.0.1:{free_port()}",
+                ),
                 cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         wait_for(lambda: "  try:" in log.read_text() or process.poll() is not None, what=f"{name}'s banner")
@@ -174,10 +176,11 @@ def test_trust_finds_the_ca_in_use_and_never_creates_one(tmp_path: Path) -> None
     with namespace() as space:
         nothing = space.run("trust", cwd=tmp_path)
         assert nothing.returncode == 1
-        assert nothing.stderr.startswith("corral: no local CA found") and "corral run --https localhost" in nothing.stderr
+        assert nothing.stderr.startswith("corral: no local CA found")
+        assert "corral run --https localhost" in nothing.stderr
         assert space.run("trust", "--state-dir", str(tmp_path / "empty")).returncode == 1
         assert not (tmp_path / "empty").exists()
-        listing = subprocess.run(space.prefix() + ["ls", "-A", "/var/lib/corral"], capture_output=True, text=True)
+        listing = subprocess.run([*space.prefix(), "ls", "-A", "/var/lib/corral"], capture_output=True, text=True)
         assert listing.stdout == ""  # nothing created
 
         alpha, alpha_log = space.start(tmp_path, "alpha")
