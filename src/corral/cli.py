@@ -173,6 +173,8 @@ def _readable(command: Any) -> Any:
 def _readable_tree(command: Any) -> Any:
     """Readable metavars for the options of every other command (`corral run`'s are set when it parses)."""
     for param in command.params:
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None  # its metavar and help say what it is, no "<str>"
         if param.param_type_name == "option" and not param.is_flag and param.metavar is None:
             name = param.name or ""
             param.metavar = OTHER_METAVARS.get(name) or METAVARS.get(name) or name.upper()
