@@ -268,10 +268,17 @@ def _banner(
     ]
     if admin_socket is not None:
         admin = _reachable(admin_socket, "http")
-        shown = [path for path in ADMIN_PATHS if path in admin_paths]
+        shown = [served for path in ADMIN_PATHS if (served := _served_path(path, admin_paths))]
         lines.append(f"  admin:     {'  '.join(admin + path for path in shown) or admin}")
     lines += _try_lines(settings, listeners, state_dir)
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _served_path(path: str, routes: list[str]) -> str | None:
+    """`path` if the admin listener serves it, else its first sub-path served (`/dashboard/`), else None."""
+    if path in routes:
+        return path
+    return next((route for route in routes if route.startswith(path + "/")), None)
 
 
 def _reachable(sock: socket.socket, scheme: str) -> str:
