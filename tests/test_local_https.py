@@ -195,10 +195,18 @@ def test_trust_finds_the_ca_in_use_and_never_creates_one(tmp_path: Path) -> None
             assert banner_value(alpha_log.read_text(), "trust") == "corral trust --name alpha"
 
             beta, _ = space.start(tmp_path, "beta")
-            stop(beta)  # beta's CA stays on disk: two CAs now, one running
-            several = space.run("trust", cwd=tmp_path)
+            both = space.run("trust", cwd=tmp_path)
+            assert both.returncode == 2
+            assert "2 local CAs: alpha (/var/lib/corral/alpha, running); beta (/var/lib/corral/beta, running)" in (
+                both.stderr
+            )
+            stop(beta)  # beta's CA stays on disk: the one running instance's CA is the one to trust
+            running = space.run("trust", cwd=tmp_path)
+            assert "Local CA root certificate: /var/lib/corral/alpha/ca/root.pem" in running.stdout
+            stop(alpha)
+            several = space.run("trust", cwd=tmp_path)  # none running, two on disk: choose
             assert several.returncode == 2
-            assert "2 local CAs: alpha (/var/lib/corral/alpha, running); beta (/var/lib/corral/beta)" in several.stderr
+            assert "2 local CAs: alpha (/var/lib/corral/alpha); beta (/var/lib/corral/beta)" in several.stderr
             assert "choose one with --name" in several.stderr
             chosen = space.run("trust", "--name", "beta", cwd=tmp_path)
             assert "Local CA root certificate: /var/lib/corral/beta/ca/root.pem" in chosen.stdout

@@ -59,7 +59,7 @@ def known_cas(control_dir: Path, state_base: Path, extra: list[KnownCA] | None =
 
 
 def find_ca(state_dir: Path | None, name: str | None) -> KnownCA:
-    """The root of the CA to trust: --state-dir's, --name's, or the only one on this machine.
+    """The CA to trust: --state-dir's, --name's, the running instance's, or the only one on this machine.
 
     Never creates a CA: a root that does not exist yet would not be the one any server uses."""
     if state_dir is not None:
@@ -86,6 +86,11 @@ def find_ca(state_dir: Path | None, name: str | None) -> KnownCA:
             f"no local CA found (no running instance with one, none in {state_base}): start "
             "`corral run --https localhost` first, or give --name or --state-dir"
         )
+    running = [ca for ca in cas if ca.running]
+    if len(running) == 1:
+        return running[0]  # the instance being served now, whatever older state directories remain
+    if running:
+        cas = running
     if len(cas) > 1:
         raise ConfigError(
             f"{len(cas)} local CAs: {'; '.join(ca.describe() for ca in cas)}; "
