@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import __version__
-from corral.binds import Bind, display_urls, open_socket, parse_bind, systemd_sockets
+from corral.binds import Bind, open_socket, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
@@ -257,7 +257,7 @@ def _banner(
     """What a newcomer needs: where it serves, and the exact commands that work for this instance."""
     pids = sorted(w.pid for w in supervisor.workers.values() if w.pid)
     scheme = "https" if https_enabled(settings) else "http"
-    urls = [display_urls(sock, scheme if index < len(settings.bind) else "http")
+    urls = [_listening(sock, scheme if index < len(settings.bind) else "http")
             for index, (sock, _) in enumerate(listeners)]
     mode = "preload" if settings.preload else "no preload"
     lines = [
@@ -279,6 +279,14 @@ def _served_path(path: str, routes: list[str]) -> str | None:
     if path in routes:
         return path
     return next((route for route in routes if route.startswith(path + "/")), None)
+
+
+def _listening(sock: socket.socket, scheme: str) -> str:
+    """A URL that works from this machine (and verifies with the local CA); a wildcard bind says so."""
+    url = _reachable(sock, scheme)
+    if sock.family != socket.AF_UNIX and sock.getsockname()[0] in ("0.0.0.0", "::"):
+        return f"{url} (all addresses)"
+    return url
 
 
 def _reachable(sock: socket.socket, scheme: str) -> str:
