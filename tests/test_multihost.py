@@ -331,7 +331,10 @@ def test_three_hosts_behind_haproxy(tmp_path: Path) -> None:
             # Only that host's requests failed (HAProxy logs each failed request with its server), and no
             # more than could be in flight there: wrk keeps 8 requests outstanding.
             assert set(failed_on) <= {victim.name[-2:]} and len(failed_on) <= 8, failed_on
-            assert killed.non_2xx + killed.errors == len(failed_on), killed.text
+            assert killed.non_2xx <= len(failed_on), killed.text
+            # wrk counts a connection closed under it as a read error and reconnects: at most once for each
+            # of its 8 connections around the kill (see docs/deployment.md).
+            assert killed.errors <= 8, killed.text
             # Routed around: a new burst through HAProxy loses nothing.
             after = wrk_stop(wrk_start(haproxy.port, seconds=3), interrupt=False)
             assert after.errors == 0 and after.non_2xx == 0 and after.requests > 100, after.text
@@ -339,7 +342,8 @@ def test_three_hosts_behind_haproxy(tmp_path: Path) -> None:
             print(
                 f"\nrolling deploy of r2 over 3 hosts: {rolled.requests} requests in {rolling_seconds:.1f} s, "
                 f"{rolled.errors + rolled.non_2xx} failed; SIGKILL of one host: {killed.requests} requests, "
-                f"{killed.errors + killed.non_2xx} failed (HAProxy: {len(failed_on)}, all on that host); "
+                f"{killed.non_2xx} non-2xx, {killed.errors} wrk socket errors (HAProxy: {len(failed_on)} failed, "
+                "all on that host); "
                 f"afterwards: {after.requests} requests in 3 s, {after.errors + after.non_2xx} failed"
             )
         finally:
