@@ -263,7 +263,7 @@ def test_descriptor_of_a_datagram_socket() -> None:
     handed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     fd = handed.detach()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)  # closed by a finalizer: see the xfail above
+        warnings.simplefilter("ignore", ResourceWarning)  # fd stays open
         message = bind_failure(parse_bind(f"fd://{fd}"))
         gc.collect()
     assert message == f"fd://{fd} is not a stream socket"

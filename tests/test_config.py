@@ -40,7 +40,7 @@ def assert_one_line_error(error: pytest.ExceptionInfo[ConfigError], *parts: str)
 
 @pytest.fixture(autouse=True)
 def no_corral_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`parse_run_arguments` reads os.environ (and so, today, does Settings itself: see the xfails)."""
+    """`parse_run_arguments` reads os.environ: the tests start from an environment without CORRAL_*."""
     for key in list(os.environ):
         if key.upper().startswith("CORRAL_") or key == "WEB_CONCURRENCY":
             monkeypatch.delenv(key)

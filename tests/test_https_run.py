@@ -187,7 +187,7 @@ def test_local_ca_redirect_and_hsts(tmp_path: Path) -> None:
             assert "127.0.0.1 https /curl " in curl.stdout
 
         (entry,) = server.status()["certificates"]
-        assert entry["source"] == "local" and entry["names"] == ["localhost"]
+        assert entry["source"] == "local" and entry["names"] == ["localhost", "127.0.0.1", "::1"]
     for key in (state / "ca/root.key", state / "certs/local/key.pem", state / "certs/current/local.pem"):
         assert mode(key) == 0o600, key
     assert mode(state) == 0o700

@@ -10,18 +10,27 @@ from pathlib import Path
 
 import pytest
 
+from corral.tls.localca import LocalCA
+from corral.tls.store import Store
 from harness import run_cli
 
 
 def test_trust_shows_the_root(tmp_path: Path) -> None:
-    result = run_cli("trust", "--state-dir", str(tmp_path / "state"))
+    state = tmp_path / "state"
+    missing = run_cli("trust", "--state-dir", str(state))
+    assert missing.returncode == 1 and f"no local CA in {state} yet" in missing.stderr
+    assert not state.exists()  # never created by corral trust: it would not be the CA a server uses
+    store = Store(state)
+    store.prepare()
+    LocalCA(store).root()
+    result = run_cli("trust", "--state-dir", str(state))
     assert result.returncode == 0, result.stderr
     root = tmp_path / "state/ca/root.pem"
     assert f"Local CA root certificate: {root}" in result.stdout
     assert root.read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert (tmp_path / "state/ca/root.key").stat().st_mode & 0o777 == 0o600
-    again = run_cli("trust", "--state-dir", str(tmp_path / "state"))
-    assert again.stdout == result.stdout  # the same root: created once
+    again = run_cli("trust", "--state-dir", str(state))
+    assert again.stdout == result.stdout  # the same root
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

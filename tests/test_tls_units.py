@@ -79,7 +79,7 @@ def test_plans_split_public_and_local_names() -> None:
     plans = certificate_plans(options_from({"https": ["api.example.com", "localhost", "www.example.com"]}))
     assert [(p.label, p.names) for p in plans] == [
         ("acme", ("api.example.com", "www.example.com")),
-        ("local", ("localhost",)),
+        ("local", ("localhost", "127.0.0.1", "::1")),  # the local certificate also covers loopback
     ]
     with pytest.raises(ConfigError, match="--keyfile needs --certfile"):
         certificate_plans(options_from({"keyfile": "k.pem"}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from corral.config import FIELDS, Resolved, load_settings
+from corral import __version__
+from corral.config import FIELDS, Resolved, Settings, load_settings
 from corral.control_client import default_control_path, request
 from corral.errors import CorralError, ExitCode
 from corral.status_view import print_status
@@ -28,6 +30,22 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"corral {__version__} (Python {platform.python_version()}, {sys.executable})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        Opt("--version", callback=_show_version, is_eager=True, help="Show the version and the Python it runs on."),
+    ] = None,
+) -> None:
+    """Run a Python ASGI web API in production with one command."""
 
 RUN_HELP = "Serve APP from a supervised pool of worker processes."
 
@@ -103,9 +121,83 @@ def run_options(
     return load_settings(cli_values, config=config_file)
 
 
+SECONDS = "SECONDS"
+METAVARS = {
+    "app_dir": "PATH", "name": "NAME", "bind": "HOST:PORT", "workers": "N|auto", "control": "PATH",
+    "state_dir": "PATH", "timeout": SECONDS, "graceful_timeout": SECONDS, "startup_timeout": SECONDS,
+    "crash_limit": "N", "crash_window": SECONDS, "backoff_max": SECONDS, "max_requests": "N",
+    "max_requests_jitter": "N", "max_memory": "SIZE", "http": "auto|h11|httptools", "lifespan": "auto|on|off",
+    "log_level": "LEVEL", "keep_alive": SECONDS, "https": "DOMAIN", "http_bind": "HOST:PORT",
+    "acme_directory": "URL", "acme_email": "EMAIL", "acme_ca_bundle": "PATH", "acme_challenges": "CHALLENGE",
+    "certfile": "PATH", "keyfile": "PATH", "forwarded_allow_ips": "CIDR", "user": "USER", "group": "GROUP",
+    "prestart": "COMMAND", "prestart_timeout": SECONDS, "prestart_lock": "file:PATH|postgresql://URL",
+    "release": "ID", "admin_bind": "HOST:PORT", "drain_delay": SECONDS, "admin_token": "TOKEN",
+    "admin_token_file": "PATH", "env_file": "PATH", "log_format": "text|json", "autoscale": "MIN:MAX",
+    "target_utilisation": "LOW:HIGH", "config": "PATH",
+}
+OTHER_METAVARS = {
+    "out": "DIR", "working_directory": "DIR", "root": "DIR", "wait": SECONDS, "import_timeout": SECONDS,
+    "image": "IMAGE", "base_image": "IMAGE", "build_image": "IMAGE", "postgres_image": "IMAGE",
+    "namespace": "NAMESPACE", "replicas": "N", "min_replicas": "N", "max_replicas": "N", "cpu_target": "PERCENT",
+    "ingress_class": "CLASS", "gateway": "[NAMESPACE/]NAME", "cluster_issuer": "ISSUER", "memory": "SIZE",
+    "cpu": "CPU",
+}
+DEFAULT_TEXT = {"acme_directory": "Let's Encrypt", "workers": "auto: from the CPUs or CPU quota"}
+
+
+def _readable(command: Any) -> Any:
+    """Help that reads like the docs: HOST:PORT, SECONDS, SIZE instead of Python types, and each default
+    (the parameters themselves default to None, so that the environment and the config file can apply)."""
+    defaults = {name: field.get_default(call_default_factory=True) for name, field in Settings.model_fields.items()}
+    for param in command.params:
+        name = param.name or ""
+        if param.param_type_name == "argument":
+            param.metavar = "APP"
+            param.display_type_rich = lambda ctx: None  # the help already says what APP is, no "<str>"
+            continue
+        if param.param_type_name != "option":
+            continue
+        default = DEFAULT_TEXT.get(name, defaults.get(name))
+        if param.is_flag:
+            if param.secondary_opts and isinstance(default, bool):
+                default = f"--{'' if default else 'no-'}{name.replace('_', '-')}"
+            else:
+                continue
+        else:
+            param.metavar = METAVARS.get(name, name.upper())
+        if default not in (None, []):
+            param.help = f"{param.help or ''}  [default: {_default_text(default)}]".strip()
+    return command
+
+
+def _readable_tree(command: Any) -> Any:
+    """Readable metavars for the options of every other command (`corral run`'s are set when it parses)."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None  # its metavar and help say what it is, no "<str>"
+        if param.param_type_name == "option" and not param.is_flag and param.metavar is None:
+            name = param.name or ""
+            param.metavar = OTHER_METAVARS.get(name) or METAVARS.get(name) or name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        _readable_tree(sub)
+    return command
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def run_command_parser() -> Any:
+    return _readable(typer.main.get_command(_run_parser))
+
+
 def parse_run_arguments(args: list[str]) -> Resolved:
     """Parse `corral run` arguments (for commands that take the same options, like the exports)."""
-    command = typer.main.get_command(_run_parser)
+    command = run_command_parser()
     with command.make_context("corral run", list(args)) as ctx:
         result: Resolved = ctx.invoke(command.callback or (lambda **_: None), **ctx.params)
     return result
@@ -143,8 +235,13 @@ def config_command(
     for column in ("option", "value", "source"):
         table.add_column(column)
     for key, value in values.items():
-        table.add_row("--" + key.replace("_", "-"), json.dumps(value), resolved.sources[key])
+        table.add_row(option_label(key), json.dumps(value), resolved.sources[key])
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def option_label(field: str) -> str:
+    """How `corral run` takes a setting: APP is its argument, every other one an option."""
+    return "APP" if field == "app" else "--" + field.replace("_", "-")
 
 
 @app.command("prestart", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -427,22 +524,24 @@ def trust_command(
     ctx: typer.Context,
     install: Annotated[bool, Opt("--install", help="Install the root into the system trust store.")] = False,
 ) -> None:
-    """Show where the local CA's root certificate is and how to trust it (takes `corral run` options)."""
-    from pathlib import Path as _Path
+    """Show where the local CA's root certificate is and how to trust it.
 
-    from corral.tls.store import default_state_dir
+    Finds the CA of a running instance or the only one on this machine; --name or --state-dir choose.
+    """
+    from corral.tls.trust import find_ca, instructions
     from corral.tls.trust import install as install_root
-    from corral.tls.trust import instructions, root_certificate
 
-    settings = parse_run_arguments(ctx.args).settings
-    state_dir = _Path(settings.state_dir) if settings.state_dir else default_state_dir(settings.name)
-    root = root_certificate(state_dir)
-    print(install_root(root, f"corral-{settings.name}") if install else instructions(root, settings.name))
+    resolved = parse_run_arguments(ctx.args)
+    settings = resolved.settings
+    state_dir = Path(settings.state_dir) if settings.state_dir else None
+    name = settings.name if resolved.sources["name"] != "default" else None
+    ca = find_ca(state_dir, name)
+    print(install_root(ca.root, f"corral-{ca.name}") if install else instructions(ca.root))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: errors become one line on stderr and a documented exit code."""
-    command = typer.main.get_command(app)
+    command = _readable_tree(typer.main.get_command(app))
     try:
         code = command.main(args=argv, prog_name="corral", standalone_mode=False)
     except typer.Exit as exc:

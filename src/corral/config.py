@@ -131,8 +131,9 @@ class Settings(BaseSettings):
     # HTTPS
     https: StrList = Field(default_factory=list, description="domain names to serve over HTTPS")
     http_bind: StrList = Field(default_factory=list, description="plain-HTTP listener (challenges, redirect)")
-    acme_directory: str = Field(
-        "https://acme-v02.api.letsencrypt.org/directory", description="ACME directory URL"
+    acme_directory: str | None = Field(
+        None,
+        description="ACME directory URL (default: Let's Encrypt; given, it also certifies reserved names)",
     )
     acme_email: str | None = Field(None, description="contact address for the ACME account")
     acme_ca_bundle: str | None = Field(None, description="CA bundle trusted for the ACME server")

@@ -42,7 +42,7 @@ class Options:
     keep_alive: float
     https: list[str]
     http_bind: list[str]
-    acme_directory: str
+    acme_directory: str | None
     acme_email: str | None
     acme_ca_bundle: str | None
     acme_challenges: list[str]

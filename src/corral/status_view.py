@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral.manager.policy import format_bytes
+from corral.text import plural
 
 
 def _uptime(started_at: float) -> str:
@@ -26,8 +27,8 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     table = Table(
         title=(
             f"manager pid {status['manager_pid']} · generation {status['generation']} · "
-            f"{status['target_workers']} workers wanted · {status['restarts']} restarts"
-            + (f" ({status['crashes']} crashes while serving)" if status.get("crashes") else "")
+            f"{plural(status['target_workers'], 'worker')} wanted · {plural(status['restarts'], 'restart')}"
+            + (f" ({plural(status['crashes'], 'crash', 'crashes')} while serving)" if status.get("crashes") else "")
             + (" · stopping" if status.get("stopping") else "")
         )
     )
@@ -52,5 +53,5 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         until = time.strftime("%H:%M:%S", time.localtime(slot["until"]))
         console.print(
             f"[yellow]worker {slot['id']} waits in backoff until {until} ({slot['seconds']:.1f} s): "
-            f"{slot['failures']} failed starts in a row[/]"
+            f"{plural(slot['failures'], 'failed start')} in a row[/]"
         )

@@ -9,11 +9,12 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from corral import __version__
-from corral.binds import Bind, display_urls, open_socket, parse_bind, systemd_sockets
+from corral.binds import Bind, open_socket, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
@@ -23,6 +24,7 @@ from corral.manager.supervisor import Supervisor
 from corral.options import Options
 from corral.process import release_free_memory
 from corral.scoreboard import Scoreboard
+from corral.text import plural
 from corral.tls.plan import http_binds, https_enabled
 from corral.worker.spec import ListenerSpec, TemplateSpec
 
@@ -43,6 +45,14 @@ def worker_count(settings: Options) -> tuple[int, bool]:
     if settings.workers == "auto":
         return policy.auto_workers(resources.cpu_count(), resources.cgroup_cpu_quota()), False
     return int(settings.workers), True
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{rest:02d}s" if hours else f"{minutes}m{rest:02d}s"
 
 
 def run(settings: Options) -> int:
@@ -115,6 +125,7 @@ async def _serve(
     state_dir: Path | None,
     notifier: Notifier,
 ) -> int:
+    started = time.monotonic()
     scoreboard = Scoreboard.create()
     spec = TemplateSpec(
         settings=settings.to_dict(),
@@ -131,9 +142,14 @@ async def _serve(
     )
     count, explicit = worker_count(settings)
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
-    supervisor.on_ready.append(lambda: _banner(settings, target, listeners + plain, supervisor, control_path))
+    admin_paths: list[str] = []  # filled when the admin routes are built
     supervisor.on_ready.append(
-        lambda: notifier.ready(f"{supervisor.ready_workers()} workers ready, generation {spec.generation}")
+        lambda: _banner(
+            settings, target, listeners + plain, supervisor, control_path, state_dir, admin_socket, admin_paths
+        )
+    )
+    supervisor.on_ready.append(
+        lambda: notifier.ready(f"{plural(supervisor.ready_workers(), 'worker')} ready, generation {spec.generation}")
     )
     supervisor.on_status.append(lambda text: notifier.stopping(text) if text == "stopping" else notifier.status(text))
     certificates = None
@@ -154,12 +170,14 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTTOU, lambda: _scale_by_signal(supervisor, -1))
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_by_signal(supervisor))
 
-    server = await control.serve(control_path, lambda request: _handle(supervisor, request))
+    identity = {"name": settings.name, "state_dir": str(state_dir) if state_dir else None}
+    server = await control.serve(control_path, lambda request: _handle(supervisor, request, identity))
     renewals = asyncio.create_task(certificates.run()) if certificates else None
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
     if admin_socket is not None:
         routes = health.routes({"/livez": supervisor.liveness, "/readyz": supervisor.readiness})
+        admin_paths.extend(routes)
         admin = await admin_http.serve(admin_socket, routes)
     try:
         code = await supervisor.run()
@@ -172,6 +190,7 @@ async def _serve(
             admin.close()
         server.close()
         scoreboard.close()
+    log.info("stopped after %s, exit code %d", _duration(time.monotonic() - started), int(code))
     return int(code)
 
 
@@ -200,10 +219,10 @@ def _reload_by_signal(supervisor: Supervisor) -> None:
     future.add_done_callback(lambda f: f.exception())  # the outcome is logged by the supervisor
 
 
-async def _handle(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, Any]:
+async def _handle(supervisor: Supervisor, request: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     command = request.get("cmd")
     if command == "status":
-        return {"ok": True, **supervisor.status()}
+        return {"ok": True, **supervisor.status(), **identity}
     if command == "scale":
         try:
             target = policy.parse_scale(str(request.get("to", "")), supervisor.target)
@@ -222,25 +241,78 @@ async def _handle(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, 
     return {"ok": False, "error": f"unknown command {command!r}"}
 
 
+ADMIN_PATHS = ("/livez", "/readyz", "/metrics", "/dashboard")
+
+
 def _banner(
     settings: Options,
     target: Target,
     listeners: list[tuple[socket.socket, Bind | None]],
     supervisor: Supervisor,
     control_path: Path,
+    state_dir: Path | None,
+    admin_socket: socket.socket | None,
+    admin_paths: list[str],
 ) -> None:
+    """What a newcomer needs: where it serves, and the exact commands that work for this instance."""
     pids = sorted(w.pid for w in supervisor.workers.values() if w.pid)
     scheme = "https" if https_enabled(settings) else "http"
-    urls = "  ".join(display_urls(sock, scheme if index < len(settings.bind) else "http")
-                     for index, (sock, _) in enumerate(listeners))
+    urls = [_listening(sock, scheme if index < len(settings.bind) else "http")
+            for index, (sock, _) in enumerate(listeners)]
     mode = "preload" if settings.preload else "no preload"
     lines = [
         f"corral {__version__} serving {target} (manager pid {os.getpid()})",
-        f"  listening: {urls}",
+        f"  listening: {'  '.join(urls)}",
         f"  workers:   {len(pids)} ({mode}), pids {', '.join(map(str, pids))}",
         f"  control:   {control_path}  (corral status --control {control_path})",
     ]
+    if admin_socket is not None:
+        admin = _reachable(admin_socket, "http")
+        shown = [served for path in ADMIN_PATHS if (served := _served_path(path, admin_paths))]
+        lines.append(f"  admin:     {'  '.join(admin + path for path in shown) or admin}")
+    lines += _try_lines(settings, listeners, state_dir)
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def _served_path(path: str, routes: list[str]) -> str | None:
+    """`path` if the admin listener serves it, else its first sub-path served (`/dashboard/`), else None."""
+    if path in routes:
+        return path
+    return next((route for route in routes if route.startswith(path + "/")), None)
 
+
+def _listening(sock: socket.socket, scheme: str) -> str:
+    """A URL that works from this machine (and verifies with the local CA); a wildcard bind says so."""
+    url = _reachable(sock, scheme)
+    if sock.family != socket.AF_UNIX and sock.getsockname()[0] in ("0.0.0.0", "::"):
+        return f"{url} (all addresses)"
+    return url
+
+
+def _reachable(sock: socket.socket, scheme: str) -> str:
+    """The URL a client on this machine uses: a wildcard address becomes loopback."""
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _try_lines(
+    settings: Options, listeners: list[tuple[socket.socket, Bind | None]], state_dir: Path | None
+) -> list[str]:
+    """`corral trust` and a curl that verifies, for the first app listener (HTTPS from the local CA)."""
+    if not listeners or listeners[0][0].family == socket.AF_UNIX:
+        return []
+    if not https_enabled(settings):
+        return [f"  try:       curl {_reachable(listeners[0][0], 'http')}/"]
+    from corral.tls.plan import certificate_plans
+
+    if state_dir is None or not any(plan.label == "local" for plan in certificate_plans(settings)):
+        return []
+    chosen = f"--state-dir {state_dir}" if settings.state_dir else f"--name {settings.name}"
+    root = state_dir / "ca" / "root.pem"
+    return [
+        f"  trust:     corral trust {chosen}",
+        f"  try:       curl --cacert {root} {_reachable(listeners[0][0], 'https')}/",
+    ]

@@ -26,6 +26,7 @@ from corral.manager.restarts import Restarts, Slot
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
 from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
+from corral.text import plural
 from corral.worker.spec import TemplateSpec
 
 log = logging.getLogger("corral")
@@ -307,7 +308,7 @@ class Supervisor:
                 waiter.set_result(current.number)
         current.reload_waiters.clear()
         log.info("reload finished: generation %d serves with %d workers", current.number, self.target)
-        self._report(f"{self.target} workers, generation {current.number}")
+        self._report(f"{plural(self.target, 'worker')}, generation {current.number}")
 
     # --- workers --------------------------------------------------------------------------------
 
@@ -516,9 +517,9 @@ class Supervisor:
                 raise ValueError(f"not enough memory: {plan.explanation}")
         previous, self.target = self.target, target
         log.info("scale: %d → %d workers", previous, target)
-        self._report(f"scaling to {target} workers")
+        self._report(f"scaling to {plural(target, 'worker')}")
         self._wakeup.set()
-        return f"scaled from {previous} to {target} workers"
+        return f"scaled from {previous} to {plural(target, 'worker')}"
 
     def _memory_plan(self, wanted: int, explicit: bool) -> policy.MemoryPlan | None:
         ready = [w for w in self.workers.values() if w.state == "ready" and w.pid]

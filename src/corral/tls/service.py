@@ -21,7 +21,7 @@ from corral.options import Options
 from corral.tls.acmeclient import AcmeIssuer
 from corral.tls.certs import BadCertificate, Material, read_material
 from corral.tls.localca import LocalCA
-from corral.tls.plan import CertificatePlan, certificate_plans
+from corral.tls.plan import CertificatePlan, acme_directory, certificate_plans, describe_choice
 from corral.tls.renewal import renewal_time, retry_delay
 from corral.tls.store import Store
 
@@ -68,7 +68,7 @@ class CertificateService:
         self.local_ca = LocalCA(self.store)
         self.issuer = AcmeIssuer(
             self.store,
-            settings.acme_directory,
+            acme_directory(settings),
             email=settings.acme_email,
             ca_bundle=settings.acme_ca_bundle,
             challenge_types=list(settings.acme_challenges),
@@ -78,6 +78,8 @@ class CertificateService:
         """Prepare the state directory and publish a certificate for every plan, so workers can start.
 
         A bad `--certfile` stops the start with one clear line (CorralError)."""
+        for line in describe_choice(self.settings):
+            logger.info("%s", line)
         await asyncio.to_thread(self.store.prepare)
         for state in self.states:
             label = state.plan.label
@@ -239,7 +241,7 @@ class CertificateService:
         logger.info(
             "certificate for %s obtained (%s), valid until %s; next renewal at %s",
             ", ".join(state.plan.names),
-            "local CA" if label == "local" else self.settings.acme_directory,
+            "local CA" if label == "local" else acme_directory(self.settings),
             _when(material),
             _when_dt(state.next_at),
         )

@@ -62,7 +62,8 @@ class WorkerTLS:
         self.plans = plans
         self.proxy_protocol = proxy_protocol
         self.contexts = {plan.label: server_context() for plan in plans}
-        self.context = self.contexts[plans[0].label]
+        # a client without SNI connected by address: only the local certificate covers addresses
+        self.context = self.contexts["local" if "local" in self.contexts else plans[0].label]
         if len(plans) > 1:
             self.context.sni_callback = self._select_by_name
         self._challenge_dir = store.root / "challenges" / "tls-alpn-01"
