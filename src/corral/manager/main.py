@@ -52,6 +52,7 @@ def run(settings: Options) -> int:
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
     control_path = Path(settings.control) if settings.control else default_control_path(settings.name)
     control.claim_path(control_path)
+    os.environ.pop("CORRAL_ADMIN_TOKEN", None)  # read already; the app's processes inherit this environment
     if settings.admin_bind:
         admin_access.load_token(settings)  # an unreadable token file stops the start here, in one line
     if settings.prestart:
