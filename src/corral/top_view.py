@@ -7,6 +7,7 @@ Actions that take time (a reload waits until the new workers serve) run in a thr
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import os
@@ -35,25 +36,26 @@ KEYS = "r reload · + add a worker · - remove a worker · q quit"
 
 
 class Rates:
-    """Requests per second of each worker, from two successive readings of its request count (used when the
-    status does not carry `requests_per_second` itself)."""
+    """Requests per second of each worker over the last `span` seconds, from successive readings of its request
+    count (used when the status does not carry `requests_per_second` itself; workers publish their counts
+    about once a second, so a longer span than one refresh keeps the figure steady)."""
 
-    def __init__(self) -> None:
-        self._last: dict[int, tuple[int, float]] = {}
+    def __init__(self, span: float = 5.0) -> None:
+        self.span = span
+        self._readings: collections.deque[tuple[float, dict[int, int]]] = collections.deque()
         self.rates: dict[int, float] = {}
 
     def update(self, workers: list[dict[str, Any]], now: float) -> None:
-        seen: dict[int, tuple[int, float]] = {}
-        for worker in workers:
-            pid, count = worker.get("pid"), int(worker.get("requests") or 0)
-            if not pid:
-                continue
-            previous = self._last.get(pid)
-            if previous is not None and now > previous[1]:
-                self.rates[pid] = max(0, count - previous[0]) / (now - previous[1])
-            seen[pid] = (count, now)
-        self._last = seen
-        self.rates = {pid: rate for pid, rate in self.rates.items() if pid in seen}
+        counts = {int(w["pid"]): int(w.get("requests") or 0) for w in workers if w.get("pid")}
+        while len(self._readings) > 1 and now - self._readings[0][0] > self.span:
+            self._readings.popleft()
+        self.rates = {}
+        if self._readings:
+            then, before = self._readings[0]
+            if now > then:
+                self.rates = {pid: max(0, count - before[pid]) / (now - then)
+                              for pid, count in counts.items() if pid in before}
+        self._readings.append((now, counts))
 
     def of(self, worker: dict[str, Any]) -> float | None:
         given = worker.get("requests_per_second")

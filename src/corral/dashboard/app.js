@@ -6,12 +6,12 @@
 
 const WINDOW = 300; // seconds of samples shown
 const POLL = 1000;
+const RATE_SPAN = 5;
 const COLORS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2", "#db2777", "#65a30d", "#dc2626"];
 const SVG = "http://www.w3.org/2000/svg";
 
 const samples = []; // {t, workers: Map(pid -> {id, rate, p50, p99, cpu, mem}), total: {...}, quota, budget}
 let lastEventSeq = 0;
-let previous = new Map(); // pid -> {requests, t}: requests/s when the status does not carry it
 
 function token() { return sessionStorage.getItem("corral-token"); }
 
@@ -64,19 +64,18 @@ const fmt = {
 function sample(status) {
   const now = Date.now() / 1000;
   const workers = new Map();
-  const seen = new Map();
+  // requests/s over the last RATE_SPAN seconds: the workers publish their counts about once a second
+  const base = samples.find((h) => h.t >= now - RATE_SPAN) || samples[samples.length - 1];
   for (const w of status.workers) {
     if (!w.pid) continue;
     let rate = w.requests_per_second;
-    const before = previous.get(w.pid);
-    if (rate == null && before && now > before.t) rate = Math.max(0, w.requests - before.requests) / (now - before.t);
-    seen.set(w.pid, { requests: w.requests, t: now });
+    const before = base && base.workers.get(w.pid);
+    if (rate == null && before && now > base.t) rate = Math.max(0, w.requests - before.requests) / (now - base.t);
     workers.set(w.pid, {
-      id: w.id, rate: rate ?? null, p50: w.latency_p50_seconds ?? null, p99: w.latency_p99_seconds ?? null,
-      cpu: w.cpu_percent ?? null, mem: w.memory_uss ?? null,
+      id: w.id, requests: w.requests, rate: rate ?? null, p50: w.latency_p50_seconds ?? null,
+      p99: w.latency_p99_seconds ?? null, cpu: w.cpu_percent ?? null, mem: w.memory_uss ?? null,
     });
   }
-  previous = seen;
   const pool = status.pool || {};
   const rates = [...workers.values()].map((w) => w.rate).filter((r) => r != null);
   const total = {
@@ -165,7 +164,7 @@ function node(name, attributes, parent) {
 }
 
 // series: [{label, color, cls, points: [[t, v]]}]; limit: a dashed line (quota, budget) or null
-function chart(id, series, limit, scale = (v) => v) {
+function chart(id, series, limit, limitLabel = "") {
   const svg = document.getElementById(id);
   const width = svg.clientWidth || 600;
   const height = svg.clientHeight || 180;
@@ -173,21 +172,36 @@ function chart(id, series, limit, scale = (v) => v) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.replaceChildren();
   const now = Date.now() / 1000;
-  const values = series.flatMap((s) => s.points.map((p) => scale(p[1])));
-  if (limit != null) values.push(scale(limit));
-  const top = Math.max(1e-9, ...values) * 1.1;
-  const x = (t) => pad.left + ((t - (now - WINDOW)) / WINDOW) * (width - pad.left - pad.right);
-  const y = (v) => height - pad.bottom - (scale(v) / top) * (height - pad.top - pad.bottom);
+  // the time axis grows from one minute to WINDOW as samples accumulate
+  const first = samples.length ? samples[0].t : now;
+  const span = Math.min(WINDOW, Math.max(60, now - first));
+  const values = series.flatMap((s) => s.points.map((p) => p[1]));
+  const highest = Math.max(0, ...values);
+  // a limit far above the figures (a budget of gigabytes for workers of megabytes) is named, not drawn
+  const drawLimit = limit != null && (highest === 0 || limit <= 4 * highest);
+  if (drawLimit) values.push(limit);
+  const top = values.some((v) => v > 0) ? Math.max(...values) * 1.1 : 1;
+  const x = (t) => pad.left + ((t - (now - span)) / span) * (width - pad.left - pad.right);
+  const y = (v) => height - pad.bottom - (v / top) * (height - pad.top - pad.bottom);
   for (let i = 0; i <= 4; i++) {
     const value = (top * i) / 4;
     const py = height - pad.bottom - (i / 4) * (height - pad.top - pad.bottom);
     node("line", { x1: pad.left, x2: width - pad.right, y1: py, y2: py, class: "grid" }, svg);
     node("text", { x: 2, y: py + 3 }, svg).textContent = value >= 100 ? value.toFixed(0) : value.toPrecision(2);
   }
-  for (let minutes = 0; minutes <= WINDOW / 60; minutes++) {
-    node("text", { x: x(now - minutes * 60) - 8, y: height - 4 }, svg).textContent = minutes ? `-${minutes}m` : "now";
+  const step = span > 120 ? 60 : 15;
+  for (let ago = 0; ago <= span; ago += step) {
+    const label = ago === 0 ? "now" : ago % 60 ? `-${ago}s` : `-${ago / 60}m`;
+    node("text", { x: x(now - ago) - 10, y: height - 4 }, svg).textContent = label;
   }
-  if (limit != null) node("line", { x1: pad.left, x2: width - pad.right, y1: y(limit), y2: y(limit), class: "budget" }, svg);
+  if (drawLimit) node("line", { x1: pad.left, x2: width - pad.right, y1: y(limit), y2: y(limit), class: "budget" }, svg);
+  if (limit != null && limitLabel) {
+    const text = node("text", { x: width - pad.right - 4, y: pad.top + 10, "text-anchor": "end" }, svg);
+    text.textContent = `${limitLabel}${drawLimit ? "" : " (off scale)"}`;
+  }
+  if (!series.some((s) => s.points.length)) {
+    node("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, svg).textContent = "no figures yet";
+  }
   for (const s of series) {
     if (!s.points.length) continue;
     const points = s.points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
@@ -234,8 +248,10 @@ function renderCharts() {
     { label: "pool p99", color: "#111827", cls: "total", points: samples.filter((h) => h.total.p99 != null).map((h) => [h.t, h.total.p99 * 1000]) },
   ];
   chart("chart-latency", latency, null);
-  chart("chart-cpu", seriesOf("cpu", true), last && last.quota ? last.quota * 100 : null);
-  chart("chart-memory", seriesOf("mem", true, mib), last && last.budget ? mib(last.budget) : null);
+  const quota = last && last.quota ? last.quota * 100 : null;
+  chart("chart-cpu", seriesOf("cpu", true), quota, quota ? `quota ${quota.toFixed(0)}%` : "");
+  const budget = last && last.budget ? mib(last.budget) : null;
+  chart("chart-memory", seriesOf("mem", true, mib), budget, budget ? `budget ${fmt.bytes(last.budget)}` : "");
 }
 
 async function refreshEvents() {
