@@ -84,7 +84,7 @@ def run_options(
     ] = None,
     prestart_lock: Annotated[str | None, Opt(help="file:PATH or postgresql:// URL.")] = None,
     release: Annotated[str | None, Opt(help="Release id: run the pre-start steps once per release.")] = None,
-    admin_bind: Annotated[str | None, Opt(help="Address for /livez and /readyz.")] = None,
+    admin_bind: Annotated[str | None, Opt(help="Address of /livez, /readyz, the dashboard (:PORT: loopback).")] = None,
     drain_delay: Annotated[float | None, Opt(help="Seconds to keep serving after SIGTERM.")] = None,
     admin_token: Annotated[str | None, Opt(help="Token the admin listener requires off loopback.")] = None,
     admin_token_file: Annotated[str | None, Opt(help="File holding the admin token.")] = None,

@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     prestart_on_reload: bool = Field(False, description="rerun the pre-start steps on reload")
     prestart_lock: str | None = Field(None, description="file:PATH or postgresql:// URL")
     release: str | None = Field(None, description="release id: run the pre-start steps once per release")
-    admin_bind: str | None = Field(None, description="address of /livez and /readyz")
+    admin_bind: str | None = Field(None, description="address of /livez, /readyz and the dashboard (:PORT: loopback)")
     drain_delay: float = Field(0.0, ge=0, description="seconds to keep serving after SIGTERM")
     admin_token: str | None = Field(None, description="token the admin listener requires (non-loopback)")
     admin_token_file: str | None = Field(None, description="file holding the admin token")
