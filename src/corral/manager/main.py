@@ -17,7 +17,7 @@ from corral.binds import Bind, display_urls, open_socket, parse_admin_bind, pars
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
-from corral.manager import admin_access, control, dashboard, health, policy, resources
+from corral.manager import control, health, policy, resources
 from corral.manager.overview import pool_totals
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
@@ -54,7 +54,9 @@ def run(settings: Options) -> int:
     control.claim_path(control_path)
     os.environ.pop("CORRAL_ADMIN_TOKEN", None)  # read already; the app's processes inherit this environment
     if settings.admin_bind:
-        admin_access.load_token(settings)  # an unreadable token file stops the start here, in one line
+        from corral.manager.admin_access import load_token
+
+        load_token(settings)  # an unreadable token file stops the start here, in one line
     if settings.prestart:
         from corral.prestart import run_prestart
 
@@ -164,6 +166,8 @@ async def _serve(
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
     if admin_socket is not None:
+        from corral.manager import admin_access, dashboard  # only with --admin-bind
+
         routes = health.routes({"/livez": supervisor.liveness, "/readyz": supervisor.readiness})
         routes |= dashboard.routes(lambda request: _handle(supervisor, request))
         token = admin_access.load_token(settings)
