@@ -77,6 +77,8 @@ def test_loopback_by_default_and_guards_without_a_token(corrals: list[Corral], t
     same_origin = httpx.post(base + "/api/scale", json={"to": "2"}, headers={"origin": base})
     assert same_origin.status_code == 200 and same_origin.json()["target"] == 2
     corral.wait_ready(2)
+    reloaded = httpx.post(base + "/api/reload", json={}, timeout=60)  # as `corral reload`: answers when done
+    assert reloaded.status_code == 200 and reloaded.json()["generation"] == 2
     huge = httpx.post(base + "/api/scale", content=b"x" * 200_000, headers={"content-type": "application/json"})
     assert huge.status_code == 413
     assert httpx.get(base + "/livez").status_code == 200  # the listener is still fine
