@@ -52,6 +52,16 @@ def test_refused_admin_settings_are_one_line(tmp_path: Path, args: list[str], me
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
 
 
+def test_off_by_default(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, APP)
+    corral = Corral(tmp_path, "app.py", "-w", "1")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    listening = {c.laddr.port for c in psutil.Process(corral.process.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {corral.port}  # the app's listener only
+
+
 def test_loopback_by_default_and_guards_without_a_token(corrals: list[Corral], tmp_path: Path) -> None:
     write_app(tmp_path, APP)
     admin_port = free_port()
