@@ -141,3 +141,23 @@ def test_off_loopback_requires_the_token(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["ok"] is True
+
+
+def test_the_token_file_gives_its_first_line(tmp_path: Path) -> None:
+    from corral.errors import ConfigError
+    from corral.manager.admin_access import load_token
+    from harness import options_from
+
+    path = tmp_path / "token"
+    path.write_text("  first-line-token \nsecond line\n")
+    assert load_token(options_from({"admin_token_file": str(path)})) == "first-line-token"
+    assert load_token(options_from({"admin_token": "given"})) == "given"
+    assert load_token(options_from({})) is None
+    path.write_text("\n\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_token(options_from({"admin_token_file": str(path)}))
+
+
+def test_top_without_an_instance_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("top", "--control", str(tmp_path / "none.sock"))
+    assert result.returncode == 7 and result.stderr.count("\n") == 1 and "no corral instance" in result.stderr

@@ -167,6 +167,7 @@ def run_top(ask: Ask, interval: float = 1.0, console: Console | None = None) -> 
 
         threading.Thread(target=work, daemon=True).start()
 
+    ask({"cmd": "status"})  # no instance: one line, before the screen is taken over
     with _cbreak(fd), Live(console=console, screen=True, auto_refresh=False) as live:
         while True:
             status = ask({"cmd": "status"})

@@ -27,13 +27,13 @@ def load_token(settings: Options) -> str | None:
     """The token from --admin-token, or the first line of --admin-token-file (one clear line if unreadable)."""
     if settings.admin_token_file:
         try:
-            token = Path(settings.admin_token_file).read_text().strip()
+            lines = Path(settings.admin_token_file).read_text().strip().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise ConfigError(f"--admin-token-file {settings.admin_token_file}: cannot read: {reason}") from None
-        if not token:
+        if not lines or not lines[0].strip():
             raise ConfigError(f"--admin-token-file {settings.admin_token_file} is empty")
-        return token
+        return lines[0].strip()
     return settings.admin_token or None
 
 
