@@ -129,3 +129,24 @@ def display_urls(sock: socket.socket, scheme: str = "http") -> str:
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
+
+
+def parse_admin_bind(text: str) -> Bind:
+    """`--admin-bind`: like `--bind`, except that an address without a host (`:9000`, `9000`) is loopback."""
+    if text.isdigit():
+        text = ":" + text
+    if text.startswith(":"):
+        text = "127.0.0.1" + text
+    return parse_bind(text)
+
+
+def is_loopback(bind: Bind) -> bool:
+    """Only this machine can connect: a loopback address, `localhost`, or a UNIX socket (file permissions)."""
+    if bind.kind == "unix":
+        return True
+    if bind.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind.host).is_loopback
+    except ValueError:
+        return False

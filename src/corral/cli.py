@@ -102,7 +102,7 @@ def run_options(
     ] = None,
     prestart_lock: Annotated[str | None, Opt(help="file:PATH or postgresql:// URL.")] = None,
     release: Annotated[str | None, Opt(help="Release id: run the pre-start steps once per release.")] = None,
-    admin_bind: Annotated[str | None, Opt(help="Address for /livez and /readyz.")] = None,
+    admin_bind: Annotated[str | None, Opt(help="Address of /livez, /readyz, the dashboard (:PORT: loopback).")] = None,
     drain_delay: Annotated[float | None, Opt(help="Seconds to keep serving after SIGTERM.")] = None,
     admin_token: Annotated[str | None, Opt(help="Token the admin listener requires off loopback.")] = None,
     admin_token_file: Annotated[str | None, Opt(help="File holding the admin token.")] = None,
@@ -227,6 +227,8 @@ def config_command(
     """Print the effective configuration of `corral run [options]` and where each value came from."""
     resolved = parse_run_arguments(ctx.args)
     values = resolved.settings.model_dump()
+    if values.get("admin_token"):
+        values["admin_token"] = "***"  # a secret is never printed
     if json_output:
         rows = {key: {"value": values[key], "source": resolved.sources[key]} for key in values}
         print(json.dumps(rows, indent=2))
@@ -298,6 +300,55 @@ def status_command(
         print(json.dumps(answer, indent=2))
         return
     print_status(answer, Console())
+
+
+@app.command("events")
+def events_command(
+    control: ControlOpt = None,
+    name: NameOpt = None,
+    follow: Annotated[bool, Opt("--follow", "-f", help="Keep printing new events.")] = False,
+    json_output: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
+    limit: Annotated[int, Opt(min=1, max=500, help="How many of the latest events to print first.")] = 50,
+) -> None:
+    """Print what happened to the pool: starts, exits and their cause, hangs, recycles, reloads, scaling."""
+    from corral.top_view import event_line, follow_events
+
+    path = _control_path(control, name)
+    console = Console(highlight=False, soft_wrap=True)
+
+    def emit(event: dict[str, Any]) -> None:
+        if json_output:
+            print(json.dumps(event), flush=True)
+        else:
+            console.print(event_line(event))
+
+    follow_events(lambda message: _ask_path(path, message), limit, follow, emit)
+
+
+@app.command("top")
+def top_command(
+    control: ControlOpt = None,
+    name: NameOpt = None,
+    interval: Annotated[float, Opt(min=0.2, max=60, help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """A live view of the pool (keys: r reload, + / - scale, q quit)."""
+    from corral.top_view import run_top
+
+    path = _control_path(control, name)
+
+    def ask(message: dict[str, Any]) -> dict[str, Any]:
+        if message["cmd"] in ("status", "events"):
+            return _ask_path(path, message)
+        return request(path, message, timeout=None)  # an action's refusal is shown, not raised
+
+    run_top(ask, interval)
+
+
+def _ask_path(path: Path, message: dict[str, Any]) -> dict[str, Any]:
+    answer = request(path, message, 30.0)
+    if not answer.get("ok"):
+        raise CorralError(str(answer.get("error", "the request failed")))
+    return answer
 
 
 @app.command("scale", context_settings={"ignore_unknown_options": True})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     prestart_on_reload: bool = Field(False, description="rerun the pre-start steps on reload")
     prestart_lock: str | None = Field(None, description="file:PATH or postgresql:// URL")
     release: str | None = Field(None, description="release id: run the pre-start steps once per release")
-    admin_bind: str | None = Field(None, description="address of /livez and /readyz")
+    admin_bind: str | None = Field(None, description="address of /livez, /readyz and the dashboard (:PORT: loopback)")
     drain_delay: float = Field(0.0, ge=0, description="seconds to keep serving after SIGTERM")
     admin_token: str | None = Field(None, description="token the admin listener requires (non-loopback)")
     admin_token_file: str | None = Field(None, description="file holding the admin token")
@@ -240,11 +240,23 @@ class Settings(BaseSettings):
     @field_validator("admin_bind")
     @classmethod
     def _admin_bind(cls, value: str | None) -> str | None:
-        from corral.binds import parse_bind
+        from corral.binds import parse_admin_bind
 
-        if value is not None and parse_bind(value).kind == "fd":
-            raise ValueError("the admin listener takes HOST:PORT or unix:PATH")
+        if value is not None and parse_admin_bind(value).kind == "fd":
+            raise ValueError("the admin listener takes HOST:PORT, :PORT (loopback) or unix:PATH")
         return value
+
+    @model_validator(mode="after")
+    def _admin_token_off_loopback(self) -> Settings:
+        from corral.binds import is_loopback, parse_admin_bind
+
+        exposed = self.admin_bind is not None and not is_loopback(parse_admin_bind(self.admin_bind))
+        if exposed and not (self.admin_token or self.admin_token_file):
+            raise ValueError(
+                f"--admin-bind {self.admin_bind} is reachable from other machines: give --admin-token-file "
+                "(or --admin-token), or bind it to loopback (:PORT)"
+            )
+        return self
 
     @field_validator("autoscale")
     @classmethod
@@ -379,6 +391,8 @@ def load_settings(
 
 def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
     error = exc.errors()[0]
+    if not error["loc"]:  # a check across options: its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
     field = str(error["loc"][0]) if error["loc"] else "?"
     message = str(error["msg"]).removeprefix("Value error, ")
     where = sources.get(field, "?")

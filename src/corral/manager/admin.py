@@ -19,10 +19,11 @@ from urllib.parse import parse_qs, urlsplit
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 413: "Content Too Large", 431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
+    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large", 503: "Service Unavailable",
 }
 IDLE_TIMEOUT = 10.0
+MAX_BODY = 64 * 1024  # the API's bodies are a few bytes
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ async def serve(sock: socket.socket, routes: dict[str, Route]) -> asyncio.Abstra
                 parts = request_line.decode("latin-1").split()
                 method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
                 length = int(headers.get("content-length", "0") or 0)
+                if length > MAX_BODY:
+                    writer.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    return
                 body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT) if length > 0 else b""
                 url = urlsplit(target)
                 request = Request(method, url.path, parse_qs(url.query), headers, body, peer)

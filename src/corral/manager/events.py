@@ -47,3 +47,16 @@ class EventLog:
     @property
     def last_seq(self) -> int:
         return self._seq
+
+
+def wait_channel(pid: int | None) -> str | None:
+    """The kernel function a process sleeps in (`/proc/PID/wchan`, e.g. `hrtimer_nanosleep` for a `time.sleep`),
+    a hint of where a hung worker blocks that is known before its stack dump reaches the log."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/wchan") as file:
+            text = file.read().strip()
+    except OSError:
+        return None
+    return text if text and text != "0" else None

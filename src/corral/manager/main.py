@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from corral import __version__
-from corral.binds import Bind, open_socket, parse_bind, systemd_sockets
+from corral.binds import Bind, open_socket, parse_admin_bind, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
 from corral.manager import control, health, policy, resources
+from corral.manager.overview import pool_totals
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
 from corral.options import Options
@@ -61,6 +62,11 @@ def run(settings: Options) -> int:
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
     control_path = Path(settings.control) if settings.control else default_control_path(settings.name)
     control.claim_path(control_path)
+    os.environ.pop("CORRAL_ADMIN_TOKEN", None)  # read already; the app's processes inherit this environment
+    if settings.admin_bind:
+        from corral.manager.admin_access import load_token
+
+        load_token(settings)  # an unreadable token file stops the start here, in one line
     if settings.prestart:
         from corral.prestart import run_prestart
 
@@ -70,7 +76,7 @@ def run(settings: Options) -> int:
     try:
         listeners = _open_listeners(settings, opened)
         plain = [_open(parse_bind(text), opened) for text in http_binds(settings)]
-        admin = _open(parse_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
+        admin = _open(parse_admin_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
         if admin is not None:
             admin.set_inheritable(False)  # answered by the manager itself, never by a worker
         release_free_memory()  # the manager's imports are done; it runs as long as the service
@@ -128,7 +134,7 @@ async def _serve(
     started = time.monotonic()
     scoreboard = Scoreboard.create()
     spec = TemplateSpec(
-        settings=settings.to_dict(),
+        settings={**settings.to_dict(), "admin_token": None},  # the app's processes never see the token
         module=target.module,
         attr=target.attr,
         path=target.path,
@@ -161,6 +167,7 @@ async def _serve(
         certificates = CertificateService(settings, state_dir, supervisor.reload_certificates, owner)
         await certificates.start()
         supervisor.certificate_status = certificates.status
+        certificates.events = supervisor.events
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, supervisor.request_stop)
@@ -176,9 +183,13 @@ async def _serve(
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
     if admin_socket is not None:
+        from corral.manager import admin_access, dashboard  # only with --admin-bind
+
         routes = health.routes({"/livez": supervisor.liveness, "/readyz": supervisor.readiness})
+        routes |= dashboard.routes(lambda request: _handle(supervisor, request, identity))
         admin_paths.extend(routes)
-        admin = await admin_http.serve(admin_socket, routes)
+        token = admin_access.load_token(settings)
+        admin = await admin_http.serve(admin_socket, admin_access.protect(routes, token))
     try:
         code = await supervisor.run()
     finally:
@@ -222,7 +233,11 @@ def _reload_by_signal(supervisor: Supervisor) -> None:
 async def _handle(supervisor: Supervisor, request: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     command = request.get("cmd")
     if command == "status":
-        return {"ok": True, **supervisor.status(), **identity}
+        status = supervisor.status()
+        return {"ok": True, **status, "pool": pool_totals(status), **identity}
+    if command == "events":
+        events = supervisor.events.since(int(request.get("since", 0)), int(request.get("limit", 100)))
+        return {"ok": True, "events": [event.to_json() for event in events], "last_seq": supervisor.events.last_seq}
     if command == "scale":
         try:
             target = policy.parse_scale(str(request.get("to", "")), supervisor.target)

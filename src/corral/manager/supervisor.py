@@ -20,7 +20,7 @@ from typing import Any
 from corral import channel
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
-from corral.manager.events import EventLog
+from corral.manager.events import EventLog, wait_channel
 from corral.manager.generation import Generation, Phase
 from corral.manager.restarts import Restarts, Slot
 from corral.options import Options
@@ -171,6 +171,7 @@ class Supervisor:
         generation = pending[0] if pending else self._start_generation()
         generation.reload_waiters.append(future)
         log.info("reload: generation %d is starting", generation.number)
+        self.events.record("reload", f"reload started: generation {generation.number}", generation=generation.number)
 
     def _on_readable(self, generation: Generation) -> None:
         while True:
@@ -227,6 +228,8 @@ class Supervisor:
         if self.current is None:  # its template died and no generation serves
             raise Fatal(f"a new template cannot start after the last one died: {cause}", ExitCode.CRASH_LOOP)
         log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
+        self.events.record("reload", f"reload refused: generation {generation.number} failed to start: {cause}",
+                           generation=generation.number, outcome="refused", cause=cause)
         log.error("generation %d keeps serving", self.current.number if self.current else 0)
         for waiter in generation.reload_waiters:
             if not waiter.done():
@@ -308,6 +311,8 @@ class Supervisor:
                 waiter.set_result(current.number)
         current.reload_waiters.clear()
         log.info("reload finished: generation %d serves with %d workers", current.number, self.target)
+        self.events.record("reload", f"reload finished: generation {current.number} serves",
+                           generation=current.number, outcome="finished")
         self._report(f"{plural(self.target, 'worker')}, generation {current.number}")
 
     # --- workers --------------------------------------------------------------------------------
@@ -331,6 +336,8 @@ class Supervisor:
         worker.state = "ready"
         worker.ready_at = time.monotonic()
         log.info("worker %d (pid %s, generation %d) ready", worker.slot, worker.pid, worker.generation)
+        self.events.record("start", f"worker {worker.slot} (pid {worker.pid}) ready, generation {worker.generation}",
+                           worker=worker.slot, pid=worker.pid, generation=worker.generation)
         generation = self.generations.get(worker.generation)
         if generation is not None and generation.phase is Phase.PROVING:
             self._promote(generation)
@@ -342,6 +349,8 @@ class Supervisor:
         what = describe_status(status)
         if worker.stop_reason is not None and worker.fault is None:
             log.debug("worker %d (pid %s) %s after: %s", worker.slot, worker.pid, what, worker.stop_reason)
+            self.events.record("exit", f"worker {worker.slot} (pid {worker.pid}) {what} after: {worker.stop_reason}",
+                               worker=worker.slot, pid=worker.pid, cause=worker.stop_reason)
             return
         generation = self.generations.get(worker.generation)
         if generation is not None and generation.phase is Phase.PROVING and worker.ready_at is None:
@@ -427,6 +436,8 @@ class Supervisor:
     def _kill_for_fault(self, worker: Worker, now: float, fault: str) -> None:
         """Log every thread's stack (faulthandler, in the worker), then kill: the blocking line is in the log."""
         log.error("worker %d (pid %s): %s; stack of every thread:", worker.slot, worker.pid, fault)
+        self.events.record("hang", f"worker {worker.slot} (pid {worker.pid}): {fault}",
+                           worker=worker.slot, pid=worker.pid, cause=fault, waiting_in=wait_channel(worker.pid))
         worker.fault = fault
         worker.stop_reason = fault
         if worker.pid:
@@ -481,6 +492,8 @@ class Supervisor:
             )
             if reason:
                 log.info("worker %d (pid %s) recycled: %s; starting its replacement", worker.slot, worker.pid, reason)
+                self.events.record("recycle", f"worker {worker.slot} (pid {worker.pid}) recycled: {reason}",
+                                   worker=worker.slot, pid=worker.pid, cause=reason)
                 worker.replacing = reason
 
     def _measure_memory(self) -> None:
@@ -517,6 +530,7 @@ class Supervisor:
                 raise ValueError(f"not enough memory: {plan.explanation}")
         previous, self.target = self.target, target
         log.info("scale: %d → %d workers", previous, target)
+        self.events.record("scale", f"scale: {previous} → {target} workers", previous=previous, target=target)
         self._report(f"scaling to {plural(target, 'worker')}")
         self._wakeup.set()
         return f"scaled from {previous} to {plural(target, 'worker')}"
@@ -563,6 +577,7 @@ class Supervisor:
         self.stopping = True
         if self.exit_code is None:
             self.exit_code = code
+        self.events.record("stop", "stopping" + ("" if graceful else " now"), code=int(code))
         if not self.draining_instance:  # request_stop() has told already
             self._report("stopping")
         if not graceful:

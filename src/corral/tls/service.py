@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import CorralError
+from corral.manager.events import EventLog
 from corral.options import Options
 from corral.tls.acmeclient import AcmeIssuer
 from corral.tls.certs import BadCertificate, Material, read_material
@@ -64,6 +65,7 @@ class CertificateService:
         self.settings = settings
         self.store = Store(state_dir, owner)
         self.on_change = on_change
+        self.events: EventLog | None = None  # the supervisor's, once it exists: renewals are recorded there
         self.states = [CertificateState(plan) for plan in certificate_plans(settings)]
         self.local_ca = LocalCA(self.store)
         self.issuer = AcmeIssuer(
@@ -185,6 +187,9 @@ class CertificateService:
             )
         except BadCertificate as exc:
             state.last_error = str(exc)
+            if self.events is not None:
+                self.events.record("certificate", f"new certificate in {self.settings.certfile} refused: {exc}",
+                                   names=list(state.plan.names), outcome="refused")
             logger.error(
                 "new certificate in %s refused: %s; the current certificate keeps serving",
                 self.settings.certfile,
@@ -195,6 +200,9 @@ class CertificateService:
             return False
         await asyncio.to_thread(self.store.publish, "files", material)
         state.material, state.last_error = material, None
+        if self.events is not None:
+            self.events.record("certificate", f"certificate reloaded from {self.settings.certfile}, valid until "
+                               f"{_when(material)}", names=list(state.plan.names), outcome="reloaded")
         logger.info("certificate reloaded from %s, valid until %s", self.settings.certfile, _when(material))
         return True
 
@@ -228,6 +236,9 @@ class CertificateService:
             state.failures += 1
             state.last_error = _one_line(exc)
             self._schedule(state)
+            if self.events is not None:
+                self.events.record("certificate", f"certificate for {', '.join(state.plan.names)} not renewed: "
+                                   f"{state.last_error}", names=list(state.plan.names), outcome="failed")
             logger.warning(
                 "certificate for %s not renewed (%s); retrying at %s, the current certificate keeps serving",
                 ", ".join(state.plan.names),
@@ -238,6 +249,9 @@ class CertificateService:
         await asyncio.to_thread(self.store.publish, label, material)
         state.material, state.temporary, state.failures, state.last_error = material, False, 0, None
         self._schedule(state)
+        if self.events is not None:
+            self.events.record("certificate", f"certificate for {', '.join(state.plan.names)} renewed, valid until "
+                               f"{_when(material)}", names=list(state.plan.names), outcome="renewed")
         logger.info(
             "certificate for %s obtained (%s), valid until %s; next renewal at %s",
             ", ".join(state.plan.names),
