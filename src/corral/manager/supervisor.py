@@ -366,7 +366,7 @@ class Supervisor:
         ready_for = None if worker.ready_at is None else now - worker.ready_at
         verdict = self.book.worker_died(worker.slot, ready_for, now)
         self.restarts += 1
-        fields = {"slot": worker.slot, "pid": worker.pid, "cause": cause, "ready_for": ready_for}
+        fields = {"worker": worker.slot, "pid": worker.pid, "cause": cause, "ready_for": ready_for}
         if verdict.crash:
             self.events.record("crash", f"worker {worker.slot} {cause}; replaced at once", **fields)
             return
@@ -374,7 +374,7 @@ class Supervisor:
         if verdict.delay > 0:
             log.warning("worker %d: %d failed starts in a row; next start in %.1f s", worker.slot, verdict.failures,
                         verdict.delay)
-            self.events.record("backoff", f"slot {worker.slot} waits {verdict.delay:.1f} s", slot=worker.slot,
+            self.events.record("backoff", f"worker {worker.slot} waits {verdict.delay:.1f} s", worker=worker.slot,
                                seconds=verdict.delay, failures=verdict.failures)
         self._check_crash_loop(now, f"worker {worker.slot} {cause}")
 
@@ -512,7 +512,7 @@ class Supervisor:
                 reason = policy.recycle_reason(0, None, worker.memory_uss, limit) or "memory"
                 log.warning("worker %d (pid %s) killed: %s, over %g times the limit", worker.slot, worker.pid, reason,
                             policy.KILL_FACTOR)
-                self.events.record("recycle", f"worker {worker.slot} killed: {reason}", slot=worker.slot,
+                self.events.record("recycle", f"worker {worker.slot} killed: {reason}", worker=worker.slot,
                                    pid=worker.pid, memory_uss=worker.memory_uss)
                 worker.memory_killed = True
                 worker.replacing = worker.replacing or f"killed: {reason}"
@@ -530,7 +530,7 @@ class Supervisor:
                 raise ValueError(f"not enough memory: {plan.explanation}")
         previous, self.target = self.target, target
         log.info("scale: %d → %d workers", previous, target)
-        self.events.record("scale", f"scale: {previous} → {target} workers", previous=previous, target=target)
+        self.events.record("scale", f"scale: {previous} → {plural(target, 'worker')}", previous=previous, target=target)
         self._report(f"scaling to {plural(target, 'worker')}")
         self._wakeup.set()
         return f"scaled from {previous} to {plural(target, 'worker')}"
