@@ -536,6 +536,11 @@ class Supervisor:
         self.stopping = True
         if self.exit_code is None:
             self.exit_code = code
+        for generation in self.generations.values():  # a waiting `corral reload` gets its answer now
+            for waiter in generation.reload_waiters:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError("corral is stopping"))
+            generation.reload_waiters.clear()
         if not self.draining_instance:  # request_stop() has told already
             self._report("stopping")
         if not graceful:
@@ -629,7 +634,7 @@ class Supervisor:
             and worker.state == "ready"
             and policy.is_hung(now, self.scoreboard.read(worker.cell).heartbeat, self.settings.timeout)
         ]
-        return not stale, {"manager_pid": os.getpid(), "stale_workers": stale}
+        return not stale, {"stale_workers": stale}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: at least one worker ready and the instance not draining."""
