@@ -121,12 +121,12 @@ async def _read_request(reader: asyncio.StreamReader, peer: Any) -> Request | No
         raise _BadRequest(400, "malformed request line")
     method, target = parts[0], parts[1]
     headers: dict[str, str] = {}
-    size = 0
+    size = count = 0
     while (line := await _read_line(reader, 431, "header line")) not in (b"\r\n", b"\n"):
         if not line:
             raise asyncio.IncompleteReadError(b"", None)
-        size += len(line)
-        if size > MAX_HEADERS_SIZE or len(headers) >= MAX_HEADERS:
+        size, count = size + len(line), count + 1
+        if size > MAX_HEADERS_SIZE or count > MAX_HEADERS:
             raise _BadRequest(431, f"headers larger than {MAX_HEADERS_SIZE} bytes or {MAX_HEADERS} fields")
         name, colon, value = line.decode("latin-1").partition(":")
         if not colon or not name.strip():
