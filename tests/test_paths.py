@@ -243,3 +243,21 @@ def test_permission_denied_on_the_control_socket_is_its_own_message(
     assert result.returncode == 1, result.stderr
     assert "permission denied" in result.stderr and "no corral instance" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(("mode", "accepted"), [(0o700, True), (0o755, True), (0o770, False), (0o777, False)])
+def test_runtime_dir_modes(tmp_path: Path, mode: int, accepted: bool) -> None:
+    """Created 0700; an existing one (systemd makes them 0755) is refused only when others may write in it."""
+    from corral.errors import ConfigError
+    from corral.paths import check_private_dir
+
+    directory = tmp_path / "runtime"
+    directory.mkdir()
+    directory.chmod(mode)
+    if accepted:
+        check_private_dir(directory, create=True)
+    else:
+        with pytest.raises(ConfigError, match="lets others write"):
+            check_private_dir(directory, create=True)
+    check_private_dir(tmp_path / "new", create=True)
+    assert stat.S_IMODE(os.lstat(tmp_path / "new").st_mode) == 0o700

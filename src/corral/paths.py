@@ -3,8 +3,9 @@
 - The control socket replaces only a stale *socket*: a regular file, a directory or a symlink at `--control`
   is never removed.
 - The per-user runtime directory that holds default control sockets (`/tmp/corral-UID`,
-  `$XDG_RUNTIME_DIR/corral`, `/run/corral`) must be a real directory owned by the user with no access for
-  group or others; otherwise another user could swap the socket and receive our `stop`.
+  `$XDG_RUNTIME_DIR/corral`, `/run/corral`) is created with mode 0700; one that exists must be a real
+  directory owned by the user that no one else can write in; otherwise another user could swap the socket and
+  receive our `stop`. (Reading it is harmless: the socket itself is 0600.)
 - Files named by options (`--certfile`, `--keyfile`, `--acme-ca-bundle`) must be readable files, `--app-dir`
   a directory, `--state-dir` a directory we can create and write.
 """
@@ -23,7 +24,7 @@ def unusable(option: str, path: Path | str, exc: OSError) -> ConfigError:
 
 
 def check_private_dir(directory: Path, create: bool) -> None:
-    """`directory` is ours alone (created 0700 when missing and `create`); ConfigError otherwise."""
+    """`directory` is ours: created 0700 when missing (and `create`), else owned by us, writable by us alone."""
     if create:
         try:
             directory.mkdir(mode=0o700, exist_ok=True)
@@ -40,8 +41,8 @@ def check_private_dir(directory: Path, create: bool) -> None:
         problem = "it is not a directory"
     elif info.st_uid != os.geteuid():
         problem = f"it belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})"
-    elif info.st_mode & 0o077:
-        problem = f"its mode is {stat.S_IMODE(info.st_mode):04o}, not 0700"
+    elif info.st_mode & 0o022:  # others could create or replace the socket (0755 from systemd is fine)
+        problem = f"its mode {stat.S_IMODE(info.st_mode):04o} lets others write in it (0700 is expected)"
     if problem:
         raise ConfigError(
             f"refusing the runtime directory {directory}: {problem}; remove it, or give --control PATH"

@@ -52,9 +52,10 @@ def raise_fd_limit() -> tuple[int, int]:
 class Connection:
     """One client. `waiting` is True while its next request has not fully arrived: it may be closed for room."""
 
-    __slots__ = ("since", "task", "transport", "waiting")
+    __slots__ = ("client", "since", "task", "transport", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.BaseTransport | None = None
         self.since = time.monotonic()
@@ -66,6 +67,8 @@ class Connection:
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()  # type: ignore[attr-defined]
+        else:
+            self.client.close()  # its task may be cancelled before it ever runs
         if self.task is not None:
             self.task.cancel()
 
@@ -135,11 +138,12 @@ class Server:
             self.connections.discard(oldest)
             oldest.abort()
             self._warn(f"{self.limit} connections open; closing the longest waiting to make room")
-        connection = Connection()
+        connection = Connection(client)
         self.connections.add(connection)
-        connection.task = asyncio.get_running_loop().create_task(self._serve(connection, client))
+        connection.task = asyncio.get_running_loop().create_task(self._serve(connection))
 
-    async def _serve(self, connection: Connection, client: socket.socket) -> None:
+    async def _serve(self, connection: Connection) -> None:
+        client = connection.client
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_connection(sock=client, limit=self.line_limit)
