@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -74,6 +75,8 @@ def test_connection_flood_on_the_admin_port(
             trickle(slowloris)
             time.sleep(0.5)
         assert_serving(corral, admin)
+        open_files = len(os.listdir(f"/proc/{corral.process.pid}/fd"))
+        assert open_files <= limit // 4 + 64, f"the manager holds {open_files} descriptors"
     finally:
         for sock in held:
             sock.close()
