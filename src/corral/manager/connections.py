@@ -126,6 +126,9 @@ class Server:
                 log.error("%s: accept failed: %s; no more connections are accepted", self.name, exc)
                 return
             self._admit(client)
+            # sock_accept does not yield while the backlog is full: let closed connections release their
+            # descriptors (a transport closes its socket in a callback) before taking the next one
+            await asyncio.sleep(0)
 
     def _admit(self, client: socket.socket) -> None:
         if len(self.connections) >= self.limit:
