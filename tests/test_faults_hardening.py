@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import PLAIN_APP, Corral, free_port, wait_for, write_app
+from harness import PLAIN_APP, Corral, free_port, run_cli, wait_for, write_app
 
 APP = PLAIN_APP % "served"
 
@@ -178,3 +178,9 @@ def test_sampling_survives_a_full_fd_table() -> None:
     result = subprocess.run([sys.executable, "-c", SAMPLING], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["None", "True"]
+
+
+def test_the_systemd_unit_sets_the_open_files_limit(tmp_path: Path) -> None:
+    result = run_cli("export", "systemd", "main:app", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\nLimitNOFILE=65536\n" in result.stdout
