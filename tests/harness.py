@@ -107,7 +107,7 @@ class Corral:
     """A `corral run` process with its own port, control socket and log file."""
 
     def __init__(self, tmp_path: Path, app: str, *args: str, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, preexec_fn: Callable[[], None] | None = None) -> None:
         self.tmp_path = tmp_path
         self.port = port or free_port()
         self.control = tmp_path / f"control-{self.port}.sock"
@@ -117,7 +117,8 @@ class Corral:
                                  *args)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})}, start_new_session=True)
+                                        env={**os.environ, **(env or {})}, start_new_session=True,
+                                        preexec_fn=preexec_fn)
 
     @property
     def log(self) -> str:

@@ -315,7 +315,7 @@ def test_invalid_value_in_the_file_names_option_and_file(tmp_path: Path) -> None
     config = write(tmp_path / "corral.toml", "timeout = -1\n")
     with pytest.raises(ConfigError) as error:
         load_settings({}, environ={}, cwd=tmp_path)
-    assert_one_line_error(error, "invalid --timeout", f"({config})", "greater than 0")
+    assert_one_line_error(error, "invalid --timeout", f"({config})", "must be from 0.5 to 86,400 seconds")
 
 
 def test_invalid_value_in_the_environment_names_the_variable(tmp_path: Path) -> None:
@@ -538,10 +538,10 @@ def test_run_arguments_round_trip_with_every_option(clean_cwd: Path) -> None:
     [
         {},
         {"app": "main:app"},
-        {"workers": 1, "timeout": 0.001},
+        {"workers": 1, "timeout": 0.5},
         {"bind": ["unix:/tmp/x.sock"], "access_log": False},
-        {"app": "main:app", "name": "--looks-like-an-option", "prestart": ["--also"]},
-        {"graceful_timeout": 1e-7, "max_memory": 1},
+        {"app": "main:app", "name": "9.looks_odd-", "prestart": ["--also"]},
+        {"graceful_timeout": 1e-7, "max_memory": 16 * 1024**2 + 1},
     ],
 )
 def test_run_arguments_round_trip(clean_cwd: Path, values: dict[str, Any]) -> None:
@@ -587,8 +587,8 @@ def test_options_mirror_every_setting_with_its_type() -> None:
 
 
 def test_options_carry_the_validated_values_through_json() -> None:
-    options = options_from({"app": "main:app", "workers": "3", "max_memory": "1KiB", "prestart": ["a, b"]})
-    assert (options.workers, options.max_memory, options.prestart) == (3, 1024, ["a, b"])
+    options = options_from({"app": "main:app", "workers": "3", "max_memory": "16MiB", "prestart": ["a, b"]})
+    assert (options.workers, options.max_memory, options.prestart) == (3, 16 * 1024**2, ["a, b"])
     assert Options.loads(options.dumps()) == options
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,8 +17,8 @@ from rich.table import Table
 
 from corral import __version__
 from corral.config import FIELDS, Resolved, Settings, load_settings
-from corral.control_client import default_control_path, request
-from corral.errors import CorralError, ExitCode
+from corral.control_client import check_default_dir, default_control_path, request
+from corral.errors import ConfigError, CorralError, ExitCode
 from corral.status_view import print_status
 
 app = typer.Typer(
@@ -275,7 +276,9 @@ def _control_path(control: str | None, name: str | None) -> Path:
     resolved = load_settings({"name": name})
     if resolved.settings.control:
         return Path(resolved.settings.control)
-    return default_control_path(resolved.settings.name)
+    path = default_control_path(resolved.settings.name)
+    check_default_dir(path)
+    return path
 
 
 def _ask(
@@ -358,13 +361,23 @@ def scale_command(
     name: NameOpt = None,
 ) -> None:
     """Change the number of workers of a running instance."""
+    if not re.fullmatch(r"\s*[+-]?\d{1,9}\s*", to):
+        raise ConfigError(f"expected N, +K or -K workers, got {to!r}")
     print(_ask(control, name, {"cmd": "scale", "to": to})["message"])
 
 
 @app.command("reload")
-def reload_command(control: ControlOpt = None, name: NameOpt = None) -> None:
+def reload_command(
+    control: ControlOpt = None,
+    name: NameOpt = None,
+    timeout: Annotated[
+        float, Opt(help="Seconds to wait for the reload's answer (it goes on in the instance after that).")
+    ] = 600.0,
+) -> None:
     """Roll out the current code: new workers first, then the old ones drain. Waits until done."""
-    print(_ask(control, name, {"cmd": "reload"}, timeout=None)["message"])
+    if not 0 < timeout <= 86400:
+        raise ConfigError(f"--timeout must be from 0 to 86,400 seconds, got {timeout:g}")
+    print(_ask(control, name, {"cmd": "reload"}, timeout=timeout)["message"])
 
 
 @app.command("stop")

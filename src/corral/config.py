@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
 import re
 import tomllib
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -56,9 +57,35 @@ _SIZE_UNITS = {
 }
 
 
+# The range of every number (low, high, unit): a value outside gets one line naming it. The same ranges are
+# stated in docs/configuration.md ("Ranges"); tests/test_bounds.py keeps the two in step.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "timeout": (0.5, 86400, "seconds"),
+    "graceful_timeout": (0, 3600, "seconds"),
+    "startup_timeout": (1, 86400, "seconds"),
+    "crash_limit": (1, 1_000_000, "crashes"),
+    "crash_window": (1, 86400, "seconds"),
+    "backoff_max": (0.1, 3600, "seconds"),
+    "max_requests": (1, 1_000_000_000, "requests"),
+    "max_requests_jitter": (0, 1_000_000_000, "requests"),
+    "keep_alive": (0.1, 3600, "seconds"),
+    "prestart_timeout": (1, 86400, "seconds"),
+    "drain_delay": (0, 3600, "seconds"),
+}
+MIN_MEMORY = 16 * 1024**2  # below a Python worker's own footprint: every worker would be recycled at once
+MAX_MEMORY = 1024**4
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
 def parse_size(text: object) -> int:
     """'512M', '1.5GiB', '2000000' -> bytes. K/M/G are decimal, Ki/Mi/Gi binary."""
     if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError(f"not a size: {text!r} (examples: 512MiB, 1.5G, 800000000)")
+    if isinstance(text, float) and not math.isfinite(text):
         raise ValueError(f"not a size: {text!r} (examples: 512MiB, 1.5G, 800000000)")
     if isinstance(text, int | float):
         return int(text)
@@ -205,15 +232,47 @@ class Settings(BaseSettings):
             raise ValueError(f"must be from 1 to {MAX_WORKERS}, or auto")
         return value
 
+    @field_validator(*BOUNDS, mode="before")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return value  # not a number: pydantic's own message says so
+        low, high, unit = BOUNDS[str(info.field_name)]
+        if not (math.isfinite(number) and low <= number <= high):  # NaN fails every comparison
+            raise ValueError(f"must be from {_number(low)} to {_number(high)} {unit}, got {value}")
+        return value
+
     @field_validator("max_memory", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         if value is None or value == "":
             return None
         size = parse_size(value)
-        if size <= 0:
-            raise ValueError("must be a positive size")
+        if not MIN_MEMORY <= size <= MAX_MEMORY:
+            raise ValueError(f"must be from 16MiB to 1TiB, got {value}")
         return size
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.fullmatch(value):
+            raise ValueError(
+                f"expected a plain name: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+                f"digit (no '/'), got {value[:80]!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        if self.keyfile and not self.certfile:
+            raise ValueError("--keyfile needs --certfile (the certificate it is the key of)")
+        if self.prestart_lock and not self.prestart:
+            raise ValueError("--prestart-lock needs --prestart (the steps it serialises)")
+        return self
 
     @field_validator("bind")
     @classmethod
@@ -391,10 +450,10 @@ def load_settings(
 
 def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
     error = exc.errors()[0]
-    if not error["loc"]:  # a check across options: its message names them
-        return str(error["msg"]).removeprefix("Value error, ")
-    field = str(error["loc"][0]) if error["loc"] else "?"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a rule between options names them itself
+        return f"invalid options: {message}"
+    field = str(error["loc"][0])
     where = sources.get(field, "?")
     option = "--" + field.replace("_", "-")
     return f"invalid {option} ({where}): {message}"

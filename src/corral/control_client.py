@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,23 @@ def default_control_path(name: str) -> Path:
     else:
         base = Path(f"/tmp/corral-{os.geteuid()}")
     return base / f"{name}.sock"
+
+
+def check_default_dir(path: Path) -> None:
+    """A default socket is trusted only in a private runtime directory (another user could have made it)."""
+    from corral.paths import check_private_dir
+
+    check_private_dir(path.parent, create=False)
+
+
+def _check_peer(sock: socket.socket, path: Path) -> None:
+    """The instance answering runs as us (or as root): never send a command to another user's process."""
+    if not hasattr(socket, "SO_PEERCRED") or os.geteuid() == 0:
+        return
+    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", credentials)
+    if uid not in (os.geteuid(), 0):
+        raise CorralError(f"the control socket {path} belongs to a process of uid {uid}, not yours; refusing it")
 
 
 def socket_is_live(path: Path) -> bool:
@@ -39,13 +57,24 @@ def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -
     sock.settimeout(timeout)
     try:
         sock.connect(str(path))
-    except FileNotFoundError:
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
         raise CorralError(f"no corral instance at {path} (is it running? see --control / --name)",
                           ExitCode.NOT_RUNNING) from None
+    except PermissionError:
+        sock.close()
+        raise CorralError(f"permission denied on the control socket {path}: run as the user who started the "
+                          "instance (or as root)") from None
+    except TimeoutError:
+        sock.close()
+        raise CorralError(f"the corral instance at {path} did not accept the connection within {timeout:g} s"
+                          ) from None
     except OSError as exc:
+        sock.close()
         raise CorralError(f"cannot reach the corral instance at {path}: {exc.strerror or exc}",
                           ExitCode.NOT_RUNNING) from None
     try:
+        _check_peer(sock, path)
         sock.sendall(json.dumps(message).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -55,9 +84,17 @@ def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -
             data += chunk
     except TimeoutError:
         raise CorralError(f"the corral instance at {path} did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise CorralError(f"the connection to the corral instance at {path} failed: {exc.strerror or exc}"
+                          ) from None
     finally:
         sock.close()
     if not data:
         raise CorralError(f"the corral instance at {path} closed the connection without answering")
-    answer: dict[str, Any] = json.loads(data)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise CorralError(f"the corral instance at {path} gave an answer that is not a JSON object")
     return answer

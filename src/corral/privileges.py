@@ -6,7 +6,7 @@ import grp
 import os
 import pwd
 
-from corral.errors import CorralError
+from corral.errors import ConfigError, CorralError
 
 
 def resolve_owner(user: str | None, group: str | None) -> tuple[int, int] | None:
@@ -16,14 +16,24 @@ def resolve_owner(user: str | None, group: str | None) -> tuple[int, int] | None
     try:
         entry = pwd.getpwnam(user) if user and not user.isdigit() else pwd.getpwuid(int(user or os.getuid()))
     except KeyError as exc:
-        raise CorralError(f"--user {user}: no such user") from exc
+        raise ConfigError(f"--user {user}: no such user") from exc
     gid = entry.pw_gid
     if group is not None:
         try:
             gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
         except KeyError as exc:
-            raise CorralError(f"--group {group}: no such group") from exc
+            raise ConfigError(f"--group {group}: no such group") from exc
     return entry.pw_uid, gid
+
+
+def check_owner(user: str | None, group: str | None) -> None:
+    """At startup, before anything is forked: `--user`/`--group` exist, and can be taken (root only)."""
+    owner = resolve_owner(user, group)
+    if owner is None or os.geteuid() == 0:
+        return
+    if owner != (os.getuid(), os.getgid()):
+        given = " ".join(f"--{name} {value}" for name, value in (("user", user), ("group", group)) if value)
+        raise ConfigError(f"{given}: corral must be started as root to change user or group")
 
 
 def drop_privileges(user: str | None, group: str | None) -> None:

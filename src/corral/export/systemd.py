@@ -22,6 +22,7 @@ from corral.config import Settings, run_arguments
 from corral.errors import ConfigError, CorralError
 from corral.export.common import ExportFile, postgres_lock
 
+LIMIT_NOFILE = "65536"
 WATCHDOG_SEC = 30
 RESTART_SEC = 2
 START_MARGIN = 90  # seconds to import the app and get the first generation ready
@@ -172,6 +173,7 @@ def render(
         ("TimeoutStartSec", str(math.ceil(start_timeout))),
         ("TimeoutStopSec", str(math.ceil(stop_timeout))),
         ("WatchdogSec", str(WATCHDOG_SEC)),
+        ("LimitNOFILE", LIMIT_NOFILE),  # room for every worker's connections; the manager uses the hard limit
         ("Restart", "on-failure"),
         ("RestartSec", str(RESTART_SEC)),
         ("RestartPreventExitStatus", "2"),

@@ -1,58 +1,87 @@
-"""The control socket: a UNIX socket (mode 0600) speaking JSON lines; `corral status` & co. are its clients."""
+"""The control socket: a UNIX socket (mode 0600) speaking JSON lines; `corral status` & co. are its clients.
+
+One request per connection: a JSON object on one line (at most `MAX_LINE` bytes, within `READ_TIMEOUT`),
+answered by one JSON object on one line. Anything else gets `{"ok": false, "error": ...}`, never a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from corral.control_client import socket_is_live
-from corral.errors import CorralError
+from corral import paths
+from corral.manager import connections
 
 log = logging.getLogger("corral")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
-
-def claim_path(path: Path) -> None:
-    """Make sure no live instance owns `path`; remove a stale socket left by a killed one."""
-    if path.exists() or path.is_symlink():
-        if socket_is_live(path):
-            raise CorralError(
-                f"another corral instance is running with control socket {path} (use --name or --control)"
-            )
-        path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+MAX_LINE = 64 * 1024
+READ_TIMEOUT = 10.0
+WRITE_TIMEOUT = 10.0
 
 
-async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await reader.readline()
-            if line:
-                try:
-                    request = json.loads(line)
-                    response = await handler(request)
-                except (ValueError, KeyError, TypeError) as exc:
-                    response = {"ok": False, "error": f"bad request: {exc}"}
-                writer.write(json.dumps(response).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+def claim_path(path: Path, default: bool = False) -> socket.socket:
+    """Bind the control socket at `path` (not listening yet), or one clear line (exit 2) on why it cannot be.
 
+    A stale socket left by a killed instance is replaced; anything else at `path` is never removed.
+    `default` paths live in the per-user runtime directory, which must be private (see `paths.py`).
+    """
+    paths.prepare_control_path(path, default)
     old_umask = os.umask(0o177)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        server = await asyncio.start_unix_server(on_connection, path=str(path))
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise paths.unusable("--control", path, exc) from None
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
+    return sock
+
+
+async def serve(sock: socket.socket, handler: Handler) -> connections.Server:
+    async def on_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: connections.Connection
+    ) -> None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                line = await reader.readline()
+        except ValueError:  # longer than MAX_LINE
+            response: dict[str, Any] = {"ok": False, "error": f"bad request: longer than {MAX_LINE} bytes"}
+        else:
+            if not line:
+                return
+            connection.waiting = False
+            response = await _answer(line, handler)
+        writer.write(json.dumps(response).encode() + b"\n")
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
+
+    sock.listen(64)
+    server = connections.Server(
+        sock, on_connection, name="control socket", limit=connections.connection_limit(16, 8, 64),
+        line_limit=MAX_LINE,
+    )
+    server.start()
     return server
+
+
+async def _answer(line: bytes, handler: Handler) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        return {"ok": False, "error": f"bad request: not JSON ({exc})"}
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "bad request: expected a JSON object, like {\"cmd\": \"status\"}"}
+    try:
+        return await handler(request)
+    except (ValueError, KeyError, TypeError) as exc:
+        return {"ok": False, "error": f"bad request: {exc}"}

@@ -18,7 +18,7 @@ from corral.binds import Bind, open_socket, parse_admin_bind, parse_bind, system
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
-from corral.manager import control, health, policy, resources
+from corral.manager import connections, control, health, policy, resources
 from corral.manager.overview import pool_totals
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
@@ -30,6 +30,7 @@ from corral.tls.plan import http_binds, https_enabled
 from corral.worker.spec import ListenerSpec, TemplateSpec
 
 log = logging.getLogger("corral")
+INTERRUPTED = 130  # 128 + SIGINT
 
 
 def setup_logging(level: str) -> None:
@@ -59,28 +60,34 @@ def _duration(seconds: float) -> str:
 def run(settings: Options) -> int:
     setup_logging(settings.log_level)
     notifier = Notifier.from_environ()  # taken out of the environment: children must not speak for us
+    before, after = connections.raise_fd_limit()
+    if after != before:
+        log.debug("open files limit raised from %d to %d", before, after)
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
-    control_path = Path(settings.control) if settings.control else default_control_path(settings.name)
-    control.claim_path(control_path)
     os.environ.pop("CORRAL_ADMIN_TOKEN", None)  # read already; the app's processes inherit this environment
     if settings.admin_bind:
         from corral.manager.admin_access import load_token
 
         load_token(settings)  # an unreadable token file stops the start here, in one line
-    if settings.prestart:
-        from corral.prestart import run_prestart
-
-        run_prestart(settings)
     state_dir = _state_dir(settings)
-    opened: list[tuple[socket.socket, Bind | None]] = []  # everything to close (and unlink) at the end
+    _check_startup(settings, state_dir)
+    control_path = Path(settings.control) if settings.control else default_control_path(settings.name)
+    control_socket = control.claim_path(control_path, default=not settings.control)
+    opened: list[tuple[socket.socket, Bind | None]] = [(control_socket, None)]  # to close (and unlink) at the end
     try:
+        if settings.prestart:
+            from corral.prestart import run_prestart
+
+            run_prestart(settings)
         listeners = _open_listeners(settings, opened)
         plain = [_open(parse_bind(text), opened) for text in http_binds(settings)]
         admin = _open(parse_admin_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
         if admin is not None:
             admin.set_inheritable(False)  # answered by the manager itself, never by a worker
         release_free_memory()  # the manager's imports are done; it runs as long as the service
-        return asyncio.run(_serve(settings, target, listeners, plain, admin, control_path, state_dir, notifier))
+        return asyncio.run(
+            _serve(settings, target, listeners, plain, admin, control_path, control_socket, state_dir, notifier)
+        )
     finally:
         for sock, bind in opened:
             sock.close()
@@ -89,6 +96,20 @@ def run(settings: Options) -> int:
                     os.unlink(bind.path)
         with contextlib.suppress(OSError):
             control_path.unlink()
+
+
+def _check_startup(settings: Options, state_dir: Path | None) -> None:
+    """Everything that can be checked before a process is started: one line and exit 2 for what is wrong."""
+    from corral import paths
+    from corral.privileges import check_owner
+
+    check_owner(settings.user, settings.group)
+    paths.check_directory("--app-dir", settings.app_dir)
+    paths.check_readable_file("--certfile", settings.certfile)
+    paths.check_readable_file("--keyfile", settings.keyfile)
+    paths.check_readable_file("--acme-ca-bundle", settings.acme_ca_bundle)
+    if state_dir is not None:
+        paths.check_state_dir(state_dir)
 
 
 def _open(bind: Bind, opened: list[tuple[socket.socket, Bind | None]]) -> tuple[socket.socket, Bind | None]:
@@ -128,6 +149,7 @@ async def _serve(
     plain: list[tuple[socket.socket, Bind | None]],
     admin_socket: socket.socket | None,
     control_path: Path,
+    control_socket: socket.socket,
     state_dir: Path | None,
     notifier: Notifier,
 ) -> int:
@@ -171,14 +193,15 @@ async def _serve(
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, supervisor.request_stop)
-    loop.add_signal_handler(signal.SIGINT, _on_interrupt, supervisor)
+    abandoned = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, _on_interrupt, supervisor, abandoned)
     loop.add_signal_handler(signal.SIGQUIT, lambda: supervisor.stop(graceful=False))
     loop.add_signal_handler(signal.SIGTTIN, lambda: _scale_by_signal(supervisor, +1))
     loop.add_signal_handler(signal.SIGTTOU, lambda: _scale_by_signal(supervisor, -1))
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_by_signal(supervisor))
 
     identity = {"name": settings.name, "state_dir": str(state_dir) if state_dir else None}
-    server = await control.serve(control_path, lambda request: _handle(supervisor, request, identity))
+    server = await control.serve(control_socket, lambda request: _handle(supervisor, request, identity))
     renewals = asyncio.create_task(certificates.run()) if certificates else None
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
@@ -197,12 +220,13 @@ async def _serve(
             if task:
                 task.cancel()
         notifier.close()
-        if admin:
-            admin.close()
-        server.close()
+        for listener in (admin, server):
+            if listener:
+                await listener.shutdown()  # answers being written (a reload's "corral is stopping") go out
         scoreboard.close()
-    log.info("stopped after %s, exit code %d", _duration(time.monotonic() - started), int(code))
-    return int(code)
+    exit_code = INTERRUPTED if abandoned.is_set() else int(code)
+    log.info("stopped after %s, exit code %d", _duration(time.monotonic() - started), exit_code)
+    return exit_code
 
 
 async def _watchdog_pings(notifier: Notifier) -> None:
@@ -213,8 +237,11 @@ async def _watchdog_pings(notifier: Notifier) -> None:
         await asyncio.sleep(interval)
 
 
-def _on_interrupt(supervisor: Supervisor) -> None:
-    """First Ctrl-C drains; a second one stops at once."""
+def _on_interrupt(supervisor: Supervisor, abandoned: asyncio.Event) -> None:
+    """First Ctrl-C drains; a second one stops at once, abandoning in-flight requests: exit 130, as a shell
+    reports a command ended by Ctrl-C."""
+    if supervisor.stopping:
+        abandoned.set()
     supervisor.stop(graceful=not supervisor.stopping)
 
 

@@ -1,4 +1,8 @@
-"""Facts about the machine and the workers: CPU quota, memory available, per-process CPU and memory."""
+"""Facts about the machine and the workers: CPU quota, memory available, per-process CPU and memory.
+
+Reading /proc can fail (a full file descriptor table gives EMFILE): each function then answers "unknown"
+(None, or no entry) instead of raising, so sampling never stops the manager's loop.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:
 
 def memory_available(root: Path = CGROUP) -> int:
     """Memory this instance may still use: free memory, or the cgroup's headroom when that is lower."""
-    available = int(psutil.virtual_memory().available)
+    try:
+        available = int(psutil.virtual_memory().available)
+    except OSError:  # /proc/meminfo unreadable (no file descriptor left): sysinfo(2) needs none
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     try:
         limit = (root / "memory.max").read_text().strip()
         current = int((root / "memory.current").read_text())
@@ -72,14 +79,14 @@ class ProcessSampler:
             try:
                 process = self._processes.get(pid) or self._processes.setdefault(pid, psutil.Process(pid))
                 self.cpu[pid] = process.cpu_percent(None)
-            except psutil.Error:
+            except (psutil.Error, OSError):  # OSError: /proc unreadable, as with a full fd table
                 self.cpu.pop(pid, None)
 
     @staticmethod
     def memory(pid: int) -> ProcessMemory | None:
         try:
             info = psutil.Process(pid).memory_full_info()
-        except psutil.Error:
+        except (psutil.Error, OSError):
             return None
         return ProcessMemory(int(info.rss), int(getattr(info, "uss", info.rss)), int(getattr(info, "pss", info.rss)))
 

@@ -578,6 +578,11 @@ class Supervisor:
         if self.exit_code is None:
             self.exit_code = code
         self.events.record("stop", "stopping" + ("" if graceful else " now"), code=int(code))
+        for generation in self.generations.values():  # a waiting `corral reload` gets its answer now
+            for waiter in generation.reload_waiters:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError("corral is stopping"))
+            generation.reload_waiters.clear()
         if not self.draining_instance:  # request_stop() has told already
             self._report("stopping")
         if not graceful:
@@ -675,7 +680,7 @@ class Supervisor:
             and worker.state == "ready"
             and policy.is_hung(now, self.scoreboard.read(worker.cell).heartbeat, self.settings.timeout)
         ]
-        return not stale, {"manager_pid": os.getpid(), "stale_workers": stale}
+        return not stale, {"stale_workers": stale}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: at least one worker ready and the instance not draining."""
