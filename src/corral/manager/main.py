@@ -39,10 +39,19 @@ def setup_logging(level: str) -> None:
 
 
 def worker_count(settings: Options) -> tuple[int, bool]:
-    """The number of workers and whether the user chose it (an explicit count is never lowered)."""
+    """The number of workers and whether the user chose it (an explicit count is never lowered).
+
+    With --autoscale, --workers is the starting size, clamped to the range (the minimum for auto)."""
+    if settings.autoscale:
+        limits = autoscale_limits(settings)
+        return policy.autoscale_start(None if settings.workers == "auto" else int(settings.workers), limits), False
     if settings.workers == "auto":
         return policy.auto_workers(resources.cpu_count(), resources.cgroup_cpu_quota()), False
     return int(settings.workers), True
+
+
+def autoscale_limits(settings: Options) -> policy.AutoscaleLimits:
+    return policy.parse_autoscale(settings.autoscale or "", settings.target_utilisation, settings.autoscale_cooldown)
 
 
 def run(settings: Options) -> int:
@@ -131,6 +140,10 @@ async def _serve(
     )
     count, explicit = worker_count(settings)
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
+    if settings.autoscale:
+        from corral.manager.autoscaler import Autoscaler
+
+        supervisor.autoscaler = Autoscaler(supervisor, autoscale_limits(settings))
     supervisor.on_ready.append(lambda: _banner(settings, target, listeners + plain, supervisor, control_path))
     supervisor.on_ready.append(
         lambda: notifier.ready(f"{supervisor.ready_workers()} workers ready, generation {spec.generation}")
