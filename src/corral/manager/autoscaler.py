@@ -37,7 +37,7 @@ class Autoscaler:
         self.samples: collections.deque[policy.LoadSample] = collections.deque()
         self.memory: policy.MemoryFigures | None = None
         self.ceiling = limits.maximum
-        self.last_change = time.monotonic()  # the starting size counts as a change: measure before judging it
+        self.last_change = time.monotonic()  # the starting size counts as a change, from the first sample on
         self.last_action = "start"
         self.decision = policy.ScaleDecision(supervisor.target, "hold", "measuring")
         self.last_event: dict[str, Any] | None = None
@@ -56,6 +56,8 @@ class Autoscaler:
             self._measure_memory()
         sample = self._sample(now)
         if sample is not None:
+            if self.last_action == "start" and not self.samples:
+                self.last_change = now
             self.samples.append(sample)
         keep = max(self.limits.cooldown, self.limits.grow_after) + 5
         while self.samples and self.samples[0].at < now - keep:
