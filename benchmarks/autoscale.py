@@ -31,7 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (  # noqa: E402  (benchmarks/ is not a package)
+from run import (
     HERE,
     HOST,
     REPORT_LUA,
@@ -152,7 +152,7 @@ def run_pool(env: Env, profile: Profile, app: str, pool: str, logs: Path) -> dic
 def render(results: dict[str, dict[str, dict[str, Any]]], profile: Profile) -> str:
     lines = [
         f"Profile: idle {profile.idle_before:g} s; ramp of wrk steps of {profile.step:g} s at "
-        f"{', '.join(map(str, profile.ramp))} connections; plateau {profile.plateau_steps} × {profile.step:g} s at "
+        f"{', '.join(map(str, profile.ramp))} connections; plateau {profile.plateau_steps} x {profile.step:g} s at "
         f"{profile.plateau_connections}; idle {profile.idle_after_autoscale:g} s (autoscaled) or "
         f"{profile.idle_after_fixed:g} s (fixed).",
         "",
