@@ -186,3 +186,14 @@ def test_starting_size_and_parsing() -> None:
     assert policy.autoscale_start(12, limits) == 6
     assert policy.autoscale_start(1, limits) == 2
     assert policy.autoscale_start(4, limits) == 4
+
+
+def test_workers_waiting_for_a_cpu_taken_by_other_work_hold_as_cpu_bound() -> None:
+    # Busy workers, but the instance itself uses 10 % of the CPUs: the rest goes to other work on the machine.
+    samples = [LoadSample(t / 2, 2, 1.0, 0, 0.1, 2.0, cpu_wait=0.6, machine_cpu=1.0) for t in range(10)]
+    decision = policy.autoscale_decision(samples, 2, LIMITS, 4.5, -1000, "hold")
+    assert decision.action == "hold" and decision.cpu_bound
+    assert decision.reason.startswith("CPU-bound at 100 % of 2 CPUs: add machines or CPUs")
+    # A blocked loop waits for no CPU: connections waiting in the queue still grow the pool on a busy machine.
+    blocked = [LoadSample(t / 2, 2, 0.05, 4, 0.02, 2.0, cpu_wait=0.01, machine_cpu=1.0) for t in range(10)]
+    assert policy.autoscale_decision(blocked, 2, LIMITS, 4.5, -1000, "hold").action == "grow"

@@ -16,6 +16,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from corral.manager import policy, resources
 from corral.scoreboard import CellState
 
@@ -42,6 +44,8 @@ class Autoscaler:
         self.decision = policy.ScaleDecision(supervisor.target, "hold", "measuring")
         self.last_event: dict[str, Any] | None = None
         self._cpu = resources.ProcessSampler()
+        self._waits: dict[int, tuple[int, int]] = {}  # pid: (ns waiting for a CPU, monotonic ns) at the last sample
+        psutil.cpu_percent(None)  # starts the machine-wide measurement
         self._next_sample = 0.0
         self._next_memory = 0.0
         apps = [listener.fd for listener in supervisor.spec.listeners if listener.role == "app"]
@@ -111,13 +115,20 @@ class Autoscaler:
 
     def _sample(self, now: float) -> policy.LoadSample | None:
         supervisor = self.supervisor
-        busy = []
+        busy, waits, waits_now = [], [], {}
         for worker in supervisor.workers.values():
             if worker.state != "ready" or worker.stop_reason is not None or not worker.pid:
                 continue
             cell = supervisor.scoreboard.read(worker.cell)
             if cell.pid == worker.pid and cell.state is CellState.READY:
                 busy.append(cell.busy)
+                waited = resources.cpu_wait_ns(worker.pid)
+                if waited is not None:
+                    waits_now[worker.pid] = (waited, time.monotonic_ns())
+                    before = self._waits.get(worker.pid)
+                    if before is not None and waits_now[worker.pid][1] > before[1]:
+                        waits.append((waited - before[0]) / (waits_now[worker.pid][1] - before[1]))
+        self._waits = waits_now
         queued = 0
         for sock in self._listeners:
             depth = resources.accept_queue(sock)
@@ -128,7 +139,10 @@ class Autoscaler:
         cpu = sum(self._cpu.cpu.values()) / 100 / self.cpus
         if not busy:
             return None
-        return policy.LoadSample(now, len(busy), sum(busy) / len(busy), queued, min(1.0, cpu), self.cpus)
+        return policy.LoadSample(
+            now, len(busy), sum(busy) / len(busy), queued, min(1.0, cpu), self.cpus,
+            cpu_wait=sum(waits) / len(waits) if waits else 0.0, machine_cpu=psutil.cpu_percent(None) / 100,
+        )
 
     def _measure_memory(self) -> None:
         supervisor = self.supervisor

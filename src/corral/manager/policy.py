@@ -185,6 +185,11 @@ class LoadSample:
     queued: int  # connections waiting in the listeners' accept queues
     cpu: float  # the instance's CPU use as a fraction of what it may use, 0..1
     cpus: float  # what it may use: the cgroup quota, else the CPUs it may run on
+    cpu_wait: float = 0.0  # the workers' mean share of the time spent runnable but waiting for a CPU
+    machine_cpu: float = 0.0  # the whole machine's CPU use (other work included), 0..1
+
+
+STARVED = 0.25  # workers waiting for a CPU this share of the time: the machine's CPUs are taken
 
 
 @dataclass(frozen=True)
@@ -263,8 +268,9 @@ def autoscale_decision(
 
     Only samples taken since the last change count, so each step is judged on its own effect. Out: the workers
     have been saturated (mean busy at or above the band's top, or connections waiting in the accept queue in
-    every sample) for `grow_after` seconds and the instance's CPU use is below the band's top: with the CPU used
-    up, another worker only adds contention, so the pool holds and says it is CPU-bound. In: mean busy has stayed
+    every sample) for `grow_after` seconds, the instance's CPU use is below the band's top and its workers do not
+    wait for a CPU (`STARVED`, when other work on the machine takes the CPUs): with the CPU used up, another worker
+    only adds contention, so the pool holds and says it is CPU-bound. In: mean busy has stayed
     below the band's bottom for `cooldown` seconds after a growth (`shrink_every` after a step in), nothing
     waited (in every slice of `grow_after` seconds, not only on average, so a burst in the window counts), and one
     worker fewer would still leave the pool below the band's middle, which keeps a steady load
@@ -285,6 +291,8 @@ def autoscale_decision(
     covered = now - since[0].at >= limits.grow_after * 0.9
     busy = utilisation(recent)
     cpu = sum(s.cpu for s in recent) / len(recent) if recent else 0.0
+    waiting = sum(s.cpu_wait for s in recent) / len(recent) if recent else 0.0
+    machine = sum(s.machine_cpu for s in recent) / len(recent) if recent else 0.0
     cpus = since[-1].cpus
     queued = bool(recent) and all(s.queued > 0 for s in recent)
     saturated = covered and bool(recent) and (busy >= limits.high or queued)
@@ -293,6 +301,13 @@ def autoscale_decision(
         if cpu >= limits.high:
             return ScaleDecision(
                 current, "hold", f"CPU-bound at {cpu_phrase(cpu, cpus)}: add machines or CPUs", cpu_bound=True
+            )
+        if waiting >= STARVED:
+            return ScaleDecision(
+                current, "hold",
+                f"CPU-bound at {cpu_phrase(max(cpu, machine), cpus)}: add machines or CPUs (workers wait for a CPU "
+                f"{waiting * 100:.0f} % of the time; other work takes the rest)",
+                cpu_bound=True,
             )
         if current >= limits.maximum:
             return ScaleDecision(current, "hold", f"{pressure}; at the maximum of {limits.maximum}")
