@@ -1,8 +1,9 @@
 """`--autoscale MIN:MAX`: gathers the pool's load, asks `policy.autoscale_decision`, and resizes the pool.
 
-Every half second it reads each ready worker's busy fraction from the scoreboard, the listeners' accept-queue
-depth (TCP_INFO) and the CPU used by the whole instance (manager, templates, workers) against what it may use
-(the cgroup's quota, else the CPUs it may run on). Every few seconds it also measures memory, so the ceiling
+Every half second it reads each ready worker's busy fraction from the scoreboard, the time its event loop waited
+for a CPU (`/proc/PID/schedstat`), the listeners' accept-queue depth (TCP_INFO), the CPU used by the whole
+instance (manager, templates, workers) against what it may use (the cgroup's quota, else the CPUs it may run
+on), and the machine's CPU use. Every few seconds it also measures memory, so the ceiling
 follows the workers' private memory as it grows. It acts only through `Supervisor.scale`, which forks the new
 slot or drains the highest one politely, the same way a reload does.
 """
@@ -48,6 +49,7 @@ class Autoscaler:
         psutil.cpu_percent(None)  # starts the machine-wide measurement
         self._next_sample = 0.0
         self._next_memory = 0.0
+        self._told_cpu_bound = -self.limits.cooldown  # a CPU-bound hold is told at most once per cool-down
         apps = [listener.fd for listener in supervisor.spec.listeners if listener.role == "app"]
         self._listeners = [socket.socket(fileno=os.dup(fd)) for fd in apps]
 
@@ -73,7 +75,11 @@ class Autoscaler:
         previous, self.decision = self.decision, decision
         if decision.target != current:
             self._resize(now, current, decision)
-        elif decision.reason != previous.reason and _worth_telling(decision, previous):
+        elif _worth_telling(decision, previous) and (
+            not decision.cpu_bound or now - self._told_cpu_bound >= self.limits.cooldown
+        ):
+            if decision.cpu_bound:
+                self._told_cpu_bound = now
             self._record(decision.reason, decision, current)
 
     def check_manual(self, target: int) -> None:
@@ -173,6 +179,8 @@ class Autoscaler:
             "utilisation": policy.utilisation(recent) if recent else None,
             "cpu": sum(s.cpu for s in recent) / len(recent) if recent else None,
             "cpus": self.cpus,
+            "cpu_wait": sum(s.cpu_wait for s in recent) / len(recent) if recent else None,
+            "machine_cpu": sum(s.machine_cpu for s in recent) / len(recent) if recent else None,
             "queued": recent[-1].queued if recent else 0,
             "cpu_bound": self.decision.cpu_bound,
             "decision": {"action": self.decision.action, "target": self.decision.target,
