@@ -493,6 +493,7 @@ def every_option_changed() -> dict[str, Any]:
         "metrics": False,
         "autoscale": "2:6",
         "target_utilisation": "40:80",
+        "autoscale_cooldown": 12.0,
     }
 
 

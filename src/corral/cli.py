@@ -112,6 +112,7 @@ def run_options(
     metrics: Annotated[bool | None, Opt("--metrics/--no-metrics", help="Request metrics and the app's.")] = None,
     autoscale: Annotated[str | None, Opt(help="MIN:MAX: grow and shrink the pool within this range.")] = None,
     target_utilisation: Annotated[str | None, Opt(help="LOW:HIGH utilisation band, percent.")] = None,
+    autoscale_cooldown: Annotated[float | None, Opt(help="Seconds of low use before the pool shrinks.")] = None,
     config: Annotated[str | None, Opt("--config", help="corral.toml or pyproject.toml to read.")] = None,
 ) -> Resolved:
     """Serve APP from a supervised pool of worker processes (all options also via CORRAL_* or corral.toml)."""

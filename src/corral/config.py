@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     # Autoscaling
     autoscale: str | None = Field(None, description="MIN:MAX: grow and shrink the pool within this range")
     target_utilisation: str = Field("50:90", description="LOW:HIGH percent band the autoscaler keeps")
+    autoscale_cooldown: float = Field(
+        30.0, ge=1, le=3600, description="seconds of low use after a growth before the autoscaler shrinks"
+    )
 
     @field_validator(
         "bind", "https", "http_bind", "acme_challenges", "forwarded_allow_ips", "prestart", "env_file",

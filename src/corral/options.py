@@ -67,6 +67,7 @@ class Options:
     metrics: bool
     autoscale: str | None
     target_utilisation: str
+    autoscale_cooldown: float
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

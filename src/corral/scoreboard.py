@@ -16,7 +16,7 @@ from enum import IntEnum
 
 CELLS = 512
 MAX_WORKERS = CELLS // 2  # leaves a cell for each worker's replacement during a reload or recycle
-_LAYOUT = struct.Struct("=qqqddqq")  # pid, generation, state, heartbeat, started_at, requests, connections
+_LAYOUT = struct.Struct("=qqqddqqd")  # pid, generation, state, heartbeat, started_at, requests, connections, busy
 CELL_SIZE = 64
 
 
@@ -37,6 +37,7 @@ class Cell:
     started_at: float  # wall clock
     requests: int
     connections: int
+    busy: float = 0.0  # fraction of the time since the previous stamp the event loop was not waiting
 
 
 class Scoreboard:
@@ -58,10 +59,10 @@ class Scoreboard:
         return cls(fd)
 
     def read(self, index: int) -> Cell:
-        pid, generation, state, heartbeat, started_at, requests, connections = _LAYOUT.unpack_from(
+        pid, generation, state, heartbeat, started_at, requests, connections, busy = _LAYOUT.unpack_from(
             self._map, index * CELL_SIZE
         )
-        return Cell(pid, generation, CellState(state), heartbeat, started_at, requests, connections)
+        return Cell(pid, generation, CellState(state), heartbeat, started_at, requests, connections, busy)
 
     def write(self, index: int, cell: Cell) -> None:
         _LAYOUT.pack_into(
@@ -74,6 +75,7 @@ class Scoreboard:
             cell.started_at,
             cell.requests,
             cell.connections,
+            cell.busy,
         )
 
     def reset(self, index: int, generation: int) -> None:

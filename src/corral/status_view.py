@@ -55,3 +55,26 @@ def print_status(status: dict[str, Any], console: Console) -> None:
             f"[yellow]worker {slot['id']} waits in backoff until {until} ({slot['seconds']:.1f} s): "
             f"{plural(slot['failures'], 'failed start')} in a row[/]"
         )
+    if status.get("autoscaler"):
+        console.print(autoscaler_line(status["autoscaler"]), highlight=False)
+
+
+def autoscaler_line(scaler: dict[str, Any]) -> str:
+    """`autoscale 1-8 (memory allows 5) · band 50-90 % · busy 72 %, CPU 40 % of 2 CPUs · hold: ...`."""
+    low, high = scaler["range"]
+    lines = f"autoscale {low}-{high}"
+    if scaler["ceiling"] < high:
+        lines += f" (memory allows {scaler['ceiling']})"
+    lines += f" · band {scaler['band'][0]}-{scaler['band'][1]} %"
+    if scaler["utilisation"] is not None:
+        lines += f" · busy {scaler['utilisation'] * 100:.0f} %, CPU {scaler['cpu'] * 100:.0f} % of {scaler['cpus']:g}"
+        lines += f" CPU{'s' if scaler['cpus'] != 1 else ''}"
+    if scaler["queued"]:
+        lines += f", {scaler['queued']} waiting"
+    decision = scaler["decision"]
+    lines += f"\nnow: {decision['action']}: {decision['reason']}"
+    last = scaler.get("last_change")
+    if last:
+        when = time.strftime("%H:%M:%S", time.localtime(last["time"]))
+        lines += f"\nlast change at {when}: {last['action']} {last['from']} → {last['to']}: {last['reason']}"
+    return lines

@@ -9,6 +9,7 @@ becomes the preStop sleep, which the kubelet runs before SIGTERM.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from corral.export.common import (
     reset,
     resource_name,
 )
+from corral.manager.policy import parse_range
 
 MIB = 1024 * 1024
 DEFAULT_PRESTOP = 5  # seconds for endpoint removal to reach every proxy before SIGTERM
@@ -52,8 +54,33 @@ class KubernetesOptions:
 
 
 def pod_workers(settings: Settings) -> int:
-    """One worker per pod unless a count was given: a pod scales out, and `auto` has no CPU limit to read."""
+    """One worker per pod unless a count was given: a pod scales out, and `auto` has no CPU limit to read.
+
+    With --autoscale the pod is sized (memory, CPU request) for the most workers it may run."""
+    if settings.autoscale:
+        return parse_range(settings.autoscale, "MIN:MAX")[1]
     return 1 if settings.workers == "auto" else int(settings.workers)
+
+
+def pod_start_workers(settings: Settings) -> int | str:
+    """`--workers` in the pod's command: with --autoscale, the starting size as given (auto: the minimum)."""
+    return settings.workers if settings.autoscale else pod_workers(settings)
+
+
+def hpa_target(settings: Settings, options: KubernetesOptions) -> tuple[int, str | None]:
+    """The HPA's CPU target, kept inside the in-pod band when the pod autoscales itself, and why it moved.
+
+    The CPU request covers the pod's maximum of workers, so the pods' average use against it rises with the
+    in-pod pool's size and busyness: a target inside the band lets the cluster add pods while each pod still has
+    room to absorb a spike, and before any pod is CPU-bound at the band's top."""
+    if not settings.autoscale:
+        return options.cpu_target, None
+    low, high = parse_range(settings.target_utilisation, "LOW:HIGH")
+    target = min(high, max(low, options.cpu_target))
+    if target == options.cpu_target:
+        return target, None
+    return target, f"the autoscaler's CPU target is {target} %, inside the in-pod band {low}-{high} % (--cpu-target " \
+                   f"{options.cpu_target} is outside it)"
 
 
 def release_id(settings: Settings, image: str) -> str:
@@ -78,15 +105,16 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "web"}
     prestop = settings.drain_delay or DEFAULT_PRESTOP
     serving = reset(plan.serving(), *TLS_FIELDS, "drain_delay")
-    serving = serving.model_copy(update={"workers": pod_workers(settings)})
+    serving = serving.model_copy(update={"workers": pod_start_workers(settings)})
     ports = _container_ports(plan)
 
     documents = [
         _deployment(plan, options, name, labels, serving, ports, prestop),
         _service(options, name, labels, ports),
     ]
+    target, moved = hpa_target(settings, options)
     if options.replicas is None:
-        documents.append(_autoscaler(options, name))
+        documents.append(_autoscaler(dataclasses.replace(options, cpu_target=target), name))
     documents.append(_disruption_budget(options, name, labels))
     route = _http_route(settings, options, name) if options.gateway else _ingress(settings, options, name)
     documents.append(route)
@@ -99,6 +127,7 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
         f"# Memory per pod ({workers} worker{'s' if workers != 1 else ''}): {options.memory // MIB} MiB, "
         f"{options.memory_source}.",
         *(f"# Note: {note}." for note in plan.notes),
+        *([f"# Note: {moved}."] if moved and options.replicas is None else []),
     ]
     files = [ExportFile("app.yaml", _dump(header, documents))]
     if settings.prestart:

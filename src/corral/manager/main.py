@@ -43,7 +43,12 @@ def setup_logging(level: str) -> None:
 
 
 def worker_count(settings: Options) -> tuple[int, bool]:
-    """The number of workers and whether the user chose it (an explicit count is never lowered)."""
+    """The number of workers and whether the user chose it (an explicit count is never lowered).
+
+    With --autoscale, --workers is the starting size, clamped to the range (the minimum for auto)."""
+    if settings.autoscale:
+        limits = autoscale_limits(settings)
+        return policy.autoscale_start(None if settings.workers == "auto" else int(settings.workers), limits), False
     if settings.workers == "auto":
         return policy.auto_workers(resources.cpu_count(), resources.cgroup_cpu_quota()), False
     return int(settings.workers), True
@@ -55,6 +60,10 @@ def _duration(seconds: float) -> str:
     minutes, rest = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{rest:02d}s" if hours else f"{minutes}m{rest:02d}s"
+
+
+def autoscale_limits(settings: Options) -> policy.AutoscaleLimits:
+    return policy.parse_autoscale(settings.autoscale or "", settings.target_utilisation, settings.autoscale_cooldown)
 
 
 def run(settings: Options) -> int:
@@ -171,6 +180,10 @@ async def _serve(
     count, explicit = worker_count(settings)
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
     admin_paths: list[str] = []  # filled when the admin routes are built
+    if settings.autoscale:
+        from corral.manager.autoscaler import Autoscaler
+
+        supervisor.autoscaler = Autoscaler(supervisor, autoscale_limits(settings))
     supervisor.on_ready.append(
         lambda: _banner(
             settings, target, listeners + plain, supervisor, control_path, state_dir, admin_socket, admin_paths

@@ -192,3 +192,177 @@ def format_bytes(size: int) -> str:
     if size >= MIB:
         return f"{size / MIB:.0f} MiB"
     return f"{size / 1024:.0f} KiB"
+
+
+# --- autoscaling ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutoscaleLimits:
+    """`--autoscale MIN:MAX`, `--target-utilisation LOW:HIGH` (as fractions) and the pace of changes."""
+
+    minimum: int
+    maximum: int
+    low: float
+    high: float
+    cooldown: float = 30.0  # seconds of low use after the last growth before the first step in
+    grow_after: float = 2.0  # seconds of saturation (since the last change) before a step out
+
+    @property
+    def shrink_every(self) -> float:
+        """Once a step in has happened, further steps in follow at this pace while use stays low."""
+        return max(self.grow_after, self.cooldown / 8)
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """One look at the pool, taken by the manager about every half second."""
+
+    at: float  # monotonic seconds
+    workers: int  # ready workers measured
+    busy: float  # their mean busy fraction (event loop not waiting), 0..1
+    queued: int  # connections waiting in the listeners' accept queues
+    cpu: float  # the instance's CPU use as a fraction of what it may use, 0..1
+    cpus: float  # what it may use: the cgroup quota, else the CPUs it may run on
+    cpu_wait: float = 0.0  # the workers' mean share of the time spent runnable but waiting for a CPU
+    machine_cpu: float = 0.0  # the whole machine's CPU use (other work included), 0..1
+
+
+STARVED = 0.25  # workers waiting for a CPU this share of the time: the machine's CPUs are taken
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    """What `plan_memory` needs, as last measured: the most private memory of a worker, the shared part, and
+    what the pool may use in all."""
+
+    private_per_worker: int
+    shared: int
+    available: int
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    target: int
+    action: str  # grow, shrink, hold
+    reason: str
+    cpu_bound: bool = False
+
+
+def parse_autoscale(autoscale: str, band: str, cooldown: float) -> AutoscaleLimits:
+    minimum, maximum = parse_range(autoscale, "MIN:MAX")
+    low, high = parse_range(band, "LOW:HIGH")
+    return AutoscaleLimits(minimum, maximum, low / 100, high / 100, cooldown, min(2.0, max(0.5, cooldown / 4)))
+
+
+def autoscale_start(workers: int | None, limits: AutoscaleLimits) -> int:
+    """The starting size: `--workers` clamped to the range, else the minimum."""
+    if workers is None:
+        return limits.minimum
+    return max(limits.minimum, min(limits.maximum, workers))
+
+
+def memory_ceiling(limits: AutoscaleLimits, memory: MemoryFigures | None) -> tuple[int, str | None]:
+    """The most workers the pool may reach: the range's maximum, lowered to what fits in memory."""
+    if memory is None:
+        return limits.maximum, None
+    plan = plan_memory(limits.maximum, False, memory.private_per_worker, memory.shared, memory.available)
+    if plan.workers >= limits.maximum:
+        return limits.maximum, None
+    return max(limits.minimum, plan.workers), plan.explanation
+
+
+def utilisation(samples: Sequence[LoadSample]) -> float:
+    return sum(s.busy for s in samples) / len(samples) if samples else 0.0
+
+
+def peak_utilisation(samples: Sequence[LoadSample], span: float) -> float:
+    """The highest mean busy fraction over consecutive slices of `span` seconds: a burst in the window shows even
+    when the mean over the whole window is low."""
+    if not samples:
+        return 0.0
+    start, peak, chunk = samples[0].at, 0.0, list[LoadSample]()
+    for sample in samples:
+        if sample.at - start >= span and chunk:
+            peak = max(peak, utilisation(chunk))
+            start, chunk = sample.at, []
+        chunk.append(sample)
+    return max(peak, utilisation(chunk))
+
+
+def cpu_phrase(cpu: float, cpus: float) -> str:
+    return f"{cpu * 100:.0f} % of {cpus:g} CPU{'s' if cpus != 1 else ''}"
+
+
+def autoscale_decision(
+    samples: Sequence[LoadSample],
+    current: int,
+    limits: AutoscaleLimits,
+    now: float,
+    last_change: float,
+    last_action: str,
+    memory: MemoryFigures | None = None,
+) -> ScaleDecision:
+    """Grow, shrink or hold the pool, one worker at a time.
+
+    Only samples taken since the last change count, so each step is judged on its own effect. Out: the workers
+    have been saturated (mean busy at or above the band's top, or connections waiting in the accept queue in
+    every sample) for `grow_after` seconds, the instance's CPU use is below the band's top and its workers do not
+    wait for a CPU (`STARVED`, when other work on the machine takes the CPUs): with the CPU used up, another worker
+    only adds contention, so the pool holds and says it is CPU-bound. In: mean busy has stayed
+    below the band's bottom for `cooldown` seconds after a growth (`shrink_every` after a step in), nothing
+    waited (in every slice of `grow_after` seconds, not only on average, so a burst in the window counts), and one
+    worker fewer would still leave the pool below the band's middle, which keeps a steady load
+    at either edge of the band from flapping. Never beyond memory: a growth the memory plan refuses is held,
+    with its arithmetic; a pool whose workers outgrew it steps in.
+    """
+    ceiling, why_ceiling = memory_ceiling(limits, memory)
+    if current < limits.minimum:
+        return ScaleDecision(limits.minimum, "grow", f"below the minimum of {limits.minimum}")
+    if current > ceiling:
+        why = f"memory: {why_ceiling}" if why_ceiling else f"above the maximum of {limits.maximum}"
+        return ScaleDecision(current - 1, "shrink", why)
+    since = [s for s in samples if s.at > last_change and s.workers > 0]
+    if not since:
+        return ScaleDecision(current, "hold", "measuring")
+    band = f"band {limits.low * 100:.0f}-{limits.high * 100:.0f} %"
+    recent = [s for s in since if s.at >= now - limits.grow_after]
+    covered = now - since[0].at >= limits.grow_after * 0.9
+    busy = utilisation(recent)
+    cpu = sum(s.cpu for s in recent) / len(recent) if recent else 0.0
+    waiting = sum(s.cpu_wait for s in recent) / len(recent) if recent else 0.0
+    machine = sum(s.machine_cpu for s in recent) / len(recent) if recent else 0.0
+    cpus = since[-1].cpus
+    queued = bool(recent) and all(s.queued > 0 for s in recent)
+    saturated = covered and bool(recent) and (busy >= limits.high or queued)
+    if saturated:
+        pressure = f"workers {busy * 100:.0f} % busy ({band})" + (", connections waiting" if queued else "")
+        if cpu >= limits.high:
+            return ScaleDecision(
+                current, "hold", f"CPU-bound at {cpu_phrase(cpu, cpus)}: add machines or CPUs", cpu_bound=True
+            )
+        if waiting >= STARVED:
+            return ScaleDecision(
+                current, "hold",
+                f"CPU-bound at {cpu_phrase(max(cpu, machine), cpus)}: add machines or CPUs (workers wait for a CPU "
+                f"{waiting * 100:.0f} % of the time; other work takes the rest)",
+                cpu_bound=True,
+            )
+        if current >= limits.maximum:
+            return ScaleDecision(current, "hold", f"{pressure}; at the maximum of {limits.maximum}")
+        if memory is not None:
+            plan = plan_memory(current + 1, True, memory.private_per_worker, memory.shared, memory.available)
+            if not plan.fits:
+                return ScaleDecision(current, "hold", f"{pressure}; growth refused by memory: {plan.explanation}")
+        return ScaleDecision(current + 1, "grow", f"{pressure}, CPU {cpu_phrase(cpu, cpus)}")
+    wait = limits.cooldown if last_action != "shrink" else limits.shrink_every
+    if current > limits.minimum and now - last_change >= wait and now - since[0].at >= wait * 0.9:
+        window = [s for s in since if s.at >= now - wait]
+        idle = peak_utilisation(window, limits.grow_after)
+        after = idle * current / (current - 1)
+        middle = (limits.low + limits.high) / 2
+        if idle < limits.low and after < middle and not any(s.queued for s in window):
+            return ScaleDecision(
+                current - 1, "shrink", f"workers {idle * 100:.0f} % busy for {wait:g} s ({band})"
+            )
+    return ScaleDecision(current, "hold", f"workers {busy * 100:.0f} % busy ({band})")

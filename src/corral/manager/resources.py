@@ -103,6 +103,15 @@ def rss(pid: int) -> int | None:
         return None
 
 
+def cpu_wait_ns(pid: int) -> int | None:
+    """Nanoseconds the process's main thread (a worker's event loop) has spent runnable but waiting for a CPU
+    (`/proc/PID/schedstat`), or None where unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 _TCP_INFO_QUEUE = struct.Struct("=II")  # tcpi_unacked, tcpi_sacked: at offset 24 of struct tcp_info
 _TCP_INFO_QUEUE_OFFSET = 24
 

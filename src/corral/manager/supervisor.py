@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral import channel
 from corral.errors import CorralError, ExitCode
@@ -28,6 +28,9 @@ from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, ki
 from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
 from corral.text import plural
 from corral.worker.spec import TemplateSpec
+
+if TYPE_CHECKING:
+    from corral.manager.autoscaler import Autoscaler
 
 log = logging.getLogger("corral")
 
@@ -96,6 +99,7 @@ class Supervisor:
         self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
         self._prestart_task: asyncio.Task[None] | None = None
         self._generations_started = 0
+        self.autoscaler: Autoscaler | None = None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -128,6 +132,8 @@ class Supervisor:
             if self.settings.max_memory:
                 self._measure_memory()
             self._recycle()
+            if self.autoscaler is not None and self.started:
+                self.autoscaler.tick(now)
             self._reconcile(now)
         self._retire_generations()
 
@@ -521,13 +527,17 @@ class Supervisor:
 
     # --- scale, memory budget -------------------------------------------------------------------
 
-    def scale(self, target: int) -> str:
+    def scale(self, target: int, by_autoscaler: bool = False) -> str:
         if target > MAX_WORKERS:
             raise ValueError(f"at most {MAX_WORKERS} workers per instance (asked for {target})")
+        if self.autoscaler is not None and not by_autoscaler:
+            self.autoscaler.check_manual(target)
         if target > self.target:
             plan = self._memory_plan(target, explicit=True)
             if plan is not None and not plan.fits:
                 raise ValueError(f"not enough memory: {plan.explanation}")
+        if self.autoscaler is not None and not by_autoscaler:
+            self.autoscaler.manual(target)
         previous, self.target = self.target, target
         log.info("scale: %d → %d workers", previous, target)
         self.events.record("scale", f"scale: {previous} → {plural(target, 'worker')}", previous=previous, target=target)
@@ -668,6 +678,7 @@ class Supervisor:
             "templates": templates,
             "workers": workers,
             "certificates": self.certificate_status() if self.certificate_status else [],
+            "autoscaler": self.autoscaler.status() if self.autoscaler else None,
         }
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:

@@ -1,0 +1,32 @@
+"""A FastAPI `def` endpoint that waits 50 ms in the threadpool, like a query to a slow database (the autoscaling
+benchmark)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from _common import mark_ready
+from fastapi import FastAPI
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    mark_ready()
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/")
+def query() -> dict[str, int]:
+    time.sleep(0.05)
+    return {"rows": 1}
+
+
+@app.get("/pid")
+async def pid() -> int:
+    return os.getpid()
