@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -163,10 +164,9 @@ def _context_prefix(project: Path, out: Path | None) -> str:
 
 
 def _shown(path: Path, project: Path) -> str:
-    try:
-        return path.relative_to(project).as_posix()
-    except ValueError:
-        return str(path)
+    """`path` relative to the project where it is inside it or a parent of it."""
+    relative = os.path.relpath(path, project)
+    return relative if not relative.startswith("../../../") else str(path)
 
 
 def stop_timeout(plan: ContainerPlan) -> int:
@@ -210,15 +210,16 @@ def _dependency_steps(project: Path, context: str) -> Install:
         files.append(ExportFile(CONSTRAINTS, "".join(f"{line}\n" for line in pins.lines)))
         steps.insert(0, f"COPY {context}/{CONSTRAINTS} /tmp/")
         constraint = f" -c /tmp/{CONSTRAINTS}"
-        notes.append(f"versions pinned by {lock} ({len(pins.lines)} packages)")
+        notes.append(f"versions pinned by {_shown(lock, project)} ({len(pins.lines)} locked)")
     elif lock == requirements:
-        notes.append(f"versions from {lock}")
+        notes.append(f"versions from {_shown(lock, project)}")
     else:
         notes.append("no lock file (uv.lock, poetry.lock, pdm.lock, requirements*.txt) found: latest versions")
     steps.append("RUN " + install.format(constraint=constraint))
     if own:
         # This Corral, as a wheel in the build context: no index needs to have its version.
-        steps[:0] = [
+        at = 1 if constraint else 0  # after the constraints' COPY
+        steps[at:at] = [
             f"COPY {context}/{wheel_name()} /tmp/",
             f"RUN pip install --no-cache-dir{constraint} /tmp/{wheel_name()}",
         ]
