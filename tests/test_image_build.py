@@ -29,6 +29,7 @@ CACHE = Path(os.environ.get("CORRAL_TEST_CACHE", Path.home() / ".cache/corral-te
 TARBALL = CACHE / "bookworm-python3.tar"
 BASE = "localhost/corral-test-base:bookworm"
 TRUSTED = "localhost/corral-test-base:trusted"
+RUNROOT = "/run/corral-tests/containers"
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = []
@@ -97,7 +98,8 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
     (work / "containers.conf").write_text(CONTAINERS_CONF)
     env = {**os.environ, "CONTAINERS_CONF": str(work / "containers.conf")}
     engine = Podman(
-        ["podman", "--root", str(CACHE / "storage"), "--runroot", str(work / "run"), "--cgroup-manager", "cgroupfs"],
+        # The run root is tied to the storage (podman checks): a fixed path beside it, on /run's tmpfs.
+        ["podman", "--root", str(CACHE / "storage"), "--runroot", RUNROOT, "--cgroup-manager", "cgroupfs"],
         env,
     )
     CACHE.mkdir(parents=True, exist_ok=True)

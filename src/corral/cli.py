@@ -297,8 +297,8 @@ def export_systemd_command(
     units = _systemd_units(ctx, socket, working_directory)
     emit(units.files, out)
     if units.env_file:
-        hint = f"put PGPASSWORD=... in {units.env_file} (mode 0600)"
-        print(f"corral: the lock's password is not in the unit: {hint}", file=sys.stderr)
+        hint = f"put {', '.join(f'{key}=...' for key in units.secrets)} in {units.env_file} (mode 0600)"
+        print(f"corral: secrets are not in the unit: {hint}", file=sys.stderr)
 
 
 @export_app.command("docker", context_settings=EXPORT_CONTEXT)

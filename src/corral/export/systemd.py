@@ -14,7 +14,7 @@ import pwd
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.binds import Bind, parse_bind
@@ -61,8 +61,9 @@ class SystemdUnits:
     service: str  # unit names, for enabling
     socket: str | None
     control: str  # where `corral status --control` finds the instance
-    env_file: str | None  # holds PGPASSWORD when the lock URL had a password
+    env_file: str | None  # holds PGPASSWORD / CORRAL_ADMIN_TOKEN when there are such secrets
     password: str | None
+    secrets: dict[str, str] = field(default_factory=dict)  # what the env file holds, for `corral install`
 
 
 def corral_executable() -> str:
@@ -108,7 +109,7 @@ def render(
     user = service_user(settings, environ)
     workdir = options.working_directory.resolve()
     directory = f"corral/{name}"  # under /run and /var/lib: apart from other instances
-    changes: dict[str, object] = {"user": None, "group": None}
+    changes: dict[str, object] = {"user": None, "group": None, "admin_token": None}
     writable: list[str] = []
     if settings.control:
         writable.append(str((workdir / settings.control).parent))
@@ -140,7 +141,10 @@ def render(
     adapted = inert(settings.model_copy(update=changes))  # --env-file: EnvironmentFile= below
     exec_start = " ".join(quote(arg) for arg in [options.executable, "run", *run_arguments(adapted)])
     control = str(adapted.control)
-    env_file = f"{ENV_DIR}/{name}.env" if postgres is not None and postgres.password else None
+    secrets = {"PGPASSWORD": postgres.password} if postgres is not None and postgres.password else {}
+    if settings.admin_token:
+        secrets["CORRAL_ADMIN_TOKEN"] = settings.admin_token
+    env_file = f"{ENV_DIR}/{name}.env" if secrets else None
 
     description = f"corral: {settings.app or 'ASGI app'} ({name})".replace("%", "%%")
     unit: list[tuple[str, str]] = [("Description", description)]
@@ -208,6 +212,7 @@ def render(
         control=control,
         env_file=env_file,
         password=postgres.password if postgres is not None else None,
+        secrets=secrets,
     )
 
 
