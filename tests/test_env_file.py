@@ -1,4 +1,4 @@
-"""`corral run --env-file`: the app's variables reach its processes, CORRAL_* ones configure Corral (issue 10, obs. 1)."""
+"""`corral run --env-file`: the app's variables reach its processes, CORRAL_* configure Corral (issue 10, obs. 1)."""
 
 from __future__ import annotations
 

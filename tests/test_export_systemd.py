@@ -19,7 +19,6 @@ from corral.export.install import systemd_running
 from corral.export.systemd import SystemdOptions, _unreadable_part, corral_executable, render
 from harness import CORRAL
 
-
 # As root the service runs as the sudo caller: a user of the target host, which the export cannot check
 # here. Without it, a DynamicUser= service could not read a project under /tmp (test_service_access.py).
 SERVICE_USER = "corral-test-service"

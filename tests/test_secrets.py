@@ -96,7 +96,8 @@ def test_corral_config_shows_stars(tmp_path: Path) -> None:
 def test_redact_arguments() -> None:
     args = ["app:app", "--admin-token", "t", "--admin-token=t2", "--prestart-lock", "postgres://u:p@h/d", "--bind", "x"]
     assert redact_arguments(args) == [
-        "app:app", "--admin-token", "***", "--admin-token=***", "--prestart-lock", "postgres://u:***@h/d", "--bind", "x",
+        "app:app", "--admin-token", "***", "--admin-token=***", "--prestart-lock", "postgres://u:***@h/d",
+        "--bind", "x",
     ]  # fmt: skip
     assert mask_url("postgresql://u@h/d") == "postgresql://u@h/d", "no password, nothing to mask"
 
