@@ -112,7 +112,8 @@ def _with_env_files(resolved: Resolved, cli_values: dict[str, Any], config_file:
     if not resolved.settings.env_file:
         return resolved
     own = corral_variables(read_env_files(resolved.settings.env_file))
-    own = {key: value for key, value in own.items() if key not in os.environ}
+    # The real environment wins; a file cannot name other files (they are read already).
+    own = {key: value for key, value in own.items() if key not in os.environ and key.upper() != "CORRAL_ENV_FILE"}
     if not own:
         return resolved
     again = load_settings(cli_values, config=config_file, environ={**own, **os.environ})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +163,7 @@ def _environment_files(plan: ContainerPlan, options: KubernetesOptions, name: st
             "type": "Opaque",
             "stringData": values,
         }
-        sources = " ".join(f"--from-env-file={path}" for path in plan.environment.files)
+        sources = " ".join(f"--from-env-file={os.path.relpath(path)}" for path in plan.environment.files)
         if options.secret_values:
             how = ["# It holds the values: keep it out of version control; mode 0600."]
         else:
@@ -170,6 +171,8 @@ def _environment_files(plan: ContainerPlan, options: KubernetesOptions, name: st
                 "# The keys only (--secret-values writes the values): fill them in, or create the Secret",
                 f"# from the env file instead: kubectl create secret generic {secret}{namespace} {sources}".rstrip(),
             ]
+            if plan.secret_options and plan.environment.files:
+                how.append(f"# (add {', '.join(f'{key}=...' for key in plan.secret_options)} to that file first)")
         header = [
             f"# Written by corral export kubernetes: the secrets of the app ({', '.join(secrets)}).",
             *how,
