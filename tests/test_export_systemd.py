@@ -25,7 +25,8 @@ SERVICE_USER = "corral-test-service"
 
 
 def corral(*args: str, cwd: Path, sudo_user: str | None = SERVICE_USER) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **({"SUDO_USER": sudo_user} if sudo_user else {})}
+    env = {key: value for key, value in os.environ.items() if key != "SUDO_USER"}
+    env.update({"SUDO_USER": sudo_user} if sudo_user else {})
     return subprocess.run(
         [CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
     )
@@ -228,3 +229,29 @@ def test_install_without_systemd_says_what_to_do(project: Path) -> None:
     assert result.stderr.startswith("corral: systemd is not running here")
     assert "corral export systemd --out DIR" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_the_service_must_be_able_to_read_the_project(project: Path) -> None:
+    """A project under /tmp (mode 0700 above it here) is refused where the service could not read it."""
+    if os.geteuid() != 0:
+        pytest.skip("checks what an export run by root does")
+    dynamic = corral("export", "systemd", "main:app", cwd=project, sudo_user=None)
+    assert dynamic.returncode == 2, dynamic.stderr
+    assert "DynamicUser= service sees empty (private /tmp)" in dynamic.stderr
+    assert dynamic.stderr.startswith("corral: ") and dynamic.stderr.count("\n") == 1
+    named = corral("export", "systemd", "main:app", "--user", "nobody", cwd=project)
+    assert named.returncode == 2, named.stderr
+    assert "is not readable by user nobody" in named.stderr and named.stderr.count("\n") == 1
+
+
+def test_env_files_become_environment_files(project: Path, tmp_path: Path) -> None:
+    (project / ".env").write_text("SECRET_KEY=s3cret\n")
+    (project / ".env").chmod(0o600)
+    out = tmp_path / "units"
+    result = corral("export", "systemd", "main:app", "--env-file", ".env", "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    verify(out, "corral.service")
+    text = (out / "corral.service").read_text()
+    entries = unit_entries(text)
+    assert entries["EnvironmentFile"] == [str(project / ".env")], "systemd reads it as root: it may stay 0600"
+    assert "--env-file" not in entries["ExecStart"][0] and "s3cret" not in text
