@@ -93,7 +93,7 @@ def _missing() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     reason = _missing()
     if reason:
         pytest.skip(reason)
@@ -125,7 +125,8 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
             'RUN printf "[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n" > /etc/pip.conf\n'
         )
         engine("build", "-q", "-t", TRUSTED, str(context), timeout=600)
-    return engine
+    yield engine
+    engine("image", "prune", "-f", check=False, timeout=300)  # the layers of this session's builds
 
 
 @pytest.fixture
