@@ -529,6 +529,8 @@ def test_run_arguments_rendering() -> None:
 
 def test_run_arguments_round_trip_with_every_option(clean_cwd: Path) -> None:
     settings = settings_from(every_option_changed())
+    for env_file in settings.env_file:  # `corral run` reads them (CORRAL_* variables)
+        (clean_cwd / env_file).write_text("")
     for name, field in Settings.model_fields.items():
         assert getattr(settings, name) != field.get_default(call_default_factory=True), name
     assert parse_run_arguments(run_arguments(settings)).settings == settings

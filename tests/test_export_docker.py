@@ -73,15 +73,21 @@ def test_requirements_project(requirements_project: Path) -> None:
 
     python = f"python:{sys.version_info.major}.{sys.version_info.minor}"
     assert keywords.count("FROM") == 2, "multi-stage"
-    assert steps[0] == ("FROM", f"{python} AS build")
-    assert steps[keywords.index("FROM", 1)][1] == f"{python}-slim"
+    # The images are build arguments, so another base can be given at build time.
+    assert steps[:2] == [("ARG", f"BUILD_IMAGE={python}"), ("ARG", f"BASE_IMAGE={python}-slim")]
+    assert steps[2] == ("FROM", "${BUILD_IMAGE} AS build")
+    assert steps[keywords.index("FROM", 3)][1] == "${BASE_IMAGE}"
     # The dependencies get their own layer, before the code is copied.
     copy_requirements = steps.index(("COPY", "requirements.txt ./"))
     install = steps.index(("RUN", "pip install --no-cache-dir -r requirements.txt"))
     assert copy_requirements < install < steps.index(("COPY", ". ."))
-    assert ("RUN", f"pip install --no-cache-dir corral=={__version__}") in steps, "not in requirements.txt"
+    # Corral is not in requirements.txt: it installs from a wheel of this installation, in the context.
+    wheel = f"corral-{__version__}-py3-none-any.whl"
+    assert ("COPY", f"out/{wheel} /tmp/") in steps
+    assert ("RUN", f"pip install --no-cache-dir /tmp/{wheel}") in steps
+    assert (requirements_project / "out" / wheel).stat().st_size > 50_000
 
-    final = dict(steps[keywords.index("FROM", 1) :])
+    final = dict(steps[keywords.index("FROM", 3) :])
     assert final["USER"] == "10001:10001"
     assert final["STOPSIGNAL"] == "SIGTERM"
     assert "PYTHONUNBUFFERED=1" in final["ENV"]

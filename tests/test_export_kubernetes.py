@@ -190,7 +190,12 @@ def test_full_export(project: Path) -> None:
     assert container["args"][0] == "run"
     assert served.workers == 1, "one worker per pod by default"
     assert served.max_requests == 1000 and served.graceful_timeout == 25
-    assert served.prestart == [] and served.https == [], "the Job runs the steps; the Ingress holds TLS"
+    assert served.https == [], "the Ingress holds TLS"
+    # The pods carry the steps, the release and the lock: one that starts before the Job is done waits for
+    # the lock, then finds the release recorded (docs/prestart.md).
+    assert served.prestart == ["alembic upgrade head"] and served.release == "1.4.2"
+    assert served.prestart_lock == "postgresql://shop@db.internal:5432/shop"
+    assert container["envFrom"] == [{"secretRef": {"name": "shop-env"}}], "PGPASSWORD"
     assert served.drain_delay == 0 and container["lifecycle"]["preStop"]["sleep"]["seconds"] == 8
     assert pod["terminationGracePeriodSeconds"] >= 8 + 25
     assert served.admin_bind == "0.0.0.0:9000"
@@ -230,10 +235,11 @@ def test_full_export(project: Path) -> None:
     assert steps.prestart == ["alembic upgrade head"]
     assert steps.release == "1.4.2", "the release is the image tag"
     assert steps.prestart_lock == "postgresql://shop@db.internal:5432/shop"
-    password = job_container["env"][0]
-    assert password["name"] == "PGPASSWORD"
-    assert password["valueFrom"]["secretKeyRef"] == {"name": "shop-prestart-lock", "key": "password"}
-    assert "kubectl create secret generic shop-prestart-lock -n prod" in text
+    assert job_container["envFrom"] == [{"secretRef": {"name": "shop-env"}}]
+    assert steps.https == [] and steps.max_requests is None, "the Job gets only the pre-start options"
+    secret = yaml.safe_load((project / "out/secret.yaml").read_text())
+    assert secret["kind"] == "Secret" and secret["stringData"] == {"PGPASSWORD": ""}, "keys, no values"
+    assert (project / "out/secret.yaml").stat().st_mode & 0o777 == 0o600
     assert text.index("kubectl apply -n prod -f prestart-job.yaml") < text.index(
         "kubectl wait -n prod --for=condition=complete"
     )

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from corral.cli import parse_run_arguments
 from corral.config import settings_from
+from corral.errors import ConfigError
 from corral.export.install import systemd_running
-from corral.export.systemd import SystemdOptions, corral_executable, render
+from corral.export.systemd import SystemdOptions, _unreadable_part, corral_executable, render
 from harness import CORRAL
 
+# As root the service runs as the sudo caller: a user of the target host, which the export cannot check
+# here. Without it, a DynamicUser= service could not read a project under /tmp (test_service_access.py).
+SERVICE_USER = "corral-test-service"
 
-def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+def corral(*args: str, cwd: Path, sudo_user: str | None = SERVICE_USER) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "SUDO_USER"}
+    env.update({"SUDO_USER": sudo_user} if sudo_user else {})
+    return subprocess.run(
+        [CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
+    )
 
 
 def unit_entries(text: str) -> dict[str, list[str]]:
@@ -63,7 +75,7 @@ def test_unit_verifies_and_carries_every_option(project: Path, tmp_path: Path) -
         "--prestart", "alembic upgrade head",
         "--prestart", "echo 100% $HOME \"quoted\" done",
         "--prestart-lock", "file:locks/prestart.lock",
-        "--user", "www-data",
+        "--user", SERVICE_USER,
     ]  # fmt: skip
     result = corral("export", "systemd", *args, "--out", str(out), cwd=project)
     assert result.returncode == 0, result.stderr
@@ -75,11 +87,12 @@ def test_unit_verifies_and_carries_every_option(project: Path, tmp_path: Path) -
     assert entries["WatchdogSec"] == ["30"]
     assert entries["Restart"] == ["on-failure"]
     assert entries["KillMode"] == ["mixed"]
-    assert entries["User"] == ["www-data"]
+    assert entries["User"] == [SERVICE_USER]
     assert int(entries["TimeoutStopSec"][0]) > 20 + 4
     assert int(entries["TimeoutStartSec"][0]) > 2 * 600
-    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes")):
+    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict")):
         assert entries[key] == [value]
+    assert entries["PrivateTmp"] == ["no"], "the project is under /tmp: a private /tmp would hide it"
     assert entries["CapabilityBoundingSet"] == [""], "no port below 1024: no capability at all"
     assert "AmbientCapabilities" not in entries
     assert entries["ReadWritePaths"] == [str(project / "locks")]
@@ -134,7 +147,12 @@ def test_low_port_gets_the_capability_not_root(project: Path, tmp_path: Path) ->
 
 def test_lock_password_stays_out_of_the_unit(project: Path) -> None:
     settings = settings_from(
-        {"app": "main:app", "prestart": ["true"], "prestart_lock": "postgresql://app:s3cret@db.internal/app"}
+        {
+            "app": "main:app",
+            "prestart": ["true"],
+            "prestart_lock": "postgresql://app:s3cret@db.internal/app",
+            "user": SERVICE_USER,
+        }
     )
     units = render(settings, SystemdOptions(project, corral_executable()))
     text = units.files[0].content
@@ -151,9 +169,22 @@ def test_root_runs_the_service_as_the_sudo_caller_or_a_dynamic_user(project: Pat
     options = SystemdOptions(project, corral_executable())
     if os.geteuid() != 0:
         pytest.skip("checks what an export run by root does")
-    as_sudo = unit_entries(render(settings, options, environ={"SUDO_USER": "alice"}).files[0].content)
-    assert as_sudo["User"] == ["alice"]
-    as_root = unit_entries(render(settings, options, environ={}).files[0].content)
+    as_sudo = unit_entries(render(settings, options, environ={"SUDO_USER": SERVICE_USER}).files[0].content)
+    assert as_sudo["User"] == [SERVICE_USER]
+    readable = Path(tempfile.mkdtemp(dir="/srv" if os.access("/srv", os.W_OK) else None))
+    try:
+        readable.chmod(0o755)
+        (readable / "main.py").write_text("async def app(scope, receive, send):\n    pass\n")
+        options = SystemdOptions(readable, corral_executable())
+        blocked = _unreadable_part(Path(sys.executable), None)
+        if blocked is not None:
+            # This machine's interpreter lives under /root (mode 0700): a dynamic user could not run it.
+            with pytest.raises(ConfigError, match="not readable by the service's dynamic user"):
+                render(settings, options, environ={})
+            return
+        as_root = unit_entries(render(settings, options, environ={}).files[0].content)
+    finally:
+        shutil.rmtree(readable)
     assert as_root["DynamicUser"] == ["yes"]
     assert "User" not in as_root
 
@@ -198,3 +229,29 @@ def test_install_without_systemd_says_what_to_do(project: Path) -> None:
     assert result.stderr.startswith("corral: systemd is not running here")
     assert "corral export systemd --out DIR" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_the_service_must_be_able_to_read_the_project(project: Path) -> None:
+    """A project under /tmp (mode 0700 above it here) is refused where the service could not read it."""
+    if os.geteuid() != 0:
+        pytest.skip("checks what an export run by root does")
+    dynamic = corral("export", "systemd", "main:app", cwd=project, sudo_user=None)
+    assert dynamic.returncode == 2, dynamic.stderr
+    assert "DynamicUser= service sees empty (private /tmp)" in dynamic.stderr
+    assert dynamic.stderr.startswith("corral: ") and dynamic.stderr.count("\n") == 1
+    named = corral("export", "systemd", "main:app", "--user", "nobody", cwd=project)
+    assert named.returncode == 2, named.stderr
+    assert "is not readable by user nobody" in named.stderr and named.stderr.count("\n") == 1
+
+
+def test_env_files_become_environment_files(project: Path, tmp_path: Path) -> None:
+    (project / ".env").write_text("SECRET_KEY=s3cret\n")
+    (project / ".env").chmod(0o600)
+    out = tmp_path / "units"
+    result = corral("export", "systemd", "main:app", "--env-file", ".env", "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    verify(out, "corral.service")
+    text = (out / "corral.service").read_text()
+    entries = unit_entries(text)
+    assert entries["EnvironmentFile"] == [str(project / ".env")], "systemd reads it as root: it may stay 0600"
+    assert "--env-file" not in entries["ExecStart"][0] and "s3cret" not in text

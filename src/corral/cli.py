@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
@@ -120,7 +121,26 @@ def run_options(
     config_file = given.pop("config")
     given["app"] = given.pop("app_path")
     cli_values: dict[str, Any] = {key: value for key, value in given.items() if key in FIELDS}
-    return load_settings(cli_values, config=config_file)
+    return _with_env_files(load_settings(cli_values, config=config_file), cli_values, config_file)
+
+
+def _with_env_files(resolved: Resolved, cli_values: dict[str, Any], config_file: str | None) -> Resolved:
+    """Check the --env-file files now (one line, exit 2), and apply their CORRAL_* variables as the
+    environment's (the real environment wins)."""
+    from corral.envfile import corral_variables, read_env_files
+
+    if not resolved.settings.env_file:
+        return resolved
+    own = corral_variables(read_env_files(resolved.settings.env_file))
+    # The real environment wins; a file cannot name other files (they are read already).
+    own = {key: value for key, value in own.items() if key not in os.environ and key.upper() != "CORRAL_ENV_FILE"}
+    if not own:
+        return resolved
+    again = load_settings(cli_values, config=config_file, environ={**own, **os.environ})
+    for key, source in again.sources.items():
+        if source.removeprefix("env ") in own:
+            again.sources[key] = f"{source} (--env-file)"
+    return again
 
 
 SECONDS = "SECONDS"
@@ -227,10 +247,10 @@ def config_command(
     json_output: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the effective configuration of `corral run [options]` and where each value came from."""
+    from corral.redact import redact_values
+
     resolved = parse_run_arguments(ctx.args)
-    values = resolved.settings.model_dump()
-    if values.get("admin_token"):
-        values["admin_token"] = "***"  # a secret is never printed
+    values = redact_values(resolved.settings.model_dump())
     if json_output:
         rows = {key: {"value": values[key], "source": resolved.sources[key]} for key in values}
         print(json.dumps(rows, indent=2))
@@ -438,27 +458,31 @@ def export_systemd_command(
     units = _systemd_units(ctx, socket, working_directory)
     emit(units.files, out)
     if units.env_file:
-        hint = f"put PGPASSWORD=... in {units.env_file} (mode 0600)"
-        print(f"corral: the lock's password is not in the unit: {hint}", file=sys.stderr)
+        hint = f"put {', '.join(f'{key}=...' for key in units.secrets)} in {units.env_file} (mode 0600)"
+        print(f"corral: secrets are not in the unit: {hint}", file=sys.stderr)
 
 
 @export_app.command("docker", context_settings=EXPORT_CONTEXT)
 def export_docker_command(
     ctx: typer.Context,
     out: OutOpt = None,
-    base_image: Annotated[str | None, Opt(help="Final stage image (default: python:X.Y-slim).")] = None,
-    build_image: Annotated[str | None, Opt(help="Build stage image (default: python:X.Y).")] = None,
+    base_image: Annotated[
+        str | None, Opt(help="Final stage image (default: python:X.Y-slim, X.Y from requires-python).")
+    ] = None,
+    build_image: Annotated[str | None, Opt(help="Build stage image (default: python:X.Y), the same Python.")] = None,
 ) -> None:
     """A Dockerfile and .dockerignore running `corral run [APP] [options]`.
 
     Takes every option of `corral run`; loopback addresses become all interfaces in the container.
+    Corral installs from a wheel of this installation written beside the Dockerfile, the versions
+    from the project's lock file; the --env-file files stay out of the image (docker run --env-file).
     """
     from corral.export import common, docker
 
     settings = parse_run_arguments(ctx.args).settings
-    final, build = docker.default_images()
-    options = docker.DockerOptions(Path.cwd(), base_image or final, build_image or build)
-    common.emit(docker.render(common.container_plan(settings, Path.cwd()), options), out)
+    plan = common.container_plan(settings, Path.cwd(), common.app_environment(settings, Path.cwd()))
+    options = docker.DockerOptions(Path.cwd(), base_image, build_image, out)
+    common.emit(docker.render(plan, options), out)
 
 
 @export_app.command("compose", context_settings=EXPORT_CONTEXT)
@@ -475,8 +499,8 @@ def export_compose_command(
     from corral.export import common, compose
 
     settings = parse_run_arguments(ctx.args).settings
-    plan = common.container_plan(settings, Path.cwd())
-    common.emit(compose.render(plan, compose.ComposeOptions(image, postgres_image)), out)
+    plan = common.container_plan(settings, Path.cwd(), common.app_environment(settings, Path.cwd()))
+    common.emit(compose.render(plan, compose.ComposeOptions(image, postgres_image, Path.cwd(), out)), out)
 
 
 @export_app.command("kubernetes", context_settings=EXPORT_CONTEXT)
@@ -490,6 +514,15 @@ def export_kubernetes_command(
     max_replicas: Annotated[int, Opt(help="Most pods the autoscaler starts.")] = 10,
     cpu_target: Annotated[int, Opt(help="Autoscaler target: average CPU use, % of the request.")] = 70,
     ingress_class: Annotated[str | None, Opt(help="ingressClassName of the Ingress.")] = None,
+    host: Annotated[
+        list[str] | None, Opt("--host", help="Host name of the Ingress or HTTPRoute (repeatable; default: --https).")
+    ] = None,
+    secret_values: Annotated[
+        bool, Opt("--secret-values", help="Write the env file's secret values into secret.yaml (default: keys).")
+    ] = False,
+    secret_key: Annotated[
+        list[str] | None, Opt("--secret-key", help="A variable of --env-file to keep in the Secret (repeatable).")
+    ] = None,
     gateway: Annotated[str | None, Opt(help="An HTTPRoute to this Gateway (NAME or NAMESPACE/NAME).")] = None,
     cluster_issuer: Annotated[str | None, Opt(help="cert-manager ClusterIssuer for --https hosts.")] = None,
     memory: Annotated[str | None, Opt(help="Memory request and limit of a pod (default: measured).")] = None,
@@ -509,7 +542,8 @@ def export_kubernetes_command(
     from corral.export import common, kubernetes
 
     settings = parse_run_arguments(ctx.args).settings
-    plan = common.container_plan(settings, Path.cwd())
+    environment = common.app_environment(settings, Path.cwd(), tuple(secret_key or ()))
+    plan = common.container_plan(settings, Path.cwd(), environment)
     options = kubernetes.KubernetesOptions(
         image=image or f"{common.resource_name(settings.name)}:latest",
         memory=0,
@@ -523,8 +557,11 @@ def export_kubernetes_command(
         ingress_class=ingress_class,
         gateway=gateway,
         cluster_issuer=cluster_issuer,
+        hosts=tuple(host or ()),
+        secret_values=secret_values,
     )
     kubernetes.validate(plan, options)
+    common.refuse_loopback(plan.settings, plan.environment, "kubernetes")
     if memory:
         try:
             pod_memory, source = parse_size(memory), "from --memory"

@@ -59,35 +59,39 @@ def run_prestart(settings: Options, *, reload: bool = False) -> None:
     """
     if not settings.prestart or (reload and not settings.prestart_on_reload):
         return
+    from corral.envfile import app_environment
+
+    env = app_environment(settings.env_file, os.environ) if settings.env_file else None
     lock = open_lock(settings.prestart_lock)
     if lock is None:
         if settings.release:
             raise ConfigError("--release needs --prestart-lock (file:PATH or a postgresql:// URL)")
-        run_steps(settings.prestart, settings.prestart_timeout)
+        run_steps(settings.prestart, settings.prestart_timeout, env)
         return
     with lock:
         if settings.release and lock.is_done(settings.release):
             log.info("prestart: release %s already done (%s); skipping the steps", settings.release, lock)
             return
-        run_steps(settings.prestart, settings.prestart_timeout)
+        run_steps(settings.prestart, settings.prestart_timeout, env)
         if settings.release:
             lock.record(settings.release)
             log.info("prestart: release %s recorded as done (%s)", settings.release, lock)
 
 
-def run_steps(commands: list[str], timeout: float) -> None:
-    """Run each command in turn; the first failure raises and stops the rest."""
+def run_steps(commands: list[str], timeout: float, env: dict[str, str] | None = None) -> None:
+    """Run each command in turn (in `env`, default the manager's); the first failure raises."""
     for index, command in enumerate(commands, start=1):
-        run_step(index, command, timeout)
+        run_step(index, command, timeout, env)
 
 
-def run_step(index: int, command: str, timeout: float) -> None:
+def run_step(index: int, command: str, timeout: float, env: dict[str, str] | None = None) -> None:
     """Run one step under the guard, log its output, kill its process group when it ends."""
     name = f"prestart[{index}]"
     log.info("%s: running: %s", name, command)
     started = time.monotonic()
     guard = subprocess.Popen(
         [sys.executable, "-P", "-m", "corral.prestart", str(os.getpid()), command],
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

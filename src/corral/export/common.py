@@ -8,6 +8,7 @@ changed only where the target demands it; each change is listed in docs/deployme
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ TLS_FIELDS = (
     "certfile",
     "keyfile",
 )
+ACME_FIELDS = ("acme_directory", "acme_email", "acme_ca_bundle", "acme_challenges", "http_bind")
 PRESTART_FIELDS = ("prestart", "prestart_timeout", "prestart_on_reload", "prestart_lock", "release")
 
 
@@ -41,12 +43,16 @@ class ExportFile:
     name: str
     content: str
     mode: int = 0o644
+    data: bytes | None = None  # a binary file (Corral's wheel), written but not printed
 
 
 def emit(files: list[ExportFile], out: Path | None) -> None:
     """Write the files into `out`, or print them (each after a `# file: NAME` line when several)."""
     if out is None:
         for file in files:
+            if file.data is not None:
+                print(f"corral: {file.name} is written only with --out DIR", file=sys.stderr)
+                continue
             if len(files) > 1:
                 print(f"# file: {file.name}")
             print(file.content, end="" if file.content.endswith("\n") else "\n")
@@ -55,8 +61,11 @@ def emit(files: list[ExportFile], out: Path | None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         for file in files:
             path = out / file.name
-            path.write_text(file.content)
-            path.chmod(file.mode)
+            # Created with its mode from the start: a Secret's file is never readable by others.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(fd, file.mode)
+                handle.write(file.data if file.data is not None else file.content.encode())
             print(f"wrote {path}", file=sys.stderr)
     except OSError as exc:
         raise CorralError(f"cannot write into {out}: {exc.strerror or exc}") from None
@@ -108,7 +117,27 @@ def postgres_lock(settings: Settings) -> PostgresURL | None:
 def reset(settings: Settings, *names: str) -> Settings:
     """`settings` with the named options back at their defaults (left out of `corral run`)."""
     defaults = {name: Settings.model_fields[name].get_default(call_default_factory=True) for name in names}
-    return settings.model_copy(update=defaults)
+    copy = settings.model_copy(update=defaults)
+    # model_copy marks updated fields as set, which `run_arguments` would then write out.
+    object.__setattr__(copy, "__pydantic_fields_set__", copy.model_fields_set - set(names))
+    return copy
+
+
+def only(settings: Settings, *names: str) -> Settings:
+    """`settings` with every option but the named ones back at its default."""
+    return reset(settings, *(name for name in Settings.model_fields if name not in names and name != "app"))
+
+
+def inert(settings: Settings) -> Settings:
+    """`settings` without the options that do nothing with the others (an export writes only what acts)."""
+    names: list[str] = ["env_file"]  # the platform gives the app its environment (see AppEnvironment)
+    if not settings.prestart:
+        names += ["prestart_timeout", "prestart_on_reload", "prestart_lock", "release"]
+    if not settings.https:
+        names += [field for field in ACME_FIELDS if field != "http_bind" or not settings.certfile]
+    if not (settings.https or settings.certfile):
+        names += ["hsts", "http_bind", "keyfile"]
+    return reset(settings, *names)
 
 
 def is_loopback(host: str) -> bool:
@@ -139,6 +168,9 @@ class ContainerPlan:
     admin_port: int
     postgres: PostgresURL | None
     notes: list[str] = field(default_factory=list)
+    environment: AppEnvironment = field(default_factory=lambda: AppEnvironment([], {}))
+    # Corral's own secrets, passed as environment variables (PGPASSWORD, CORRAL_ADMIN_TOKEN), never as arguments.
+    secret_options: dict[str, str] = field(default_factory=dict)
 
     @property
     def health_url(self) -> str:
@@ -151,11 +183,19 @@ class ContainerPlan:
         return reset(self.settings, *PRESTART_FIELDS)
 
 
-def container_plan(settings: Settings, project: Path) -> ContainerPlan:
+def container_plan(
+    settings: Settings, project: Path, environment: AppEnvironment | None = None
+) -> ContainerPlan:
     """Adapt `settings` to a container: listen on all interfaces, health endpoints on, state in
-    /var/lib/corral, no privilege dropping (the image's USER is not root), no password in files.
+    /var/lib/corral, no privilege dropping (the image's USER is not root), no password in files,
+    only the options that act.
     """
     notes: list[str] = []
+    settings = inert(settings)
+    secret_options: dict[str, str] = {}
+    if settings.admin_token:
+        secret_options["CORRAL_ADMIN_TOKEN"] = settings.admin_token
+        settings = reset(settings, "admin_token")
     binds = [_all_interfaces(bind, "--bind") for bind in settings.bind]
     http_binds = [_all_interfaces(bind, "--http-bind") for bind in settings.http_bind]
     admin_bind = _all_interfaces(settings.admin_bind or f"0.0.0.0:{DEFAULT_ADMIN_PORT}", "--admin-bind")
@@ -178,12 +218,15 @@ def container_plan(settings: Settings, project: Path) -> ContainerPlan:
     postgres = postgres_lock(settings)
     if postgres is not None:
         changes["prestart_lock"] = postgres.url
+        if postgres.password:
+            secret_options["PGPASSWORD"] = postgres.password
     elif settings.prestart_lock:
         changes["prestart_lock"] = f"file:{CONTAINER_STATE_DIR}/prestart.lock"
         notes.append("the file lock moved into the state directory, the only writable place")
     adapted = settings.model_copy(update=changes)
     ports = [parse_bind(bind).port for bind in binds + http_binds if parse_bind(bind).kind == "tcp"]
-    return ContainerPlan(adapted, ports, admin.port, postgres, notes)
+    environment = environment or AppEnvironment([], {})
+    return ContainerPlan(adapted, ports, admin.port, postgres, notes, environment, secret_options)
 
 
 def _inside(path: str | None, project: Path) -> str | None:
@@ -194,3 +237,85 @@ def _inside(path: str | None, project: Path) -> str | None:
         return str(Path(path).resolve().relative_to(project.resolve()))
     except ValueError:
         raise ConfigError(f"--app-dir {path} is outside {project}, which the image holds") from None
+
+
+# Keys whose value is a secret: the Kubernetes export puts them in a Secret, the rest in a ConfigMap.
+SECRET_KEY_PATTERN = re.compile(r"SECRET|PASSW|TOKEN|KEY|CREDENTIAL|PRIVATE|SALT|AUTH|DSN|CERT|PWD", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AppEnvironment:
+    """The app's variables from the --env-file files, which every export carries the platform's way."""
+
+    files: list[Path]  # absolute
+    values: dict[str, str]  # the app's variables (CORRAL_* configure Corral and are in its options)
+    secret_keys: frozenset[str] = frozenset()
+
+    def is_secret(self, key: str) -> bool:
+        """A secret: named like one (SECRET, PASSWORD, TOKEN, KEY...), a URL with a password, or --secret-key."""
+        from corral.redact import has_password
+
+        return key in self.secret_keys or bool(SECRET_KEY_PATTERN.search(key)) or has_password(self.values[key])
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return {key: value for key, value in self.values.items() if self.is_secret(key)}
+
+    @property
+    def config(self) -> dict[str, str]:
+        return {key: value for key, value in self.values.items() if not self.is_secret(key)}
+
+
+def app_environment(settings: Settings, cwd: Path, secret_keys: tuple[str, ...] = ()) -> AppEnvironment:
+    from corral.envfile import app_variables, read_env_files
+
+    files = [(cwd / path).resolve() for path in settings.env_file]
+    values = app_variables(read_env_files(files))
+    unknown = [key for key in secret_keys if key not in values]
+    if unknown:
+        raise ConfigError(f"--secret-key {unknown[0]}: no such variable in the --env-file files")
+    return AppEnvironment(files, values, frozenset(secret_keys))
+
+
+_HOST_IN_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def loopback_host(value: str) -> str | None:
+    """The loopback host `value` points at (a URL's host, or a bare HOST[:PORT]), else None."""
+    if _HOST_IN_URL.match(value):
+        try:
+            host = urlsplit(value).hostname
+        except ValueError:
+            return None
+    else:
+        text = value.strip()
+        if text.startswith("["):
+            host = text[1:].split("]")[0]
+        else:
+            host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    return host if host and is_loopback(host) else None
+
+
+def refuse_loopback(
+    settings: Settings, environment: AppEnvironment, target: str, *, skip: frozenset[str] = frozenset()
+) -> None:
+    """A loopback address carried into a container is the container itself: refuse with one line.
+
+    `skip` names the variables the export rewires itself (Compose's database service)."""
+    from corral.redact import mask_url
+
+    where = "the pod" if target == "kubernetes" else "the container"
+    lock = settings.prestart_lock or ""
+    host = loopback_host(lock) if "prestart_lock" not in skip else None
+    if host:
+        raise ConfigError(
+            f"--prestart-lock {mask_url(lock)} points at {host}, which in {where} is {where} itself: "
+            "give the database's address as it is reached from there with --prestart-lock URL"
+        )
+    for key, value in environment.values.items():
+        host = loopback_host(value)
+        if host and key not in skip:
+            raise ConfigError(
+                f"{key}={mask_url(value)} (--env-file) points at {host}, which in {where} is {where} itself: "
+                "give the address reached from there in an env file for the deployment (--env-file FILE)"
+            )

@@ -7,8 +7,12 @@ through Compose interpolation, never from this file.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -16,10 +20,14 @@ from corral.config import Settings, run_arguments
 from corral.export.common import (
     CONTAINER_STATE_DIR,
     CONTAINER_UID,
+    PRESTART_FIELDS,
     ContainerPlan,
     ExportFile,
     PostgresURL,
     is_loopback,
+    only,
+    parse_postgres_url,
+    refuse_loopback,
     resource_name,
 )
 from corral.export.docker import health_command, stop_timeout
@@ -31,22 +39,47 @@ POSTGRES_SERVICE = "postgres"
 class ComposeOptions:
     image: str | None  # tag for the image built from the Dockerfile (`corral export docker`)
     postgres_image: str = "postgres:17"
+    project: Path | None = None  # the build context (default: the directory of compose.yaml)
+    out: Path | None = None  # where compose.yaml goes (paths in it are relative to it)
+
+
+def _local_postgres(value: str) -> PostgresURL | None:
+    """A postgresql:// URL (any driver suffix) on a loopback address: the database to run as a service."""
+    if not re.match(r"postgres(ql)?(\+[a-z0-9]+)?://", value):
+        return None
+    url = parse_postgres_url(value)
+    return url if url.host is None or is_loopback(url.host) else None
 
 
 def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
     settings = plan.settings
+    environment = plan.environment
+    local = {key: url for key, value in environment.values.items() if (url := _local_postgres(value))}
+    lock = plan.postgres if plan.postgres is not None and _local_postgres(plan.settings.prestart_lock or "") else None
+    skip = frozenset([*local, *(["prestart_lock"] if lock else [])])
+    refuse_loopback(settings, environment, "compose", skip=skip)
     image = options.image or f"{resource_name(settings.name)}:latest"
     volumes: dict[str, Any] = {"state": {}}
     env: dict[str, str] = {}
     database: dict[str, Any] = {}
     if plan.postgres is not None:
         settings, env = _postgres_lock(settings, plan.postgres)
-        if plan.postgres.host is None or is_loopback(plan.postgres.host):
-            database[POSTGRES_SERVICE] = _postgres_service(plan.postgres, options.postgres_image)
-            volumes["pgdata"] = {}
+    primary = lock or next(iter(local.values()), None)
+    if primary is not None:
+        database[POSTGRES_SERVICE] = _postgres_service(primary, options.postgres_image)
+        volumes["pgdata"] = {}
+    # The app's database URLs on this machine become the `postgres` service (overriding env_file).
+    app_env = {key: _to_service(value) for key, value in environment.values.items() if key in local}
+    if "CORRAL_ADMIN_TOKEN" in plan.secret_options:
+        app_env["CORRAL_ADMIN_TOKEN"] = "${CORRAL_ADMIN_TOKEN:?set CORRAL_ADMIN_TOKEN}"
+    base = (options.out or options.project or Path.cwd()).resolve()
+    project = (options.project or base).resolve()
+    env_files = [os.path.relpath(path, base) for path in environment.files]
 
     app: dict[str, Any] = {
-        **_container(image),
+        **_container(image, os.path.relpath(project, base)),
+        **({"env_file": env_files} if env_files else {}),
+        **({"environment": app_env} if app_env else {}),
         "command": ["run", *run_arguments(plan.serving())],
         "restart": "unless-stopped",
         "ports": [f"{port}:{port}" for port in plan.ports],
@@ -62,15 +95,20 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
     }
     services: dict[str, Any] = {"app": app}
     if settings.prestart:
+        step_env = {**app_env, **env}
+        step_env.pop("CORRAL_ADMIN_TOKEN", None)
         services["prestart"] = {
-            **_container(image),
-            "command": ["prestart", *run_arguments(settings)],
+            **_container(image, os.path.relpath(project, base)),
+            **({"env_file": env_files} if env_files else {}),
+            "command": ["prestart", *run_arguments(only(settings, *PRESTART_FIELDS, "log_level"))],
             "restart": "no",
-            **({"environment": env} if env else {}),
+            **({"environment": step_env} if step_env else {}),
         }
         if database:
             services["prestart"]["depends_on"] = {POSTGRES_SERVICE: {"condition": "service_healthy"}}
         app["depends_on"] = {"prestart": {"condition": "service_completed_successfully"}}
+    elif database:
+        app["depends_on"] = {POSTGRES_SERVICE: {"condition": "service_healthy"}}
     services.update(database)
 
     document = {"name": resource_name(settings.name), "services": services, "volumes": volumes}
@@ -78,17 +116,29 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
         "# Written by corral export compose. Build the image from the Dockerfile of",
         "# `corral export docker`, then: docker compose up -d",
     ]
-    if env:
-        header.append("# Set the lock's password first, in the environment or in .env beside this file.")
+    if env or database or "CORRAL_ADMIN_TOKEN" in app_env:
+        header.append("# Set the passwords first (POSTGRES_PASSWORD, PGPASSWORD...), in the environment or in")
+        header.append("# .env beside this file; the app's own variables come from its env_file.")
+    if local:
+        header.append(f"# {', '.join(local)}: the database on this machine is the `{POSTGRES_SERVICE}` service here.")
     header += [f"# Note: {note}." for note in plan.notes]
     text = "\n".join(header) + "\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
     return [ExportFile("compose.yaml", text)]
 
 
-def _container(image: str) -> dict[str, Any]:
+def _to_service(value: str) -> str:
+    """A local database URL pointed at the `postgres` service, its password from POSTGRES_PASSWORD."""
+    parts = urlsplit(value)
+    user = parts.username or "postgres"
+    secret = ":${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}" if parts.password is not None else ""
+    netloc = f"{user}{secret}@{POSTGRES_SERVICE}:5432"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _container(image: str, context: str) -> dict[str, Any]:
     """What the app and its one-shot step share: the image, the user, the hardening, the state volume."""
     return {
-        "build": ".",
+        "build": context,
         "image": image,
         "user": f"{CONTAINER_UID}:{CONTAINER_UID}",
         "read_only": True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import os
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -24,9 +24,13 @@ from corral.export.common import (
     CONTAINER_WORKDIR,
     ContainerPlan,
     ExportFile,
+    refuse_loopback,
 )
+from corral.export.project import choose_python, find_lock, project_table, read_pins, requirement_names
+from corral.export.wheel import wheel_bytes, wheel_name
 
 VENV = "/opt/venv"
+CONSTRAINTS = "constraints.txt"
 HEALTH_START_PERIOD = 120  # seconds for the first generation to import the app
 DOCKERIGNORE = """\
 # Written by corral export docker: what stays out of the build context.
@@ -44,19 +48,22 @@ build
 dist
 node_modules
 .env
+.env.*
+*.env
 """
 
 
 @dataclass(frozen=True)
 class DockerOptions:
     project: Path
-    base_image: str  # the final stage, e.g. python:3.11-slim
-    build_image: str  # the build stage: the same Python with compilers, e.g. python:3.11
+    base_image: str | None = None  # the final stage; default python:X.Y-slim from requires-python
+    build_image: str | None = None  # the build stage; default python:X.Y (with compilers)
+    out: Path | None = None  # where the files go (the wheel and constraints need it in the build context)
 
 
-def default_images() -> tuple[str, str]:
-    """The Python that runs the export, as the official images name it: (final, build)."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+def default_images(version: str | None = None) -> tuple[str, str]:
+    """The official images of Python `version` (default: the one running the export): (final, build)."""
+    version = version or f"{sys.version_info.major}.{sys.version_info.minor}"
     return f"python:{version}-slim", f"python:{version}"
 
 
@@ -67,30 +74,50 @@ def health_command(url: str) -> list[str]:
 
 
 def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
+    refuse_loopback(plan.settings, plan.environment, "docker")
     settings = plan.settings
+    project = options.project.resolve()
+    context = _context_prefix(project, options.out)
+    try:
+        version, why = choose_python(project)
+    except ConfigError:
+        if not (options.base_image and options.build_image):
+            raise
+        version, why = "of the images given", "--base-image and --build-image"
+    final, build = default_images(version)
+    install = _dependency_steps(project, context)
+    files: list[ExportFile] = []
+    notes = [*plan.notes, f"Python {version}: {why}", *install.notes]
+    env_hint = "".join(f" --env-file {_shown(path, project)}" for path in plan.environment.files)
+    env_hint += "".join(f" -e {key}" for key in plan.secret_options)
     lines = [
         "# Written by corral export docker.",
-        "#   docker build -t IMAGE .",
+        f"#   docker build -t IMAGE {'' if context == '.' else f'-f {context}/Dockerfile '}.",
+        "#   (another base: --build-arg BASE_IMAGE=... --build-arg BUILD_IMAGE=..., the same Python)",
         f"#   docker run --stop-timeout {stop_timeout(plan)} -v corral-state:{CONTAINER_STATE_DIR} "
         + " ".join(f"-p {port}:{port}" for port in plan.ports)
-        + (" -e PGPASSWORD" if plan.postgres is not None and plan.postgres.password else "")
+        + env_hint
         + " IMAGE",
-        *(f"# Note: {note}." for note in plan.notes),
-        f"FROM {options.build_image} AS build",
+        *(f"# Note: {note}." for note in notes),
+        f"ARG BUILD_IMAGE={options.build_image or build}",
+        f"ARG BASE_IMAGE={options.base_image or final}",
+        "",
+        "FROM ${BUILD_IMAGE} AS build",
         "ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1",
-        f"RUN python -m venv {VENV}",
+        f"RUN python3 -m venv {VENV}",
         f'ENV PATH="{VENV}/bin:$PATH"',
         f"WORKDIR {CONTAINER_WORKDIR}",
-        *_dependency_steps(options.project),
+        *install.steps,
         "COPY . .",
     ]
-    if _installable(options.project):
+    files += install.files
+    if _installable(project):
         lines.append("RUN pip install --no-cache-dir --no-deps .")
     ports = " ".join(str(port) for port in [*plan.ports, plan.admin_port])
     health = json.dumps(health_command(plan.health_url))
     lines += [
         "",
-        f"FROM {options.base_image}",
+        "FROM ${BASE_IMAGE}",
         f'ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PATH="{VENV}/bin:$PATH"',
         f"RUN useradd --uid {CONTAINER_UID} --user-group --no-create-home --home-dir /tmp"
         f" --shell /usr/sbin/nologin corral \\\n"
@@ -107,7 +134,39 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
         'ENTRYPOINT ["corral"]',
         f"CMD {json.dumps(['run', *run_arguments(settings)])}",
     ]
-    return [ExportFile("Dockerfile", "\n".join(lines) + "\n"), ExportFile(".dockerignore", DOCKERIGNORE)]
+    ignore = DOCKERIGNORE + "".join(f"{_shown(path, project)}\n" for path in plan.environment.files)
+    ignore += "".join(f"!{context}/{file.name}\n" for file in install.files) if context != "." else ""
+    return [
+        ExportFile("Dockerfile", "\n".join(lines) + "\n"),
+        ExportFile(".dockerignore", ignore),
+        *files,
+    ]
+
+
+@dataclass(frozen=True)
+class Install:
+    steps: list[str]
+    files: list[ExportFile]  # into the build context beside the Dockerfile: Corral's wheel, the constraints
+    notes: list[str]
+
+
+def _context_prefix(project: Path, out: Path | None) -> str:
+    """Where the export's files sit in the build context (the project), as COPY sources name them."""
+    if out is None:
+        return "."
+    try:
+        relative = out.resolve().relative_to(project)
+    except ValueError:
+        raise ConfigError(
+            f"--out {out} is outside the project {project}, the build context that must hold the files"
+        ) from None
+    return relative.as_posix() or "."
+
+
+def _shown(path: Path, project: Path) -> str:
+    """`path` relative to the project where it is inside it or a parent of it."""
+    relative = os.path.relpath(path, project)
+    return relative if not relative.startswith("../../../") else str(path)
 
 
 def stop_timeout(plan: ContainerPlan) -> int:
@@ -115,59 +174,63 @@ def stop_timeout(plan: ContainerPlan) -> int:
     return math.ceil(plan.settings.drain_delay + plan.settings.graceful_timeout + 10)
 
 
-def _dependency_steps(project: Path) -> list[str]:
-    """Install the dependencies (and corral, if they do not include it) before copying the code."""
+def _dependency_steps(project: Path, context: str) -> Install:
+    """Install Corral and the dependencies (pinned by the lock file if there is one) before the code."""
     requirements = project / "requirements.txt"
-    table = _project_table(project / "pyproject.toml")
+    table = project_table(project / "pyproject.toml")
+    notes: list[str] = []
+    files: list[ExportFile] = []
+    constraint = ""
     if requirements.is_file():
-        names = _requirement_names(requirements.read_text().splitlines())
-        steps = ["COPY requirements.txt ./", "RUN pip install --no-cache-dir -r requirements.txt"]
+        names = requirement_names(requirements.read_text().splitlines())
+        steps = ["COPY requirements.txt ./"]
+        install = "pip install --no-cache-dir{constraint} -r requirements.txt"
     elif table is not None:
         dependencies = table.get("dependencies", [])
         listed = dependencies if isinstance(dependencies, list) else []
-        names = _requirement_names([str(item) for item in listed])
+        names = requirement_names([str(item) for item in listed])
         read = (
             "import tomllib; "
             'print("\\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"].get("dependencies", [])))'
         )
-        steps = [
-            "COPY pyproject.toml ./",
-            f"RUN python -c '{read}' > /tmp/requirements.txt \\\n"
-            "    && pip install --no-cache-dir -r /tmp/requirements.txt",
-        ]
+        steps = ["COPY pyproject.toml ./"]
+        install = (
+            f"python -c '{read}' > /tmp/requirements.txt \\\n"
+            "    && pip install --no-cache-dir{constraint} -r /tmp/requirements.txt"
+        )
     else:
         raise ConfigError(
             f"no requirements.txt or pyproject.toml with a [project] table in {project}: "
             "the image needs one of them to install the dependencies"
         )
-    if "corral" not in names:
-        steps.insert(0, f"RUN pip install --no-cache-dir corral=={__version__}")
-    return steps
-
-
-def _project_table(pyproject: Path) -> dict[str, object] | None:
-    if not pyproject.is_file():
-        return None
-    try:
-        data = tomllib.loads(pyproject.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{pyproject}: cannot read: {exc}") from None
-    table = data.get("project")
-    return table if isinstance(table, dict) else None
+    own = "corral" not in names
+    lock = find_lock(project)
+    if lock is not None and lock != requirements:
+        pins = read_pins(lock, {"corral"} if own else set())
+        files.append(ExportFile(CONSTRAINTS, "".join(f"{line}\n" for line in pins.lines)))
+        steps.insert(0, f"COPY {context}/{CONSTRAINTS} /tmp/")
+        constraint = f" -c /tmp/{CONSTRAINTS}"
+        notes.append(f"versions pinned by {_shown(lock, project)} ({len(pins.lines)} locked)")
+    elif lock == requirements:
+        notes.append(f"versions from {_shown(lock, project)}")
+    else:
+        notes.append("no lock file (uv.lock, poetry.lock, pdm.lock, requirements*.txt) found: latest versions")
+    steps.append("RUN " + install.format(constraint=constraint))
+    if own:
+        # This Corral, as a wheel in the build context: no index needs to have its version.
+        at = 1 if constraint else 0  # after the constraints' COPY
+        steps[at:at] = [
+            f"COPY {context}/{wheel_name()} /tmp/",
+            f"RUN pip install --no-cache-dir{constraint} /tmp/{wheel_name()}",
+        ]
+        files.append(ExportFile(wheel_name(), "", data=wheel_bytes()))
+        notes.append(f"Corral {__version__} installs from {wheel_name()}, written beside the Dockerfile")
+    return Install(steps, files, notes)
 
 
 def _installable(project: Path) -> bool:
     """A pyproject.toml with a build system is a package to install; otherwise the code runs from /app."""
     pyproject = project / "pyproject.toml"
-    if _project_table(pyproject) is None:
+    if project_table(pyproject) is None:
         return False
     return "build-system" in tomllib.loads(pyproject.read_text())
-
-
-def _requirement_names(lines: list[str]) -> set[str]:
-    names = set()
-    for line in lines:
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
-        if match and not line.lstrip().startswith(("#", "-")):
-            names.add(re.sub(r"[-_.]+", "-", match.group(1)).lower())
-    return names

@@ -40,8 +40,9 @@ def install(units: SystemdUnits, root: Path | None = None, now: bool = True) -> 
     base = root if root is not None else Path("/")
     unit_dir = base / UNIT_DIR
     written = [_write(unit_dir / file.name, file.content, file.mode) for file in units.files]
-    if units.env_file and units.password:
-        written.append(_write(base / units.env_file.lstrip("/"), f"PGPASSWORD={units.password}\n", 0o600))
+    if units.env_file and units.secrets:
+        content = "".join(f"{key}={value}\n" for key, value in units.secrets.items())
+        written.append(_write(base / units.env_file.lstrip("/"), content, 0o600))
     enable = [u for u in (units.socket, units.service) if u]
     if root is not None:
         _systemctl([systemctl, f"--root={root}", "enable", *enable])

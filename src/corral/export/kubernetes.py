@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,12 @@ from corral.errors import ConfigError
 from corral.export.common import (
     CONTAINER_STATE_DIR,
     CONTAINER_UID,
+    PRESTART_FIELDS,
     TLS_FIELDS,
     ContainerPlan,
     ExportFile,
+    only,
+    refuse_loopback,
     reset,
     resource_name,
 )
@@ -51,6 +55,8 @@ class KubernetesOptions:
     ingress_class: str | None = None
     gateway: str | None = None  # NAME or NAMESPACE/NAME of a Gateway API Gateway
     cluster_issuer: str | None = None  # cert-manager ClusterIssuer for the Ingress certificate
+    hosts: tuple[str, ...] = ()  # host names of the Ingress or HTTPRoute (default: the --https names)
+    secret_values: bool = False  # write the values into the Secret's file (else only its keys)
 
 
 def pod_workers(settings: Settings) -> int:
@@ -100,13 +106,15 @@ def release_id(settings: Settings, image: str) -> str:
 
 def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     validate(plan, options)
+    refuse_loopback(plan.settings, plan.environment, "kubernetes")
     settings = plan.settings
     name = resource_name(settings.name)
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "web"}
     prestop = settings.drain_delay or DEFAULT_PRESTOP
-    serving = reset(plan.serving(), *TLS_FIELDS, "drain_delay")
+    serving = reset(_pod_settings(plan, options), *TLS_FIELDS, "drain_delay")
     serving = serving.model_copy(update={"workers": pod_start_workers(settings)})
     ports = _container_ports(plan)
+    environment = _environment_files(plan, options, name)
 
     documents = [
         _deployment(plan, options, name, labels, serving, ports, prestop),
@@ -120,10 +128,16 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     documents.append(route)
 
     workers = pod_workers(settings)
+    namespace = f" -n {options.namespace}" if options.namespace else ""
     header = [
         "# Written by corral export kubernetes.",
+        *(
+            [f"# Apply {' and '.join(file.name for file in environment)} first (see the headers)."]
+            if environment
+            else []
+        ),
         *(["# Apply prestart-job.yaml first and wait for it (see its header)."] if settings.prestart else []),
-        "#   kubectl apply -f app.yaml",
+        f"#   kubectl apply{namespace} -f app.yaml",
         f"# Memory per pod ({workers} worker{'s' if workers != 1 else ''}): {options.memory // MIB} MiB, "
         f"{options.memory_source}.",
         *(f"# Note: {note}." for note in plan.notes),
@@ -132,7 +146,78 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     files = [ExportFile("app.yaml", _dump(header, documents))]
     if settings.prestart:
         files.insert(0, _job_file(plan, options, name))
+    return [*environment, *files]
+
+
+def _pod_settings(plan: ContainerPlan, options: KubernetesOptions) -> Settings:
+    """What the app's pods run. With a PostgreSQL lock they carry the steps, the release and the lock, as
+    docs/prestart.md recommends: a pod that starts before the Job is done waits for the lock, then finds
+    the release recorded and skips the steps. Another lock is local to each pod, so the Job alone runs them."""
+    settings = plan.settings
+    if not settings.prestart or plan.postgres is None:
+        return plan.serving()
+    return settings.model_copy(update={"release": release_id(settings, options.image)})
+
+
+def _secret_name(name: str) -> str:
+    return f"{name}-env"
+
+
+def _environment_files(plan: ContainerPlan, options: KubernetesOptions, name: str) -> list[ExportFile]:
+    """The app's variables: a ConfigMap (config.yaml) and a Secret (secret.yaml, mode 0600, the values
+    only with --secret-values); the pods take both with envFrom."""
+    namespace = f" -n {options.namespace}" if options.namespace else ""
+    files: list[ExportFile] = []
+    config = plan.environment.config
+    if config:
+        document = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(options, name),
+            "data": dict(config),
+        }
+        header = [
+            "# Written by corral export kubernetes: the app's variables that are not secrets (--env-file).",
+            f"#   kubectl apply{namespace} -f config.yaml",
+        ]
+        files.append(ExportFile("config.yaml", _dump(header, [document])))
+    secrets = {**plan.environment.secrets, **plan.secret_options}
+    if secrets:
+        secret = _secret_name(name)
+        values = secrets if options.secret_values else dict.fromkeys(secrets, "")
+        document = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": _metadata(options, secret),
+            "type": "Opaque",
+            "stringData": values,
+        }
+        sources = " ".join(f"--from-env-file={os.path.relpath(path)}" for path in plan.environment.files)
+        if options.secret_values:
+            how = ["# It holds the values: keep it out of version control; mode 0600."]
+        else:
+            how = [
+                "# The keys only (--secret-values writes the values): fill them in, or create the Secret",
+                f"# from the env file instead: kubectl create secret generic {secret}{namespace} {sources}".rstrip(),
+            ]
+            if plan.secret_options and plan.environment.files:
+                how.append(f"# (add {', '.join(f'{key}=...' for key in plan.secret_options)} to that file first)")
+        header = [
+            f"# Written by corral export kubernetes: the secrets of the app ({', '.join(secrets)}).",
+            *how,
+            f"#   kubectl apply{namespace} -f secret.yaml",
+        ]
+        files.append(ExportFile("secret.yaml", _dump(header, [document]), mode=0o600))
     return files
+
+
+def _env_from(plan: ContainerPlan, name: str) -> list[dict[str, Any]]:
+    sources: list[dict[str, Any]] = []
+    if plan.environment.config:
+        sources.append({"configMapRef": {"name": name}})
+    if plan.environment.secrets or plan.secret_options:
+        sources.append({"secretRef": {"name": _secret_name(name)}})
+    return sources
 
 
 def validate(plan: ContainerPlan, options: KubernetesOptions) -> None:
@@ -150,8 +235,8 @@ def validate(plan: ContainerPlan, options: KubernetesOptions) -> None:
             "--gateway routes through a Gateway, whose listeners hold the certificates: "
             "--ingress-class and --cluster-issuer apply to an Ingress"
         )
-    if options.cluster_issuer and not plan.settings.https:
-        raise ConfigError("--cluster-issuer needs the host names to certify: give them with --https DOMAIN")
+    if options.cluster_issuer and not (options.hosts or plan.settings.https):
+        raise ConfigError("--cluster-issuer needs the host names to certify: give them with --host NAME")
 
 
 def _metadata(options: KubernetesOptions, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -228,6 +313,7 @@ def _deployment(
         "name": "app",
         "image": options.image,
         "args": ["run", *run_arguments(serving)],
+        **({"envFrom": _env_from(plan, name)} if _env_from(plan, name) else {}),
         "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports]
         + [{"name": "admin", "containerPort": plan.admin_port}],
         "resources": _resources(options, pod_workers(settings)),
@@ -314,10 +400,14 @@ def _disruption_budget(options: KubernetesOptions, name: str, labels: dict[str, 
     }
 
 
+def _hosts(settings: Settings, options: KubernetesOptions) -> list[str]:
+    return list(options.hosts or settings.https)
+
+
 def _ingress(settings: Settings, options: KubernetesOptions, name: str) -> dict[str, Any]:
     backend = {"service": {"name": name, "port": {"name": "http"}}}
     paths = [{"path": "/", "pathType": "Prefix", "backend": backend}]
-    rules: list[dict[str, Any]] = [{"host": host, "http": {"paths": paths}} for host in settings.https]
+    rules: list[dict[str, Any]] = [{"host": host, "http": {"paths": paths}} for host in _hosts(settings, options)]
     metadata = _metadata(options, name)
     spec: dict[str, Any] = {}
     if options.ingress_class:
@@ -325,7 +415,7 @@ def _ingress(settings: Settings, options: KubernetesOptions, name: str) -> dict[
     spec["rules"] = rules or [{"http": {"paths": paths}}]
     if options.cluster_issuer:
         metadata["annotations"] = {"cert-manager.io/cluster-issuer": options.cluster_issuer}
-        spec["tls"] = [{"hosts": list(settings.https), "secretName": f"{name}-tls"}]
+        spec["tls"] = [{"hosts": _hosts(settings, options), "secretName": f"{name}-tls"}]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
 
 
@@ -336,8 +426,8 @@ def _http_route(settings: Settings, options: KubernetesOptions, name: str) -> di
     if namespace:
         parent["namespace"] = namespace
     spec: dict[str, Any] = {"parentRefs": [parent]}
-    if settings.https:
-        spec["hostnames"] = list(settings.https)
+    if _hosts(settings, options):
+        spec["hostnames"] = _hosts(settings, options)
     spec["rules"] = [
         {
             "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
@@ -370,12 +460,11 @@ def _job_file(plan: ContainerPlan, options: KubernetesOptions, name: str) -> Exp
     container: dict[str, Any] = {
         "name": "prestart",
         "image": options.image,
-        "args": ["prestart", *run_arguments(reset(steps, *TLS_FIELDS))],
+        # Only what `corral prestart` uses: no --bind, --workers or certificate options.
+        "args": ["prestart", *run_arguments(only(steps, *PRESTART_FIELDS, "log_level"))],
+        **({"envFrom": _env_from(plan, name)} if _env_from(plan, name) else {}),
         "resources": _resources(options, 1),
     }
-    if plan.postgres is not None and plan.postgres.password:
-        secret = {"name": f"{name}-prestart-lock", "key": "password"}
-        container["env"] = [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": secret}}]
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "prestart"}
     pod = _pod_spec(plan, container, grace=30, serves=False)
     pod["restartPolicy"] = "Never"
@@ -398,12 +487,8 @@ def _job_file(plan: ContainerPlan, options: KubernetesOptions, name: str) -> Exp
         f"#   kubectl wait{namespace} --for=condition=complete --timeout={deadline}s job/{job}",
         f"#   kubectl apply{namespace} -f app.yaml",
     ]
-    if "env" in container:
-        header.insert(
-            1,
-            f"# The lock's password: kubectl create secret generic {name}-prestart-lock"
-            f"{namespace} --from-literal=password=...",
-        )
+    if "envFrom" in container:
+        header.insert(1, "# It takes the app's variables from config.yaml and secret.yaml: apply those before.")
     return ExportFile("prestart-job.yaml", _dump(header, [document]))
 
 

@@ -14,13 +14,13 @@ import pwd
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.binds import Bind, parse_bind
 from corral.config import Settings, run_arguments
 from corral.errors import ConfigError, CorralError
-from corral.export.common import ExportFile, postgres_lock
+from corral.export.common import ExportFile, inert, postgres_lock
 
 LIMIT_NOFILE = "65536"
 WATCHDOG_SEC = 30
@@ -62,8 +62,9 @@ class SystemdUnits:
     service: str  # unit names, for enabling
     socket: str | None
     control: str  # where `corral status --control` finds the instance
-    env_file: str | None  # holds PGPASSWORD when the lock URL had a password
+    env_file: str | None  # holds PGPASSWORD / CORRAL_ADMIN_TOKEN when there are such secrets
     password: str | None
+    secrets: dict[str, str] = field(default_factory=dict)  # what the env file holds, for `corral install`
 
 
 def corral_executable() -> str:
@@ -109,7 +110,7 @@ def render(
     user = service_user(settings, environ)
     workdir = options.working_directory.resolve()
     directory = f"corral/{name}"  # under /run and /var/lib: apart from other instances
-    changes: dict[str, object] = {"user": None, "group": None}
+    changes: dict[str, object] = {"user": None, "group": None, "admin_token": None}
     writable: list[str] = []
     if settings.control:
         writable.append(str((workdir / settings.control).parent))
@@ -136,10 +137,15 @@ def render(
     writable += [str((workdir / bind.path).parent) for bind in bound_by_corral if bind.kind == "unix"]
     low_ports = any(bind.kind == "tcp" and 0 < bind.port < 1024 for bind in bound_by_corral)
 
-    adapted = settings.model_copy(update=changes)
+    env_files = [str((workdir / path).resolve()) for path in settings.env_file]
+    hardening = _hardening(user, settings, workdir, options.executable, env_files)
+    adapted = inert(settings.model_copy(update=changes))  # --env-file: EnvironmentFile= below
     exec_start = " ".join(quote(arg) for arg in [options.executable, "run", *run_arguments(adapted)])
     control = str(adapted.control)
-    env_file = f"{ENV_DIR}/{name}.env" if postgres is not None and postgres.password else None
+    secrets = {"PGPASSWORD": postgres.password} if postgres is not None and postgres.password else {}
+    if settings.admin_token:
+        secrets["CORRAL_ADMIN_TOKEN"] = settings.admin_token
+    env_file = f"{ENV_DIR}/{name}.env" if secrets else None
 
     description = f"corral: {settings.app or 'ASGI app'} ({name})".replace("%", "%%")
     unit: list[tuple[str, str]] = [("Description", description)]
@@ -157,6 +163,8 @@ def render(
         ("WorkingDirectory", quote(str(workdir))),
         ("Environment", "PYTHONUNBUFFERED=1"),
     ]
+    # Read by systemd itself (as root) before the service starts: the file may stay mode 0600.
+    service += [("EnvironmentFile", quote(path)) for path in env_files]
     if env_file:
         service.append(("EnvironmentFile", env_file))
     service += [("User", user)] if user else [("DynamicUser", "yes")]
@@ -178,7 +186,7 @@ def render(
         ("RestartSec", str(RESTART_SEC)),
         ("RestartPreventExitStatus", "2"),
         ("KillMode", "mixed"),
-        *HARDENING,
+        *hardening,
     ]
     if low_ports:
         service += [
@@ -206,7 +214,74 @@ def render(
         control=control,
         env_file=env_file,
         password=postgres.password if postgres is not None else None,
+        secrets=secrets,
     )
+
+
+def _hardening(
+    user: str | None, settings: Settings, workdir: Path, executable: str, env_files: list[str]
+) -> list[tuple[str, str]]:
+    """HARDENING, checked against what the service must read: its directory, the app, the virtual
+    environment and its interpreter, the env files. A private /tmp hides a project under /tmp; a
+    dynamic user reads only what every user may read. Adapted where it can be, else one line."""
+    needed = [workdir, Path(executable), Path(sys.prefix), Path(sys.executable).resolve()]
+    if settings.app_dir:
+        needed.append(workdir / settings.app_dir)
+    in_tmp = [path for path in [*needed, *map(Path, env_files)] if _under_tmp(path)]
+    hardening = list(HARDENING)
+    if in_tmp:
+        if user is None:
+            raise ConfigError(
+                f"{in_tmp[0]} is under a temporary directory, which a DynamicUser= service sees empty "
+                "(private /tmp): move the project and its venv elsewhere, or give --user"
+            )
+        hardening = [(key, "no" if key == "PrivateTmp" else value) for key, value in hardening]
+    for path in needed:
+        blocked = _unreadable_part(path, user)
+        if blocked is not None:
+            who = f"user {user}" if user else "the service's dynamic user (DynamicUser=yes)"
+            raise ConfigError(
+                f"{path} is not readable by {who}: {blocked} is mode {blocked.stat().st_mode & 0o777:o}; "
+                "give --user with access to it, or move the project and its venv (e.g. under /srv)"
+            )
+    return hardening
+
+
+def _under_tmp(path: Path) -> bool:
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(tmp) for tmp in (Path("/tmp"), Path("/var/tmp")))
+
+
+def _unreadable_part(path: Path, user: str | None) -> Path | None:
+    """The first directory (or the file) on `path` that `user` (None: any user) cannot get through."""
+    import grp
+
+    uid, gids = -1, set()
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            return None  # a user of the target host: cannot check here
+        uid = entry.pw_uid
+        gids = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if user in group.gr_mem}
+    if uid == 0:
+        return None
+    resolved = path.resolve()
+    for part in [*reversed(resolved.parents), resolved]:
+        try:
+            info = part.stat()
+        except OSError:
+            return None
+        need = 0o1 if part != resolved else 0o5 if part.is_dir() else 0o4
+        if info.st_uid == uid:
+            bits = info.st_mode >> 6
+        elif info.st_gid in gids:
+            bits = info.st_mode >> 3
+        else:
+            bits = info.st_mode
+        if bits & need != need:
+            return part
+    return None
 
 
 def _socket_unit(name: str, binds: list[Bind]) -> str:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from corral import channel
+from corral.envfile import app_environment
 from corral.worker.spec import ENV_VAR, TemplateSpec
 
 
@@ -43,7 +44,7 @@ class Generation:
         manager_end, template_end = channel.pair()
         spec.channel_fd = template_end.fileno()
         fds = [template_end.fileno(), spec.scoreboard_fd, *(listener.fd for listener in spec.listeners)]
-        env = dict(os.environ)
+        env = app_environment(spec.settings.get("env_file") or [], os.environ)
         env[ENV_VAR] = spec.dumps()
         process = subprocess.Popen(
             [sys.executable, "-m", "corral.worker.template"],
