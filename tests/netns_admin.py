@@ -1,5 +1,6 @@
 """Run inside a fresh network namespace (`unshare --net`) by test_admin_access: an admin listener on a
-non-loopback address, reachable only inside the namespace, must demand the token (except the probes).
+non-loopback address, reachable only inside the namespace, must demand the token (except the probes), and serves
+only the probes when it has none.
 
 Usage: python netns_admin.py TMPDIR. Exits 0 when every check passed; an assertion's message otherwise.
 """
@@ -25,10 +26,18 @@ def main(tmp: Path) -> None:
     write_app(tmp, PLAIN_APP % "served")
     admin_port = 19090
 
-    refused = run_cli("run", "app.py", "-b", "127.0.0.1:19080", "--admin-bind", f"{ADDRESS}:{admin_port}",
-                      "--control", str(tmp / "refused.sock"), cwd=tmp)
-    assert refused.returncode == 2, refused
-    assert len(refused.stderr.strip().splitlines()) == 1 and "--admin-token" in refused.stderr, refused.stderr
+    bare = Corral(tmp, "app.py", "-w", "1", "--admin-bind", f"{ADDRESS}:{admin_port}", port=19080)
+    try:
+        bare.wait_ready(1)
+        base = f"http://{ADDRESS}:{admin_port}"
+        wait_for(lambda: httpx.get(base + "/livez").status_code == 200, what="the admin listener without a token")
+        assert httpx.get(base + "/readyz").status_code == 200  # probes from other machines work
+        for path in ("/api/status", "/metrics"):  # nothing else is served without a token
+            assert httpx.get(base + path).status_code == 403, path
+        assert httpx.post(base + "/api/scale", json={"to": "+1"}).status_code == 403
+        assert "reachable from other machines and has no token" in bare.log
+    finally:
+        bare.stop()
 
     token_file = tmp / "admin.token"
     token_file.write_text(TOKEN + "\n")

@@ -308,18 +308,6 @@ class Settings(BaseSettings):
             raise ValueError("the admin listener takes HOST:PORT, :PORT (loopback) or unix:PATH")
         return value
 
-    @model_validator(mode="after")
-    def _admin_token_off_loopback(self) -> Settings:
-        from corral.binds import is_loopback, parse_admin_bind
-
-        exposed = self.admin_bind is not None and not is_loopback(parse_admin_bind(self.admin_bind))
-        if exposed and not (self.admin_token or self.admin_token_file):
-            raise ValueError(
-                f"--admin-bind {self.admin_bind} is reachable from other machines: give --admin-token-file "
-                "(or --admin-token), or bind it to loopback (:PORT)"
-            )
-        return self
-
     @field_validator("autoscale")
     @classmethod
     def _autoscale(cls, value: str | None) -> str | None:

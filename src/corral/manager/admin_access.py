@@ -1,7 +1,9 @@
 """Who may use `--admin-bind`: a token, required when the listener is reachable from other machines.
 
 `/livez`, `/readyz` and the dashboard's static files (which hold no data) stay open, so probes and the browser
-page work without it; everything else (`/api/...`, `/metrics`) needs `Authorization: Bearer TOKEN`. Actions
+page work without it; everything else (`/api/...`, `/metrics`) needs `Authorization: Bearer TOKEN`. A
+listener reachable from other machines with no token configured (a container's probe port, say) serves only
+those open paths. Actions
 (POST) also need a JSON body and, when the browser sends an Origin, the listener's own origin: a page of
 another site cannot make an operator's browser reload or scale the pool. Without a token (loopback only),
 the Host header must name an IP address or localhost, so a DNS-rebinding page cannot read the API either.
@@ -41,12 +43,14 @@ def is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-def protect(routes: dict[str, Route], token: str | None) -> dict[str, Route]:
-    """The same routes, each checking access before its handler runs."""
-    return {path: Route(_guard(path, route.handler, token), route.methods) for path, route in routes.items()}
+def protect(routes: dict[str, Route], token: str | None, exposed: bool) -> dict[str, Route]:
+    """The same routes, each checking access before its handler runs; `exposed`: not bound to loopback."""
+    return {
+        path: Route(_guard(path, route.handler, token, exposed), route.methods) for path, route in routes.items()
+    }
 
 
-def refusal(request: Request, token: str | None, path: str) -> Response | None:
+def refusal(request: Request, token: str | None, path: str, exposed: bool = False) -> Response | None:
     """None when `request` may go on; else the answer that refuses it."""
     if request.method == "POST":
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -56,6 +60,9 @@ def refusal(request: Request, token: str | None, path: str) -> Response | None:
             return Response.json(403, {"error": "cross-origin request refused"})
     if is_open(path):
         return None
+    if token is None and exposed:
+        return Response.json(403, {"error": "this admin listener is reachable from other machines and has no "
+                                            "token: only /livez and /readyz are served (see --admin-token-file)"})
     if token is None:
         if not _local_host(request.headers.get("host", "")):
             return Response.json(403, {"error": "the Host header must name an IP address or localhost"})
@@ -70,9 +77,9 @@ def refusal(request: Request, token: str | None, path: str) -> Response | None:
     return None
 
 
-def _guard(path: str, handler: Handler, token: str | None) -> Handler:
+def _guard(path: str, handler: Handler, token: str | None, exposed: bool) -> Handler:
     async def guarded(request: Request) -> Response:
-        refused = refusal(request, token, path)
+        refused = refusal(request, token, path, exposed)
         if refused is not None:
             return refused
         result = handler(request)

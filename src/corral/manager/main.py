@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import __version__
-from corral.binds import Bind, open_socket, parse_admin_bind, parse_bind, systemd_sockets
+from corral.binds import Bind, is_loopback, open_socket, parse_admin_bind, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
@@ -225,7 +225,11 @@ async def _serve(
         routes |= dashboard.routes(lambda request: _handle(supervisor, request, identity))
         admin_paths.extend(routes)
         token = admin_access.load_token(settings)
-        admin = await admin_http.serve(admin_socket, admin_access.protect(routes, token))
+        exposed = not is_loopback(parse_admin_bind(settings.admin_bind or ""))
+        if exposed and token is None:
+            log.warning("--admin-bind %s is reachable from other machines and has no token: it serves only /livez "
+                        "and /readyz (give --admin-token-file for the rest)", settings.admin_bind)
+        admin = await admin_http.serve(admin_socket, admin_access.protect(routes, token, exposed))
     try:
         code = await supervisor.run()
     finally:
