@@ -83,13 +83,13 @@ def test_the_lock_from_an_env_file_is_not_on_the_command_line(tmp_path: Path, po
 
 def test_corral_config_shows_stars(tmp_path: Path) -> None:
     lock = f"postgresql://app:{PASSWORD}@db.internal/app"
-    result = run_cli("config", "--json", "--prestart-lock", lock, "--admin-token", TOKEN, cwd=tmp_path)
+    result = run_cli("config", "--json", "--prestart", "true", "--prestart-lock", lock, "--admin-token", TOKEN, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert PASSWORD not in result.stdout and TOKEN not in result.stdout
     rows = json.loads(result.stdout)
     assert rows["prestart_lock"]["value"] == "postgresql://app:***@db.internal/app"
     assert rows["admin_token"]["value"] == "***"
-    table = run_cli("config", "--prestart-lock", lock, "--admin-token", TOKEN, cwd=tmp_path)
+    table = run_cli("config", "--prestart", "true", "--prestart-lock", lock, "--admin-token", TOKEN, cwd=tmp_path)
     assert table.returncode == 0 and PASSWORD not in table.stdout and TOKEN not in table.stdout
 
 
