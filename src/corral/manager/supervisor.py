@@ -21,7 +21,7 @@ from corral import channel
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.events import EventLog
-from corral.manager.generation import Generation, Phase
+from corral.manager.generation import Generation, Phase, kill_orphans
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
 from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
@@ -130,6 +130,7 @@ class Supervisor:
         if now >= self._next_cpu_sample:
             self._next_cpu_sample = now + 1.0
             self.sampler.sample_cpu([w.pid for w in self.workers.values() if w.pid])
+            kill_orphans(list(self.generations.values()))
         if not self.stopping:
             if now >= self._next_memory_check and self.settings.max_memory:
                 self._next_memory_check = now + 1.0
