@@ -119,6 +119,9 @@ class Supervisor:
             self._wakeup.clear()
         for generation in self.generations.values():
             generation.channel.close()
+        deadline = time.monotonic() + 5.0
+        while kill_orphans([]) and time.monotonic() < deadline:  # what a killed template's workers left
+            await asyncio.sleep(TICK)
         return self.exit_code or ExitCode.OK
 
     def _tick(self) -> None:
@@ -204,6 +207,7 @@ class Supervisor:
             self._on_loaded(generation)
         elif event == "load_failed":
             generation.boot_error = str(message["error"])
+            generation.boot_traceback = str(message.get("traceback", ""))
             self._generation_failed(generation, generation.boot_error)
         elif worker is None or worker.generation != generation.number:
             return
@@ -213,6 +217,7 @@ class Supervisor:
             self._on_worker_ready(worker)
         elif event == "boot_failed":
             generation.boot_error = str(message["error"])
+            generation.boot_traceback = str(message.get("traceback", ""))
             if generation.phase is not Phase.PROVING:
                 log.error("worker %d (pid %s) failed to start: %s", worker.slot, worker.pid, generation.boot_error)
         elif event == "exited":
@@ -231,8 +236,12 @@ class Supervisor:
         for worker in [w for w in self.workers.values() if w.generation == generation.number]:
             self._forget(worker)
         if not self.started:
-            raise Fatal(f"the app failed to start: {cause}", ExitCode.APP_FAILED_TO_START)
+            self.fatal_message = f"the app failed to start: {cause}"
+            log.error("%s", self.fatal_message)  # the one line first, then the traceback, once
+            _log_traceback(generation)
+            raise Fatal(self.fatal_message, ExitCode.APP_FAILED_TO_START)
         log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
+        _log_traceback(generation)
         log.error("generation %d keeps serving", self.current.number if self.current else 0)
         for waiter in generation.reload_waiters:
             if not waiter.done():
@@ -656,6 +665,12 @@ def describe_status_code(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _log_traceback(generation: Generation) -> None:
+    if generation.boot_traceback:
+        log.error("traceback of the failed start:\n%s", generation.boot_traceback.rstrip())
+        generation.boot_traceback = ""
 
 
 def _signal(pid: int, sig: int) -> None:
