@@ -615,11 +615,18 @@ class Supervisor:
                 }
             )
         templates = [
-            {"generation": g.number, "pid": g.process.pid, "phase": g.phase.value}
+            {"generation": g.number, "pid": g.process.pid, "phase": g.phase.value, **self._memory_of(g.process.pid)}
             for g in self.generations.values()
         ]
+        manager: dict[str, Any] = {"pid": os.getpid(), **self._memory_of(os.getpid())}
+        listed = sum(int(p["memory_pss"] or 0) for p in [manager, *templates, *workers])
+        total = resources.tree_pss(os.getpid())
         return {
             "manager_pid": os.getpid(),
+            "manager": manager,
+            # the whole tree; "other" is what the app's processes started (not listed above)
+            "memory_pss_total": total,
+            "memory_pss_other": max(0, total - listed),
             "generation": self.current.number if self.current else 0,
             "target_workers": self.target,
             "restarts": self.restarts,
@@ -627,6 +634,14 @@ class Supervisor:
             "templates": templates,
             "workers": workers,
             "certificates": self.certificate_status() if self.certificate_status else [],
+        }
+
+    def _memory_of(self, pid: int) -> dict[str, int | None]:
+        memory = self.sampler.memory(pid)
+        return {
+            "memory_uss": memory.uss if memory else None,
+            "memory_pss": memory.pss if memory else None,
+            "memory_rss": memory.rss if memory else None,
         }
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
