@@ -137,15 +137,18 @@ class Template:
         channel.send(self.channel, {"ev": "forked", "cell": cell, "pid": pid})
 
     def _reap(self) -> None:
-        """Collect ended workers (and killed orphans); a worker's end takes its process group and orphans."""
+        """Collect ended workers and orphans, by pid: a child the app started while it was imported here keeps
+        its status for whoever waits for it. A worker's end takes its process group and its orphans."""
         ended = False
-        while True:
+        orphans = [pid for pid in children() if pid not in self.children and pid not in self.own]
+        for pid in [*self.children, *orphans]:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                break
-            if pid == 0:
-                break
+                self.children.pop(pid, None)
+                continue
+            if done == 0:
+                continue
             cell = self.children.pop(pid, None)
             if cell is not None:
                 ended = True
