@@ -56,12 +56,24 @@ def children(pid: int | str = "self") -> list[int]:
     return found
 
 
-def is_zombie(pid: int) -> bool:
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, session, ...)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].startswith("Z")
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def is_zombie(pid: int) -> bool:
+    fields = _stat(pid)
+    return bool(fields) and fields[0] == "Z"
+
+
+def session_of(pid: int) -> int | None:
+    """The session id (kept by a zombie, unlike its environment)."""
+    fields = _stat(pid)
+    return int(fields[3]) if len(fields) > 3 else None
 
 
 def in_tree(pid: int, manager_pid: int) -> bool:
@@ -73,19 +85,19 @@ def in_tree(pid: int, manager_pid: int) -> bool:
     return f"{TREE_VAR}={manager_pid}".encode() in environ.split(b"\0")
 
 
-def kill_adopted(keep: set[int], marker: int | None = None) -> int:
+def kill_adopted(keep: set[int], marker: int | None = None, sessions: frozenset[int] = frozenset()) -> int:
     """SIGKILL our children that are not in `keep` (and, with `marker`, carry that tree marker); reap those that
     are already dead. Their own children are re-parented to us (a subreaper), so call again until it returns 0.
 
-    Only our own kills are reaped (never a zombie we did not kill or mark), so no waiter elsewhere in the
-    process loses its child's status.
+    With a marker, a zombie is reaped only if we killed it or it belongs to one of `sessions` (a zombie's
+    environment cannot be read): no waiter elsewhere in the process loses its child's status.
     """
     count = 0
     for pid in children():
         if pid in keep:
             continue
         if is_zombie(pid):
-            if marker is None or pid in _killed:
+            if marker is None or pid in _killed or session_of(pid) in sessions:
                 _reap(pid)
             continue
         if marker is not None and not in_tree(pid, marker):

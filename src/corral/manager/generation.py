@@ -58,6 +58,7 @@ class Generation:
         )
         template_end.close()
         manager_end.setblocking(False)
+        _sessions.add(process.pid)
         return cls(spec.generation, process, manager_end)
 
     def send(self, message: dict[str, object]) -> None:
@@ -78,7 +79,10 @@ class Generation:
         return self.process.poll() is None
 
 
+_sessions: set[int] = set()  # every template leads a session: its workers and their children are in it
+
+
 def kill_orphans(generations: list[Generation]) -> int:
     """Kill the app's processes re-parented to the manager (a template died before its workers' children);
     they carry the tree marker, Corral's own children (pre-start steps) do not. Returns how many were alive."""
-    return kill_adopted({g.process.pid for g in generations}, marker=os.getpid())
+    return kill_adopted({g.process.pid for g in generations}, marker=os.getpid(), sessions=frozenset(_sessions))
