@@ -50,6 +50,7 @@ def test_status_lists_manager_and_templates_and_the_whole_trees_pss(corrals: lis
     assert [t["generation"] for t in templates] == [1]
     for process in [manager, *templates, *workers]:
         assert 0 < process["memory_uss"] <= process["memory_pss"] <= process["memory_rss"], process
+    assert status["memory_pss_other"] == 0  # the app started nothing
     listed = sum(p["memory_pss"] for p in [manager, *templates, *workers])
     assert abs(status["memory_pss_total"] - measured) <= 0.05 * measured, (status["memory_pss_total"], measured)
     assert abs(listed - measured) <= 0.05 * measured  # nothing else in the tree: the rows add up

@@ -85,20 +85,20 @@ class ProcessSampler:
         return ProcessMemory(int(info.rss), int(getattr(info, "uss", info.rss)), int(getattr(info, "pss", info.rss)))
 
 
-def tree_pss(pid: int) -> int:
-    """PSS of `pid` and all its descendants (the whole instance, including what the app started): shared
+def tree_pss(pid: int) -> dict[int, int]:
+    """PSS of `pid` and of each of its descendants (the whole instance, including what the app started): shared
     pages are split between the processes that map them, so the sum counts each page once."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    total = 0
+        return {}
+    found: dict[int, int] = {}
     for process in processes:
         with contextlib.suppress(psutil.Error):
             info = process.memory_full_info()
-            total += int(getattr(info, "pss", info.rss))
-    return total
+            found[process.pid] = int(getattr(info, "pss", info.rss))
+    return found
 
 
 _TCP_INFO_QUEUE = struct.Struct("=II")  # tcpi_unacked, tcpi_sacked: at offset 24 of struct tcp_info

@@ -619,14 +619,14 @@ class Supervisor:
             for g in self.generations.values()
         ]
         manager: dict[str, Any] = {"pid": os.getpid(), **self._memory_of(os.getpid())}
-        listed = sum(int(p["memory_pss"] or 0) for p in [manager, *templates, *workers])
-        total = resources.tree_pss(os.getpid())
+        tree = resources.tree_pss(os.getpid())
+        listed = {p["pid"] for p in [manager, *templates, *workers]}
         return {
             "manager_pid": os.getpid(),
             "manager": manager,
             # the whole tree; "other" is what the app's processes started (not listed above)
-            "memory_pss_total": total,
-            "memory_pss_other": max(0, total - listed),
+            "memory_pss_total": sum(tree.values()),
+            "memory_pss_other": sum(pss for pid, pss in tree.items() if pid not in listed),
             "generation": self.current.number if self.current else 0,
             "target_workers": self.target,
             "restarts": self.restarts,
