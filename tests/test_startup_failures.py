@@ -3,8 +3,11 @@ the app's own awaiting line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from corral import channel
+from corral.discovery import clip
 from harness import Corral, process_tree, write_app
 
 SETTINGS_HELPER = """
@@ -123,3 +126,11 @@ def test_hung_lifespan_shows_the_apps_awaiting_line(corrals: list[Corral], tmp_p
     line = app_file.read_text().splitlines().index("    await database_ready.wait()  # the app's own awaiting line")
     assert f'File "{app_file}", line {line + 1} in lifespan' in log, log
     assert "in wait" in log.split(f"line {line + 1} in lifespan")[1], log  # then what it awaits: Event.wait
+
+
+def test_a_huge_traceback_is_clipped_to_fit_one_datagram() -> None:
+    text = "".join(f'  File "é{i}.py", line {i}, in f\n' for i in range(20_000)) + "ValueError: the end"
+    clipped = clip(text)
+    assert clipped.startswith("...\n") and clipped.endswith("ValueError: the end")
+    assert len(json.dumps({"ev": "boot_failed", "traceback": clipped})) < channel.MAX_MESSAGE
+    assert clip("short") == "short"

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pwd
 import sys
@@ -40,9 +41,13 @@ class AppLoadError(CorralError):
         self.details = details
 
 
-def clip(text: str, limit: int = 48_000) -> str:
-    """The end of a long text (a traceback's innermost frames matter most), to fit a channel datagram."""
-    return text if len(text) <= limit else "...\n" + text[-limit:]
+def clip(text: str, limit: int = 32_000) -> str:
+    """The end of a long text (a traceback's innermost frames matter most), at most `limit` bytes once JSON
+    encoded (escapes included), so that it fits in a channel datagram."""
+    keep = len(text)
+    while len(json.dumps(text[len(text) - keep :])) > limit:
+        keep //= 2
+    return text if keep == len(text) else "...\n" + text[len(text) - keep :]
 
 
 def format_traceback(exc: BaseException) -> str:
