@@ -23,6 +23,7 @@ SPAWNING_APP = """
     import time
 
     PIDS = {pids!r}
+    STARTED_AT_IMPORT = subprocess.Popen(["sleep", "3600"])  # in the template (preload): dies with the instance
 
     def record(pid):
         with open(PIDS, "a") as file:

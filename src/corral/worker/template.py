@@ -101,9 +101,14 @@ class Template:
             self._begin_exit()
 
     def _manager_gone(self) -> None:
+        """Nobody will sweep after us: the workers' groups go, and what the app started during its import."""
         self.exiting = True
         for pid in self.children:
             kill_group(pid)
+        for pid in self.own:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.own.clear()  # now orphans like any other, reaped and swept
 
     def _orphans(self) -> bool:
         """Kill what the app's processes left behind: any child of ours that is not a worker is an orphan of a
