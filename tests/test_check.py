@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from corral.check import FALLBACK, MIB, Footprint, Memory, estimate_memory, measure
+from corral.check import FALLBACK, MIB, Footprint, Memory, estimate_memory, expected_memory, measure
 from harness import CORRAL, options_from
 
 # 64 MiB the app writes to at import, like a model loaded at startup; and a measurable import time.
@@ -59,16 +59,19 @@ def test_json_output_is_clean_of_the_apps_prints(tmp_path: Path) -> None:
     assert data["workers"] == 3
     assert data["app_share"]["uss"] >= 60 * MIB
     footprint = Footprint(
-        data["app"], Memory(**data["interpreter"]), Memory(**data["after_import"]), data["import_seconds"]
+        data["app"], Memory(**data["interpreter"]), Memory(**data["after_import"]), data["import_seconds"],
+        data["python_heap"],
     )
-    assert data["estimated_memory"] == estimate_memory(footprint, 3, preload=True, max_memory=None)
+    assert data["estimated_memory"] == expected_memory(footprint, 3, preload=True, max_memory=None)
+    assert data["memory_budget"] == estimate_memory(footprint, 3, preload=True, max_memory=None)
 
 
 def test_table(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("async def app(scope, receive, send):\n    pass\n")
     result = corral("check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for label in ("corral check: main:app", "RSS", "USS", "PSS", "after import", "estimated for"):
+    labels = ("corral check: main:app", "RSS", "USS", "PSS", "after import", "expected for", "memory limit")
+    for label in labels:
         assert label in result.stdout
 
 
@@ -103,7 +106,22 @@ def test_failures_are_one_line(tmp_path: Path) -> None:
     assert "no such file" in line
 
 
-def test_estimate() -> None:
+def test_expected() -> None:
+    footprint = Footprint(
+        "x:app", Memory(48 * MIB, 32 * MIB, 33 * MIB), Memory(96 * MIB, 64 * MIB, 66 * MIB), 1.0, 10 * MIB
+    )
+    one = expected_memory(footprint, 1, preload=True, max_memory=None)
+    # manager + the template's pages once + a worker: its base and 60 % of the app's Python objects
+    assert one == 96 * MIB  # 16 + 66 + (4 + 6) = 92, rounded up to 16 MiB
+    assert expected_memory(footprint, 4, preload=True, max_memory=None) == 128 * MIB  # 16 + 66 + 4 * 10 = 122
+    # without preload each worker holds the app (64 - 32 MiB private) beside the bare template (33)
+    assert expected_memory(footprint, 1, preload=False, max_memory=None) == 96 * MIB  # 16 + 33 + 10 + 32 = 91
+    # A worker may grow to --max-memory before it is recycled.
+    assert expected_memory(footprint, 2, preload=True, max_memory=300 * MIB) == 688 * MIB  # 16 + 66 + 600 = 682
+    assert expected_memory(FALLBACK, 1, preload=True, max_memory=None) % (16 * MIB) == 0
+
+
+def test_budget() -> None:
     footprint = Footprint(
         "x:app", Memory(48 * MIB, 32 * MIB, 33 * MIB), Memory(96 * MIB, 64 * MIB, 66 * MIB), 1.0
     )

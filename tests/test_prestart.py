@@ -68,9 +68,9 @@ def recorded(lock: str, release: str) -> bool:
         records = Path(lock.removeprefix("file:") + ".releases")
         return any(json.loads(line)["release"] == release for line in lines(records))
     with psycopg.connect(lock) as conn:
-        if conn.execute("SELECT to_regclass('corral_releases')").fetchone() == (None,):
+        if conn.execute("SELECT to_regclass('corral.corral_releases')").fetchone() == (None,):
             return False
-        row = conn.execute("SELECT count(*) FROM corral_releases WHERE release = %s", (release,)).fetchone()
+        row = conn.execute("SELECT count(*) FROM corral.corral_releases WHERE release = %s", (release,)).fetchone()
         return row == (1,)
 
 

@@ -83,7 +83,8 @@ def test_the_lock_from_an_env_file_is_not_on_the_command_line(tmp_path: Path, po
 
 def test_corral_config_shows_stars(tmp_path: Path) -> None:
     lock = f"postgresql://app:{PASSWORD}@db.internal/app"
-    result = run_cli("config", "--json", "--prestart", "true", "--prestart-lock", lock, "--admin-token", TOKEN, cwd=tmp_path)
+    result = run_cli("config", "--json", "--prestart", "true", "--prestart-lock", lock, "--admin-token", TOKEN,
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert PASSWORD not in result.stdout and TOKEN not in result.stdout
     rows = json.loads(result.stdout)

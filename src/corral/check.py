@@ -26,7 +26,14 @@ from corral.errors import CorralError, ExitCode
 from corral.options import Options
 
 MIB = 1024 * 1024
-# Room for what requests allocate, on top of a worker's private copy of the app after import.
+BLOCK_SIZE = 64  # a typical small object (pymalloc block), to turn a count of blocks into bytes
+# What a warmed-up run costs beyond the template's pages (benchmarks/memory_warmup.py, 3000 requests over 3
+# workers, docs/architecture.md "Memory"): the manager, and per worker a base (event loop, server, buffers)
+# plus the share of the app's Python objects that serving writes to (reference counts) and so copies.
+MANAGER_PSS = 16 * MIB
+WORKER_BASE = 4 * MIB
+WORKER_WEAR = 0.6
+# A budget (pod limits) gives every worker a full private copy of the app and half again.
 WORKER_HEADROOM = 1.5
 
 
@@ -49,6 +56,7 @@ class Footprint:
     interpreter: Memory  # the template before importing the app: Python, corral, uvicorn
     after_import: Memory
     import_seconds: float
+    python_heap: int = 0  # bytes of small Python objects the import created (pymalloc blocks, roughly)
 
     @property
     def app_share(self) -> Memory:
@@ -64,11 +72,13 @@ FALLBACK = Footprint(
     interpreter=Memory(rss=40 * MIB, uss=32 * MIB, pss=None),
     after_import=Memory(rss=120 * MIB, uss=100 * MIB, pss=None),
     import_seconds=0.0,
+    python_heap=40 * MIB,
 )
 
 
 def estimate_memory(footprint: Footprint, workers: int, preload: bool, max_memory: int | None) -> int:
-    """Bytes a whole instance may need: manager + template + workers, rounded up to 16 MiB.
+    """Bytes a whole instance may need at most, a budget for limits (the exports size pods with it): manager +
+    template + workers, rounded up to 16 MiB. `expected_memory` is what it takes once warmed up.
 
     The manager is about the bare interpreter. Each worker is budgeted at a full private copy of
     the app plus headroom for requests, even with preload: CPython's reference counting writes
@@ -79,6 +89,28 @@ def estimate_memory(footprint: Footprint, workers: int, preload: bool, max_memor
     template = footprint.after_import.rss if preload else 0
     worker = max_memory if max_memory else int(footprint.after_import.uss * WORKER_HEADROOM)
     total = manager + template + workers * worker
+    step = 16 * MIB
+    return math.ceil(total / step) * step
+
+
+
+def expected_memory(footprint: Footprint, workers: int, preload: bool, max_memory: int | None) -> int:
+    """Bytes (PSS) a whole warmed-up instance takes: manager + template + workers, rounded up to 16 MiB.
+
+    With preload the template's pages are shared: counted once, whatever the number of workers. Each worker
+    adds what it copies as it serves: a base, and a share of the app's Python objects (CPython's reference
+    counting writes to the pages that hold them). Without preload every worker holds its own copy of the app.
+    `--max-memory` is the most a worker may reach before it is recycled, so with it a worker counts as that.
+    """
+    worker = WORKER_BASE + int(WORKER_WEAR * footprint.python_heap)
+    if preload:
+        template = footprint.after_import.pss or footprint.after_import.rss
+    else:
+        template = footprint.interpreter.pss or footprint.interpreter.rss
+        worker += footprint.app_share.uss
+    if max_memory:
+        worker = max_memory
+    total = MANAGER_PSS + template + workers * worker
     step = 16 * MIB
     return math.ceil(total / step) * step
 
@@ -134,6 +166,7 @@ def measure(settings: Options, cwd: Path, timeout: float = 300.0) -> Footprint:
         interpreter=Memory(**result["interpreter"]),
         after_import=Memory(**result["after_import"]),
         import_seconds=float(result["import_seconds"]),
+        python_heap=int(result.get("python_heap", 0)),
     )
 
 
@@ -146,13 +179,21 @@ def report(footprint: Footprint, workers: int, settings: Options) -> Table:
     for label, key in (("RSS", "rss"), ("USS (private)", "uss"), ("PSS", "pss")):
         values = [getattr(memory, key) for memory in (footprint.interpreter, footprint.after_import, share)]
         table.add_row(label, *(_mib(value) for value in values))
-    need = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
-    table.caption = f"estimated for {workers} worker{'s' if workers != 1 else ''}: {_mib(need)}"
+    need = expected_memory(footprint, workers, settings.preload, settings.max_memory)
+    budget = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
+    table.caption = (
+        f"expected for {workers} worker{'s' if workers != 1 else ''}, warmed up (PSS of the whole tree): "
+        f"{_mib(need)}; budget for a memory limit: {_mib(budget)}"
+    )
     return table
 
 
 def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / MIB:.1f} MiB"
+
+
+def _blocks() -> int:
+    return sys.getallocatedblocks()
 
 
 def _own_memory() -> dict[str, int | None]:
@@ -169,6 +210,7 @@ def _child(argv: list[str]) -> int:
     from corral.discovery import Target, import_app
 
     interpreter = _own_memory()
+    blocks = _blocks()
     started = time.perf_counter()
     try:
         import_app(Target(module, attr, path), factory=factory == "1")
@@ -176,7 +218,12 @@ def _child(argv: list[str]) -> int:
         result: dict[str, Any] = {"error": str(exc)}
     else:
         seconds = time.perf_counter() - started
-        result = {"interpreter": interpreter, "after_import": _own_memory(), "import_seconds": seconds}
+        result = {
+            "interpreter": interpreter,
+            "after_import": _own_memory(),
+            "import_seconds": seconds,
+            "python_heap": max(0, _blocks() - blocks) * BLOCK_SIZE,
+        }
     with os.fdopen(int(result_fd), "w") as out:
         json.dump(result, out)
     return 0 if "error" not in result else 1

@@ -608,15 +608,17 @@ def check_command(
 
     Takes the options of `corral run`; the estimate is for its --workers.
     """
-    from corral.check import estimate_memory, measure, report
+    from corral.check import estimate_memory, expected_memory, measure, report
     from corral.manager.main import worker_count
 
     settings = parse_run_arguments(ctx.args).settings.options()
     footprint = measure(settings, Path.cwd(), import_timeout)
     workers = worker_count(settings)[0]
     if json_output:
-        need = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
-        print(json.dumps({**footprint.to_json(), "workers": workers, "estimated_memory": need}, indent=2))
+        need = expected_memory(footprint, workers, settings.preload, settings.max_memory)
+        budget = estimate_memory(footprint, workers, settings.preload, settings.max_memory)
+        print(json.dumps({**footprint.to_json(), "workers": workers, "estimated_memory": need,
+                          "memory_budget": budget}, indent=2))
         return
     Console().print(report(footprint, workers, settings))
 

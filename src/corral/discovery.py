@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pwd
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 from corral.errors import CorralError, ExitCode
 
 CANDIDATES = ("main.py", "app.py", "api.py", "app/main.py")
+_MACHINERY = {__file__, importlib.__file__}
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,31 @@ class Target:
 
 
 class AppLoadError(CorralError):
+    """The one-line cause in the message; the full traceback (when there is one) in `details`."""
+
     exit_code = ExitCode.APP_FAILED_TO_START
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def clip(text: str, limit: int = 32_000) -> str:
+    """The end of a long text (a traceback's innermost frames matter most), at most `limit` bytes once JSON
+    encoded (escapes included), so that it fits in a channel datagram."""
+    keep = len(text)
+    while len(json.dumps(text[len(text) - keep :])) > limit:
+        keep //= 2
+    return text if keep == len(text) else "...\n" + text[len(text) - keep :]
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The full traceback as Python prints it, without the import machinery's frames (ours, importlib's)."""
+    report = traceback.TracebackException.from_exception(exc)
+    report.stack = traceback.StackSummary.from_list(
+        [f for f in report.stack if f.filename not in _MACHINERY and not f.filename.startswith("<frozen importlib")]
+    )
+    return "".join(report.format())
 
 
 def resolve_target(app: str | None, app_dir: str | None, cwd: Path) -> Target:
@@ -87,7 +113,7 @@ def import_app(target: Target, factory: bool = False) -> Any:
             raise AppLoadError(f"cannot import {target}: {_why_not_found(target)}") from None
         if isinstance(exc, PermissionError) and exc.filename:
             raise AppLoadError(f"cannot import {target}: {exc.filename} is not readable by user {_user()!r}") from None
-        raise AppLoadError(f"cannot import {target}: {_cause(exc, target.path)}") from None
+        raise AppLoadError(f"cannot import {target}: {_cause(exc, target.path)}", format_traceback(exc)) from None
     obj: Any = module
     for part in target.attr.split("."):
         try:
@@ -98,7 +124,7 @@ def import_app(target: Target, factory: bool = False) -> Any:
         try:
             obj = obj()
         except BaseException as exc:
-            raise AppLoadError(f"factory {target} failed: {_cause(exc, target.path)}") from None
+            raise AppLoadError(f"factory {target} failed: {_cause(exc, target.path)}", format_traceback(exc)) from None
     if not callable(obj):
         raise AppLoadError(f"{target} is not an ASGI app (not callable); use --factory for a factory")
     return obj

@@ -43,7 +43,11 @@ log = logging.getLogger("corral.prestart")
 # One advisory lock key for every corral instance using a database: a fixed namespace rather than
 # the instance name, which may differ between instances that share the database.
 PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"corral.prestart").digest()[:8], "big", signed=True)
-PG_RELEASES_TABLE = "corral_releases"
+# The record of done releases lives in a schema of its own, so an app's migrations (alembic autogenerate and
+# `alembic check` compare the app's models with the `public` schema) never see it.
+PG_SCHEMA = "corral"
+PG_RELEASES_TABLE = f"{PG_SCHEMA}.corral_releases"
+PG_LEGACY_TABLE = "public.corral_releases"  # where versions before the schema kept it: moved on first use
 PG_CONNECT_TIMEOUT = 15
 # Server-side keepalives for the lock's session: a host that vanishes without closing its TCP
 # connection loses the lock after about 25 s instead of the kernel default of hours.
@@ -231,7 +235,7 @@ class PostgresLock(PrestartLock):
 
     The lock belongs to the session: if this process dies, the kernel closes the connection, the
     server ends the session and the lock passes to the next instance. Done releases are rows of
-    the `corral_releases` table, created on first use.
+    the `corral.corral_releases` table (schema and table created on first use).
     """
 
     def __init__(self, url: str) -> None:
@@ -274,18 +278,44 @@ class PostgresLock(PrestartLock):
             self._conn = None
 
     def is_done(self, release: str) -> bool:
+        self._move_legacy_table()
         if self._value("SELECT to_regclass(%s)", (PG_RELEASES_TABLE,)) is None:
             return False
         query = f"SELECT EXISTS (SELECT FROM {PG_RELEASES_TABLE} WHERE release = %s)"
         return bool(self._value(query, (release,)))
 
     def record(self, release: str) -> None:
+        self._move_legacy_table()
+        self._value(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
         self._value(
             f"CREATE TABLE IF NOT EXISTS {PG_RELEASES_TABLE}"
             " (release text PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now())"
         )
         insert = f"INSERT INTO {PG_RELEASES_TABLE} (release) VALUES (%s) ON CONFLICT DO NOTHING"
         self._value(insert, (release,))
+
+    def _move_legacy_table(self) -> None:
+        """A `public.corral_releases` (written before the schema) moves to the `corral` schema, with its rows;
+        under the lock, in one transaction."""
+        if self._value("SELECT to_regclass(%s)", (PG_LEGACY_TABLE,)) is None:
+            return
+        assert self._conn is not None
+        import psycopg
+
+        try:
+            with self._conn.transaction():
+                self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
+                if self._value("SELECT to_regclass(%s)", (PG_RELEASES_TABLE,)) is None:
+                    self._conn.execute(f"ALTER TABLE {PG_LEGACY_TABLE} SET SCHEMA {PG_SCHEMA}")
+                else:
+                    self._conn.execute(
+                        f"INSERT INTO {PG_RELEASES_TABLE} SELECT * FROM {PG_LEGACY_TABLE} ON CONFLICT DO NOTHING"
+                    )
+                    self._conn.execute(f"DROP TABLE {PG_LEGACY_TABLE}")
+        except psycopg.Error as exc:
+            raise CorralError(f"pre-start {self}: moving {PG_LEGACY_TABLE}: {_first_line(exc)}",
+                              ExitCode.PRESTART_FAILED) from exc
+        log.info("prestart: moved %s to %s", PG_LEGACY_TABLE, PG_RELEASES_TABLE)
 
     def _value(self, query: str, params: tuple[object, ...] = ()) -> Any:
         """The first value `query` returns (None if no rows); a database error is one line."""

@@ -32,9 +32,15 @@ def print_status(status: dict[str, Any], console: Console) -> None:
             + (" · stopping" if status.get("stopping") else "")
         )
     )
-    for column in ("worker", "pid", "state", "gen", "uptime", "restarts", "requests", "cpu", "private mem"):
+    for column in ("worker", "pid", "state", "gen", "uptime", "restarts", "requests", "cpu", "private mem", "pss"):
         table.add_column(column, justify="right" if column not in ("state",) else "left")
     state_style = {"ready": "green", "starting": "yellow", "draining": "magenta"}
+    for name, process, state in [
+        ("manager", status.get("manager"), ""),
+        *((f"template {t['generation']}", t, t["phase"]) for t in status.get("templates", [])),
+    ]:
+        if process:
+            table.add_row(name, str(process["pid"]), state, "", "", "", "", "", *_memory(process))
     for worker in status["workers"]:
         uss = worker.get("memory_uss")
         table.add_row(
@@ -47,7 +53,13 @@ def print_status(status: dict[str, Any], console: Console) -> None:
             str(worker["requests"]),
             f"{worker['cpu_percent']:.0f}%",
             format_bytes(uss) if uss else "-",
+            _bytes(worker.get("memory_pss")),
         )
+    if status.get("memory_pss_total"):
+        other = status.get("memory_pss_other") or 0
+        table.caption = f"total PSS (manager, templates, workers{', other' if other else ''}): " + _bytes(
+            status["memory_pss_total"]
+        ) + (f" · other processes of the app: {_bytes(other)}" if other else "")
     console.print(table)
     for slot in status.get("backoff", []):
         until = time.strftime("%H:%M:%S", time.localtime(slot["until"]))
@@ -78,3 +90,11 @@ def autoscaler_line(scaler: dict[str, Any]) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(last["time"]))
         lines += f"\nlast change at {when}: {last['action']} {last['from']} → {last['to']}: {last['reason']}"
     return lines
+
+
+def _bytes(value: int | None) -> str:
+    return format_bytes(value) if value else "-"
+
+
+def _memory(process: dict[str, Any]) -> tuple[str, str]:
+    return _bytes(process.get("memory_uss")), _bytes(process.get("memory_pss"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from corral import channel
 from corral.envfile import app_environment
+from corral.process import TREE_VAR, become_subreaper, kill_adopted
 from corral.worker.spec import ENV_VAR, TemplateSpec
 
 
@@ -33,6 +34,7 @@ class Generation:
     channel: socket.socket
     phase: Phase = Phase.LOADING
     boot_error: str | None = None
+    boot_traceback: str = ""  # the full traceback of the failed start, printed once after the one-line cause
     exit_sent: bool = False
     started_at: float = field(default_factory=time.monotonic)
     kill_at: float | None = None  # set when its import overran --startup-timeout: killed after the stack dump
@@ -46,6 +48,8 @@ class Generation:
         fds = [template_end.fileno(), spec.scoreboard_fd, *(listener.fd for listener in spec.listeners)]
         env = app_environment(spec.settings.get("env_file") or [], os.environ)
         env[ENV_VAR] = spec.dumps()
+        env[TREE_VAR] = str(spec.manager_pid)
+        become_subreaper()  # a template that dies leaves the app's processes to us, not to init
         process = subprocess.Popen(
             [sys.executable, "-m", "corral.worker.template"],
             pass_fds=fds,
@@ -55,6 +59,7 @@ class Generation:
         )
         template_end.close()
         manager_end.setblocking(False)
+        _sessions.add(process.pid)
         return cls(spec.generation, process, manager_end)
 
     def send(self, message: dict[str, object]) -> None:
@@ -73,3 +78,12 @@ class Generation:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+_sessions: set[int] = set()  # every template leads a session: its workers and their children are in it
+
+
+def kill_orphans(generations: list[Generation]) -> int:
+    """Kill the app's processes re-parented to the manager (a template died before its workers' children);
+    they carry the tree marker, Corral's own children (pre-start steps) do not. Returns how many were alive."""
+    return kill_adopted({g.process.pid for g in generations}, marker=os.getpid(), sessions=frozenset(_sessions))

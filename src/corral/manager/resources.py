@@ -6,6 +6,7 @@ Reading /proc can fail (a full file descriptor table gives EMFILE): each functio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -110,6 +111,22 @@ def cpu_wait_ns(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def tree_pss(pid: int) -> dict[int, int]:
+    """PSS of `pid` and of each of its descendants (the whole instance, including what the app started): shared
+    pages are split between the processes that map them, so the sum counts each page once."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    found: dict[int, int] = {}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            info = process.memory_full_info()
+            found[process.pid] = int(getattr(info, "pss", info.rss))
+    return found
 
 
 _TCP_INFO_QUEUE = struct.Struct("=II")  # tcpi_unacked, tcpi_sacked: at offset 24 of struct tcp_info

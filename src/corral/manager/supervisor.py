@@ -21,7 +21,7 @@ from corral import channel
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.events import EventLog, wait_channel
-from corral.manager.generation import Generation, Phase
+from corral.manager.generation import Generation, Phase, kill_orphans
 from corral.manager.restarts import Restarts, Slot
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
@@ -117,6 +117,9 @@ class Supervisor:
             self._wakeup.clear()
         for generation in self.generations.values():
             generation.channel.close()
+        deadline = time.monotonic() + 5.0
+        while kill_orphans([]) and time.monotonic() < deadline:  # what a killed template's workers left
+            await asyncio.sleep(TICK)
         return self.exit_code or ExitCode.OK
 
     def _tick(self) -> None:
@@ -128,6 +131,7 @@ class Supervisor:
         if now >= self._next_cpu_sample:
             self._next_cpu_sample = now + 1.0
             self.sampler.sample_cpu([w.pid for w in self.workers.values() if w.pid])
+            kill_orphans(list(self.generations.values()))
         if not self.stopping:
             if self.settings.max_memory:
                 self._measure_memory()
@@ -203,6 +207,7 @@ class Supervisor:
             self._on_loaded(generation)
         elif event == "load_failed":
             generation.boot_error = str(message["error"])
+            generation.boot_traceback = str(message.get("traceback", ""))
             self._generation_failed(generation, generation.boot_error)
         elif worker is None or worker.generation != generation.number:
             return
@@ -212,6 +217,7 @@ class Supervisor:
             self._on_worker_ready(worker)
         elif event == "boot_failed":
             generation.boot_error = str(message["error"])
+            generation.boot_traceback = str(message.get("traceback", ""))
             if generation.phase is not Phase.PROVING:
                 log.error("worker %d (pid %s) failed to start: %s", worker.slot, worker.pid, generation.boot_error)
         elif event == "exited":
@@ -230,10 +236,17 @@ class Supervisor:
         for worker in [w for w in self.workers.values() if w.generation == generation.number]:
             self._forget(worker)
         if not self.started:
-            raise Fatal(f"the app failed to start: {cause}", ExitCode.APP_FAILED_TO_START)
+            self.fatal_message = f"the app failed to start: {cause}"
+            log.error("%s", self.fatal_message)  # the one line first, then the traceback, once
+            _log_traceback(generation)
+            raise Fatal(self.fatal_message, ExitCode.APP_FAILED_TO_START)
         if self.current is None:  # its template died and no generation serves
-            raise Fatal(f"a new template cannot start after the last one died: {cause}", ExitCode.CRASH_LOOP)
+            self.fatal_message = f"a new template cannot start after the last one died: {cause}"
+            log.error("%s", self.fatal_message)
+            _log_traceback(generation)
+            raise Fatal(self.fatal_message, ExitCode.CRASH_LOOP)
         log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
+        _log_traceback(generation)
         self.events.record("reload", f"reload refused: generation {generation.number} failed to start: {cause}",
                            generation=generation.number, outcome="refused", cause=cause)
         log.error("generation %d keeps serving", self.current.number if self.current else 0)
@@ -663,11 +676,18 @@ class Supervisor:
                 }
             )
         templates = [
-            {"generation": g.number, "pid": g.process.pid, "phase": g.phase.value}
+            {"generation": g.number, "pid": g.process.pid, "phase": g.phase.value, **self._memory_of(g.process.pid)}
             for g in self.generations.values()
         ]
+        manager: dict[str, Any] = {"pid": os.getpid(), **self._memory_of(os.getpid())}
+        tree = resources.tree_pss(os.getpid())
+        listed = {p["pid"] for p in [manager, *templates, *workers]}
         return {
             "manager_pid": os.getpid(),
+            "manager": manager,
+            # the whole tree; "other" is what the app's processes started (not listed above)
+            "memory_pss_total": sum(tree.values()),
+            "memory_pss_other": sum(pss for pid, pss in tree.items() if pid not in listed),
             "generation": self.current.number if self.current else 0,
             "target_workers": self.target,
             "restarts": self.restarts,
@@ -679,6 +699,14 @@ class Supervisor:
             "workers": workers,
             "certificates": self.certificate_status() if self.certificate_status else [],
             "autoscaler": self.autoscaler.status() if self.autoscaler else None,
+        }
+
+    def _memory_of(self, pid: int) -> dict[str, int | None]:
+        memory = self.sampler.memory(pid)
+        return {
+            "memory_uss": memory.uss if memory else None,
+            "memory_pss": memory.pss if memory else None,
+            "memory_rss": memory.rss if memory else None,
         }
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
@@ -717,6 +745,12 @@ def describe_status_code(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _log_traceback(generation: Generation) -> None:
+    if generation.boot_traceback:
+        log.error("traceback of the failed start:\n%s", generation.boot_traceback.rstrip())
+        generation.boot_traceback = ""
 
 
 def _signal(pid: int, sig: int) -> None:

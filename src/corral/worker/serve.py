@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import inspect
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from corral import channel
-from corral.discovery import AppLoadError, Target, import_app
+from corral.discovery import AppLoadError, Target, clip, format_traceback, import_app
 from corral.errors import ExitCode
 from corral.manager.policy import heartbeat_interval
 from corral.options import Options
@@ -90,6 +91,7 @@ class StartupErrors(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.cause: str | None = None
+        self.traceback = ""  # the full one, sent beside the cause: the manager prints it once
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
@@ -99,8 +101,12 @@ class StartupErrors(logging.Filter):
             frames = traceback.extract_tb(exc.__traceback__)
             where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
             self.cause = f"{type(exc).__name__}: {exc}{where}"
+            self.traceback = format_traceback(exc)
         elif self.cause is None:
-            self.cause = _summarise(record.getMessage())
+            message = record.getMessage()
+            self.cause = _summarise(message)
+            if "Traceback (most recent call last)" in message:
+                self.traceback = message
         return False
 
 
@@ -139,18 +145,59 @@ def _dump_tasks_too(loop: asyncio.AbstractEventLoop) -> None:
         lines = []
         for task in asyncio.all_tasks(loop):
             lines.append(f"Task {task.get_name()} (outermost call first):")
-            awaited: Any = task.get_coro()
-            while awaited is not None:
-                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-                if frame is None:
-                    break
-                lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno} in {frame.f_code.co_name}')
-                awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            lines += await_chain(task.get_coro())
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     faulthandler.unregister(DUMP_STACKS)
     loop.add_signal_handler(DUMP_STACKS, print_tasks)
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=True)
+
+
+def await_chain(awaited: Any, limit: int = 200) -> list[str]:
+    """The lines a suspended coroutine waits on, outermost first: through coroutines, generators, async
+    generators (an `async with` of an @asynccontextmanager awaits its generator's `asend`, which shows no frame:
+    the generator is found among the awaiting frame's locals) and the futures and tasks at the bottom."""
+    lines: list[str] = []
+    frame: Any = None
+    seen: set[int] = set()
+    while awaited is not None and id(awaited) not in seen and len(lines) < limit:
+        seen.add(id(awaited))
+        if isinstance(awaited, asyncio.Task):
+            lines.append(f"  awaiting task {awaited.get_name()}:")
+            awaited = awaited.get_coro()
+            continue
+        if isinstance(awaited, asyncio.Future):
+            lines.append(f"  awaiting {awaited!r}")
+            break
+        code_frame = (
+            getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            or getattr(awaited, "ag_frame", None)
+        )
+        if code_frame is None:
+            generator = _suspended_async_generator(frame)
+            if generator is None:  # a future's own iterator (C asyncio), a callback-based awaitable
+                lines.append(f"  awaiting {type(awaited).__name__}")
+            awaited = generator
+            continue
+        frame = code_frame
+        lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno} in {frame.f_code.co_name}')
+        awaited = (
+            getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            or getattr(awaited, "ag_await", None)
+        )
+    return lines
+
+
+def _suspended_async_generator(frame: Any) -> Any:
+    """The async generator that `frame` is awaiting, among its locals (directly or as `.gen`, which is how
+    contextlib's async context managers hold theirs)."""
+    if frame is None:
+        return None
+    for value in list(frame.f_locals.values()):
+        for candidate in (value, getattr(value, "gen", None)):
+            if inspect.isasyncgen(candidate) and candidate.ag_await is not None:
+                return candidate
+    return None
 
 
 def _https_layer(
@@ -204,7 +251,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         try:
             app = import_app(Target(spec.module, spec.attr, spec.path), settings.factory)
         except AppLoadError as exc:
-            report("boot_failed", error=str(exc))
+            report("boot_failed", error=str(exc), traceback=clip(exc.details))
             return ExitCode.APP_FAILED_TO_START
 
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
@@ -268,10 +315,12 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             runner.run(main())
     except SystemExit as exc:
         if not server.started:
-            report("boot_failed", error=startup_errors.cause or "lifespan startup failed")
+            report("boot_failed", error=startup_errors.cause or "lifespan startup failed",
+                   traceback=clip(startup_errors.traceback))
             return ExitCode.APP_FAILED_TO_START
         return int(exc.code or 0) if isinstance(exc.code, int) else ExitCode.ERROR
     if not server.started:
-        report("boot_failed", error=startup_errors.cause or "the server did not start")
+        report("boot_failed", error=startup_errors.cause or "the server did not start",
+               traceback=clip(startup_errors.traceback))
         return ExitCode.APP_FAILED_TO_START
     return ExitCode.OK

@@ -19,9 +19,17 @@ import sys
 from typing import Any
 
 from corral import channel
-from corral.discovery import AppLoadError, Target, import_app
+from corral.discovery import AppLoadError, Target, clip, import_app
 from corral.options import Options
-from corral.process import DUMP_STACKS, die_with_parent, set_process_title
+from corral.process import (
+    DUMP_STACKS,
+    become_subreaper,
+    children,
+    die_with_parent,
+    kill_adopted,
+    kill_group,
+    set_process_title,
+)
 from corral.tls.plan import https_enabled
 from corral.worker.serve import run_worker
 from corral.worker.spec import ENV_VAR, TemplateSpec
@@ -37,6 +45,7 @@ class Template:
         self.app: Any = None
         self.children: dict[int, int] = {}  # pid -> scoreboard cell
         self.exiting = False
+        self.own: set[int] = set()  # processes the app started while it was imported here: not orphans
         self.wakeup_read, self.wakeup_write = os.pipe()
 
     def load(self) -> bool:
@@ -47,8 +56,9 @@ class Template:
             target = Target(self.spec.module, self.spec.attr, self.spec.path)
             self.app = import_app(target, self.settings.factory)
         except AppLoadError as exc:
-            channel.send(self.channel, {"ev": "load_failed", "error": str(exc)})
+            channel.send(self.channel, {"ev": "load_failed", "error": str(exc), "traceback": clip(exc.details)})
             return False
+        self.own = set(children())
         gc.collect()
         gc.freeze()  # keep the collector from writing to the shared pages of the preloaded app
         channel.send(self.channel, {"ev": "loaded"})
@@ -59,6 +69,10 @@ class Template:
         signal.set_wakeup_fd(self.wakeup_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, lambda *_: self._begin_exit())
+        # From now on the template outlives the manager long enough to take the app's processes with it:
+        # SIGHUP on the manager's death (instead of SIGKILL) kills every worker, then the orphans they leave.
+        signal.signal(signal.SIGHUP, lambda *_: self._manager_gone())
+        die_with_parent(self.spec.manager_pid, signal.SIGHUP)
         selector = selectors.DefaultSelector()
         selector.register(self.channel, selectors.EVENT_READ)
         selector.register(self.wakeup_read, selectors.EVENT_READ)
@@ -69,7 +83,7 @@ class Template:
                 else:
                     os.read(self.wakeup_read, 4096)
             self._reap()
-            if self.exiting and not self.children:
+            if self.exiting and not self.children and not self._orphans():
                 return
 
     def _receive(self) -> None:
@@ -78,15 +92,30 @@ class Template:
         except OSError:
             data = b""
         if not data:  # the manager is gone: nobody supervises the workers any more
-            for pid in self.children:
-                os.kill(pid, signal.SIGKILL)
-            self.exiting = True
+            self._manager_gone()
             return
         message = channel.decode(data)
         if message["op"] == "fork" and not self.exiting:
             self._fork(int(message["cell"]))
         elif message["op"] == "exit":
             self._begin_exit()
+
+    def _manager_gone(self) -> None:
+        """Nobody will sweep after us: the workers' groups go, and what the app started during its import."""
+        self.exiting = True
+        for pid in self.children:
+            kill_group(pid)
+        for pid in self.own:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.own.clear()  # now orphans like any other, reaped and swept
+
+    def _orphans(self) -> bool:
+        """Kill what the app's processes left behind: any child of ours that is not a worker is an orphan of a
+        worker that ended (a live worker is the subreaper of its own descendants). True while some remain."""
+        return kill_adopted(set(self.children) | self.own) > 0 or any(
+            pid not in self.children and pid not in self.own for pid in children()
+        )
 
     def _begin_exit(self) -> None:
         self.exiting = True
@@ -98,29 +127,41 @@ class Template:
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGTERM):
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             os.close(self.wakeup_read)
             os.close(self.wakeup_write)
+            os.setpgid(0, 0)  # the worker's group: killed as a whole when the worker ends
+            become_subreaper()  # the app's orphans stay below this worker while it lives
             die_with_parent(template_pid)
             set_process_title(f"corral-w{self.spec.generation}")
             run_worker(self.spec, self.settings, self.app, cell, self.channel)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also here, so that no kill of the group can come before the child's own call
         self.children[pid] = cell
         channel.send(self.channel, {"ev": "forked", "cell": cell, "pid": pid})
 
     def _reap(self) -> None:
-        while self.children:
+        """Collect ended workers and orphans, by pid: a child the app started while it was imported here keeps
+        its status for whoever waits for it. A worker's end takes its process group and its orphans."""
+        ended = False
+        orphans = [pid for pid in children() if pid not in self.children and pid not in self.own]
+        for pid in [*self.children, *orphans]:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                self.children.clear()
-                return
-            if pid == 0:
-                return
+                self.children.pop(pid, None)
+                continue
+            if done == 0:
+                continue
             cell = self.children.pop(pid, None)
             if cell is not None:
+                ended = True
+                kill_group(pid)
                 with contextlib.suppress(OSError):
                     channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status})
+        if ended:
+            self._orphans()
 
 
 def preload_server_modules(settings: Options) -> None:
@@ -146,7 +187,8 @@ def preload_server_modules(settings: Options) -> None:
 
 def main() -> None:
     spec = TemplateSpec.loads(os.environ.pop(ENV_VAR))
-    die_with_parent(spec.manager_pid)
+    die_with_parent(spec.manager_pid)  # SIGKILL while importing: the app's code may block any signal handler
+    become_subreaper()
     set_process_title(f"corral-t{spec.generation}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)  # where an import is stuck, when asked
