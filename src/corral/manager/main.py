@@ -12,14 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from corral import __version__
+from corral import __version__, logs
 from corral.binds import Bind, display_urls, open_socket, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
 from corral.manager import control, health, policy, resources
+from corral.manager.metrics import AppMetricsDirectory, PoolMetrics
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
+from corral.metrics_shm import RequestFigures
 from corral.options import Options
 from corral.process import release_free_memory
 from corral.scoreboard import Scoreboard
@@ -29,13 +31,8 @@ from corral.worker.spec import ListenerSpec, TemplateSpec
 log = logging.getLogger("corral")
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s [corral] %(levelname)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("corral")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+def setup_logging(level: str, log_format: str = "text") -> None:
+    logs.configure(log_format, level, "corral")
 
 
 def worker_count(settings: Options) -> tuple[int, bool]:
@@ -46,7 +43,7 @@ def worker_count(settings: Options) -> tuple[int, bool]:
 
 
 def run(settings: Options) -> int:
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     notifier = Notifier.from_environ()  # taken out of the environment: children must not speak for us
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
     control_path = Path(settings.control) if settings.control else default_control_path(settings.name)
@@ -116,6 +113,8 @@ async def _serve(
     notifier: Notifier,
 ) -> int:
     scoreboard = Scoreboard.create()
+    figures = RequestFigures.create(scoreboard.fd)
+    app_metrics = AppMetricsDirectory(settings.user, settings.group) if settings.metrics else None
     spec = TemplateSpec(
         settings=settings.to_dict(),
         module=target.module,
@@ -131,6 +130,7 @@ async def _serve(
     )
     count, explicit = worker_count(settings)
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
+    pool_metrics = PoolMetrics(supervisor, figures, [sock for sock, _ in listeners], app_metrics)
     supervisor.on_ready.append(lambda: _banner(settings, target, listeners + plain, supervisor, control_path))
     supervisor.on_ready.append(
         lambda: notifier.ready(f"{supervisor.ready_workers()} workers ready, generation {spec.generation}")
@@ -154,24 +154,30 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTTOU, lambda: _scale_by_signal(supervisor, -1))
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_by_signal(supervisor))
 
-    server = await control.serve(control_path, lambda request: _handle(supervisor, request))
+    server = await control.serve(control_path, lambda request: _handle(supervisor, request, pool_metrics))
     renewals = asyncio.create_task(certificates.run()) if certificates else None
+    sampling = asyncio.create_task(pool_metrics.run())
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
     if admin_socket is not None:
         routes = health.routes({"/livez": supervisor.liveness, "/readyz": supervisor.readiness})
+        if settings.metrics:
+            routes["/metrics"] = pool_metrics.route()
         admin = await admin_http.serve(admin_socket, routes)
     try:
         code = await supervisor.run()
     finally:
-        for task in (renewals, pings):
+        for task in (renewals, pings, sampling):
             if task:
                 task.cancel()
         notifier.close()
         if admin:
             admin.close()
         server.close()
+        figures.close()
         scoreboard.close()
+        if app_metrics:
+            app_metrics.remove()
     return int(code)
 
 
@@ -200,10 +206,12 @@ def _reload_by_signal(supervisor: Supervisor) -> None:
     future.add_done_callback(lambda f: f.exception())  # the outcome is logged by the supervisor
 
 
-async def _handle(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, Any]:
+async def _handle(supervisor: Supervisor, request: dict[str, Any], pool_metrics: PoolMetrics) -> dict[str, Any]:
     command = request.get("cmd")
     if command == "status":
-        return {"ok": True, **supervisor.status()}
+        status = supervisor.status()
+        pool_metrics.annotate(status)
+        return {"ok": True, **status}
     if command == "scale":
         try:
             target = policy.parse_scale(str(request.get("to", "")), supervisor.target)
@@ -240,6 +248,9 @@ def _banner(
         f"  workers:   {len(pids)} ({mode}), pids {', '.join(map(str, pids))}",
         f"  control:   {control_path}  (corral status --control {control_path})",
     ]
+    if settings.log_format == "json":
+        log.info("serving %s", target, extra={"listening": urls, "workers": pids, "control": str(control_path)})
+        return
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
