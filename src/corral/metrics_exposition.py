@@ -67,7 +67,7 @@ def fold(directory: Path) -> int:
             try:
                 current = {key: (value, stamp) for key, value, stamp in target.read_all_values()}
                 for path in paths:
-                    for key, value, stamp in MmapedDict.read_all_values_from_file(str(path)):
+                    for key, value, stamp, _ in MmapedDict.read_all_values_from_file(str(path)):
                         if key not in current:
                             current[key] = (value, stamp)
                         elif kind in _ADD:

@@ -39,7 +39,7 @@ log = logging.getLogger("corral")
 
 WINDOW = 10.0  # seconds of readings behind `requests_per_second` and the percentiles
 RENDER_TIMEOUT = 30.0
-FOLD_AFTER = 64  # files of dead processes tolerated in the app's metrics directory before a fold runs
+FOLD_AFTER = 500  # files of dead processes tolerated in the app's metrics directory before a fold runs
 CAUSES = ("crash", "hang", "memory", "requests", "reload")
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,9 +66,12 @@ def restart_cause(worker: Worker, current_generation: int | None, stopping: bool
 class AppMetricsDirectory:
     """The app's prometheus_client multiprocess directory, one per instance, set before any import of the app."""
 
+    PREFIX = "corral-metrics-"
+
     def __init__(self, user: str | None, group: str | None) -> None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.path = Path(tempfile.mkdtemp(prefix="corral-metrics-", dir=base))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=base))
+        self._remove_orphans()
         if user or group:
             from corral.privileges import resolve_owner
 
@@ -76,6 +79,15 @@ class AppMetricsDirectory:
             if owner is not None:
                 os.chown(self.path, *owner)
         os.environ[ENV_VAR] = str(self.path)  # the templates inherit it, so the app's import sees it
+
+    def _remove_orphans(self) -> None:
+        """Directories left by instances that were killed (SIGKILL skips the clean-up): their manager is gone."""
+        for path in self.path.parent.glob(f"{self.PREFIX}*-*"):
+            pid = path.name.removeprefix(self.PREFIX).partition("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+                with contextlib.suppress(OSError):
+                    if path.stat().st_uid == os.getuid():
+                        shutil.rmtree(path, ignore_errors=True)
 
     def dead_files(self, live: set[int]) -> int:
         count = 0
@@ -138,8 +150,10 @@ class PoolMetrics:
         while True:
             self.sample(time.monotonic())
             if self.app_metrics is not None and self.app_metrics.dead_files(self._live_pids()) > FOLD_AFTER:
-                with contextlib.suppress(RuntimeError, OSError, TimeoutError):
+                try:
                     await self._run_helper({"directory": str(self.app_metrics.path), "render": False})
+                except (RuntimeError, OSError, TimeoutError) as exc:
+                    log.warning("the app's metrics of dead workers could not be folded: %s", exc)
             await asyncio.sleep(1.0)
 
     def sample(self, now: float) -> None:
