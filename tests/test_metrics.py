@@ -249,3 +249,19 @@ def test_text_logs_use_corrals_format_for_uvicorns_lines(tmp_path: Path, corrals
     started = [line for line in corral.log.splitlines() if "Started server process" in line]
     assert started and all(re.match(r"\d\d:\d\d:\d\d \[worker [12]\] INFO ", line) for line in started), started
     assert "INFO:     " not in corral.log
+
+
+def test_json_formatter_one_object_per_line_with_extra_fields() -> None:
+    import logging
+
+    from corral.logs import formatter
+
+    record = logging.LogRecord("corral.access", logging.INFO, __file__, 1, "GET %s", ("/x",), None)
+    record.status = 404
+    line = formatter("json", "worker 3", worker=3).format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "GET /x" and data["status"] == 404 and data["worker"] == 3
+    assert data["process"] == "worker" and data["level"] == "info" and data["time"].endswith("Z")
+    text = formatter("text", "worker 3").format(record)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d \[worker 3\] INFO GET /x", text)

@@ -86,7 +86,7 @@ class AppMetricsDirectory:
             pid = path.name.removeprefix(self.PREFIX).partition("-")[0]
             if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
                 with contextlib.suppress(OSError):
-                    if path.stat().st_uid == os.getuid():
+                    if os.getuid() in (0, path.stat().st_uid):
                         shutil.rmtree(path, ignore_errors=True)
 
     def dead_files(self, live: set[int]) -> int:
