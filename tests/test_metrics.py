@@ -34,6 +34,9 @@ APP = """
             await asyncio.sleep(0.2)
         if path == "/boom":
             raise RuntimeError("boom")
+        if path == "/block":
+            import time
+            time.sleep(3600)
         status = 404 if path == "/missing" else 200
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"x" * 100})
@@ -170,6 +173,17 @@ def test_status_has_recent_rates_and_percentiles(tmp_path: Path, corrals: list[C
                     "requests_by_status"):
             assert key in worker, key
     assert sum(w["requests_by_status"]["2xx"] for w in status["workers"]) == sent
+
+
+def test_a_hung_worker_counts_as_a_hang_restart(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--timeout", "2", "--no-access-log")
+    with pytest.raises(httpx.HTTPError):
+        corral.get("/block", timeout=4)
+    wait_for(lambda: control_request(corral.control, {"cmd": "status"})["pool"]["restarts_by_cause"]["hang"] == 1,
+             60, "the hung worker to be replaced")
+    text = httpx.get(f"{admin}/metrics", timeout=30).text
+    assert metric(text, "corral_restarts_total", 'cause="hang"') == 1
+    assert metric(text, "corral_restarts_total", 'cause="crash"') == 0
 
 
 def test_no_metrics_leaves_no_route(tmp_path: Path, corrals: list[Corral]) -> None:
