@@ -124,7 +124,7 @@ def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, chann
     try:
         code = _serve(spec, settings, app, cell, channel_sock)
     except BaseException:
-        traceback.print_exc()
+        log.exception("the worker stopped on an unexpected error")
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
