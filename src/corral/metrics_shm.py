@@ -115,11 +115,6 @@ class RequestFigures:
         self._map.close()
 
 
-def status_index(status: int) -> int:
-    """The status class's word (a response never started counts as 5xx: the server answers 500 then)."""
-    return status // 100 - 1 if 100 <= status < 600 else 4
-
-
 def quantile(buckets: tuple[int, ...], q: float) -> float | None:
     """The q-quantile of per-bucket counts, interpolated linearly inside its bucket (as Prometheus's
     histogram_quantile does); None without observations. The +Inf bucket answers its lower bound."""

@@ -249,7 +249,7 @@ class PoolMetrics:
             out.append({"name": name, "type": kind, "help": text, "labels": labels, "samples": samples})
 
         supervisor = self.supervisor
-        per_slot = {slot: figures for slot, figures in self.folded.items()}
+        per_slot = dict(self.folded)
         for worker in supervisor.workers.values():
             per_slot[worker.slot] = per_slot.get(worker.slot, Figures.zero()) + self.figures.read(worker.cell)
         slots = sorted(per_slot)
