@@ -282,7 +282,7 @@ def prestart_command(ctx: typer.Context) -> None:
     settings = parse_run_arguments(ctx.args).settings.options()
     if not settings.prestart:
         raise ConfigError("no pre-start steps: give --prestart CMD, or prestart = [...] in corral.toml")
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     run_prestart(settings)
 
 

@@ -56,6 +56,9 @@ PG_KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_k
 OUTPUT_GRACE = 5.0
 
 
+LAST_RUN: dict[str, float | bool] = {}  # the latest run in this process: seconds, ok (for /metrics)
+
+
 def run_prestart(settings: Options, *, reload: bool = False) -> None:
     """Run the pre-start steps of `settings` under its lock; raise CorralError if one fails.
 
@@ -63,6 +66,16 @@ def run_prestart(settings: Options, *, reload: bool = False) -> None:
     """
     if not settings.prestart or (reload and not settings.prestart_on_reload):
         return
+    started = time.monotonic()
+    ok = False
+    try:
+        _run_prestart(settings)
+        ok = True
+    finally:
+        LAST_RUN.update(seconds=time.monotonic() - started, ok=ok)
+
+
+def _run_prestart(settings: Options) -> None:
     from corral.envfile import app_environment
 
     env = app_environment(settings.env_file, os.environ) if settings.env_file else None

@@ -13,15 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from corral import __version__
+from corral import __version__, logs
 from corral.binds import Bind, is_loopback, open_socket, parse_admin_bind, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.manager import admin as admin_http
 from corral.manager import connections, control, health, policy, resources
+from corral.manager.metrics import AppMetricsDirectory, PoolMetrics
 from corral.manager.overview import pool_totals
 from corral.manager.sd_notify import Notifier
 from corral.manager.supervisor import Supervisor
+from corral.metrics_shm import RequestFigures
 from corral.options import Options
 from corral.process import release_free_memory
 from corral.scoreboard import Scoreboard
@@ -33,13 +35,8 @@ log = logging.getLogger("corral")
 INTERRUPTED = 130  # 128 + SIGINT
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s [corral] %(levelname)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("corral")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+def setup_logging(level: str, log_format: str = "text") -> None:
+    logs.configure(log_format, level, "corral")
 
 
 def worker_count(settings: Options) -> tuple[int, bool]:
@@ -67,7 +64,7 @@ def autoscale_limits(settings: Options) -> policy.AutoscaleLimits:
 
 
 def run(settings: Options) -> int:
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     notifier = Notifier.from_environ()  # taken out of the environment: children must not speak for us
     before, after = connections.raise_fd_limit()
     if after != before:
@@ -164,6 +161,8 @@ async def _serve(
 ) -> int:
     started = time.monotonic()
     scoreboard = Scoreboard.create()
+    figures = RequestFigures.create(scoreboard.fd)
+    app_metrics = AppMetricsDirectory(settings.user, settings.group) if settings.metrics else None
     spec = TemplateSpec(
         settings={**settings.to_dict(), "admin_token": None},  # the app's processes never see the token
         module=target.module,
@@ -184,6 +183,7 @@ async def _serve(
         from corral.manager.autoscaler import Autoscaler
 
         supervisor.autoscaler = Autoscaler(supervisor, autoscale_limits(settings))
+    pool_metrics = PoolMetrics(supervisor, figures, [sock for sock, _ in listeners], app_metrics)
     supervisor.on_ready.append(
         lambda: _banner(
             settings, target, listeners + plain, supervisor, control_path, state_dir, admin_socket, admin_paths
@@ -214,15 +214,18 @@ async def _serve(
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_by_signal(supervisor))
 
     identity = {"name": settings.name, "state_dir": str(state_dir) if state_dir else None}
-    server = await control.serve(control_socket, lambda request: _handle(supervisor, request, identity))
+    server = await control.serve(control_socket, lambda request: _handle(supervisor, request, identity, pool_metrics))
     renewals = asyncio.create_task(certificates.run()) if certificates else None
+    sampling = asyncio.create_task(pool_metrics.run())
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
     admin = None
     if admin_socket is not None:
         from corral.manager import admin_access, dashboard  # only with --admin-bind
 
         routes = health.routes({"/livez": supervisor.liveness, "/readyz": supervisor.readiness})
-        routes |= dashboard.routes(lambda request: _handle(supervisor, request, identity))
+        routes |= dashboard.routes(lambda request: _handle(supervisor, request, identity, pool_metrics))
+        if settings.metrics:
+            routes["/metrics"] = pool_metrics.route()
         admin_paths.extend(routes)
         token = admin_access.load_token(settings)
         exposed = not is_loopback(parse_admin_bind(settings.admin_bind or ""))
@@ -233,14 +236,17 @@ async def _serve(
     try:
         code = await supervisor.run()
     finally:
-        for task in (renewals, pings):
+        for task in (renewals, pings, sampling):
             if task:
                 task.cancel()
         notifier.close()
         for listener in (admin, server):
             if listener:
                 await listener.shutdown()  # answers being written (a reload's "corral is stopping") go out
+        figures.close()
         scoreboard.close()
+        if app_metrics:
+            app_metrics.remove()
     exit_code = INTERRUPTED if abandoned.is_set() else int(code)
     log.info("stopped after %s, exit code %d", _duration(time.monotonic() - started), exit_code)
     return exit_code
@@ -274,11 +280,15 @@ def _reload_by_signal(supervisor: Supervisor) -> None:
     future.add_done_callback(lambda f: f.exception())  # the outcome is logged by the supervisor
 
 
-async def _handle(supervisor: Supervisor, request: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+async def _handle(
+    supervisor: Supervisor, request: dict[str, Any], identity: dict[str, Any], pool_metrics: PoolMetrics
+) -> dict[str, Any]:
     command = request.get("cmd")
     if command == "status":
         status = supervisor.status()
-        return {"ok": True, **status, "pool": pool_totals(status), **identity}
+        totals = pool_totals(status)
+        pool_metrics.annotate(status)
+        return {"ok": True, **status, "pool": {**totals, **status.get("pool", {})}, **identity}
     if command == "events":
         events = supervisor.events.since(int(request.get("since", 0)), int(request.get("limit", 100)))
         return {"ok": True, "events": [event.to_json() for event in events], "last_seq": supervisor.events.last_seq}
@@ -330,6 +340,10 @@ def _banner(
         shown = [served for path in ADMIN_PATHS if (served := _served_path(path, admin_paths))]
         lines.append(f"  admin:     {'  '.join(admin + path for path in shown) or admin}")
     lines += _try_lines(settings, listeners, state_dir)
+    if settings.log_format == "json":
+        log.info("serving %s", target, extra={"listening": urls, "workers": pids, "control": str(control_path),
+                                              "banner": lines})
+        return
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

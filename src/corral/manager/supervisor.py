@@ -92,6 +92,9 @@ class Supervisor:
         self.events = EventLog()
         self.on_ready: list[Callable[[], object]] = []
         self.on_status: list[Callable[[str], object]] = []
+        self.on_worker_forked: list[Callable[[Worker], object]] = []  # before the template is asked to fork
+        self.on_worker_gone: list[Callable[[Worker], object]] = []
+        self.reloads = {"done": 0, "refused": 0}
         self._wakeup = asyncio.Event()
         self._next_cpu_sample = 0.0
         self._stop_deadline: float | None = None
@@ -172,6 +175,7 @@ class Supervisor:
             await asyncio.to_thread(run_prestart, self.settings, reload=True)
         except CorralError as exc:
             log.error("reload refused: %s", exc)
+            self.reloads["refused"] += 1
             future.set_exception(RuntimeError(str(exc)))
             return
         self._begin_reload(future)
@@ -246,6 +250,7 @@ class Supervisor:
             _log_traceback(generation)
             raise Fatal(self.fatal_message, ExitCode.CRASH_LOOP)
         log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
+        self.reloads["refused"] += 1
         _log_traceback(generation)
         self.events.record("reload", f"reload refused: generation {generation.number} failed to start: {cause}",
                            generation=generation.number, outcome="refused", cause=cause)
@@ -329,6 +334,7 @@ class Supervisor:
             if not waiter.done():
                 waiter.set_result(current.number)
         current.reload_waiters.clear()
+        self.reloads["done"] += 1
         log.info("reload finished: generation %d serves with %d workers", current.number, self.target)
         self.events.record("reload", f"reload finished: generation {current.number} serves",
                            generation=current.number, outcome="finished")
@@ -346,6 +352,8 @@ class Supervisor:
         worker = Worker(slot, cell, generation.number, time.monotonic(), request_limit=limit)
         self.workers[cell] = worker
         self.slots.setdefault(slot, Slot())
+        for hook in self.on_worker_forked:
+            hook(worker)
         generation.send({"op": "fork", "cell": cell})
         return worker
 
@@ -409,7 +417,9 @@ class Supervisor:
             )
 
     def _forget(self, worker: Worker) -> None:
-        self.workers.pop(worker.cell, None)
+        if self.workers.pop(worker.cell, None) is not None:
+            for hook in self.on_worker_gone:
+                hook(worker)
 
     def _drain(self, worker: Worker, reason: str) -> None:
         if worker.stop_reason is not None:

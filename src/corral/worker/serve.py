@@ -22,16 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from corral import channel
+from corral import channel, logs
 from corral.discovery import AppLoadError, Target, clip, format_traceback, import_app
 from corral.errors import ExitCode
 from corral.manager.policy import heartbeat_interval
+from corral.metrics_shm import RequestFigures
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import BusyMeter
 from corral.worker.drain import _Draining, protocol_class
+from corral.worker.metrics import instrument
 from corral.worker.spec import TemplateSpec
 
 if TYPE_CHECKING:
@@ -129,7 +131,7 @@ def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, chann
     try:
         code = _serve(spec, settings, app, cell, channel_sock)
     except BaseException:
-        traceback.print_exc()
+        log.exception("the worker stopped on an unexpected error")
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -255,12 +257,16 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             return ExitCode.APP_FAILED_TO_START
 
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
+    figures = RequestFigures(spec.scoreboard_fd)
+    logs.configure(settings.log_format, settings.log_level, f"worker {figures.slot(cell)}", worker=figures.slot(cell))
+    app = instrument(app, figures, cell, settings.metrics, settings.access_log)
     config = uvicorn.Config(
         app,
         http=http_class,
         lifespan=settings.lifespan,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        log_config=None,  # uvicorn's lines go through Corral's format (corral.logs)
+        access_log=False,  # Corral's own access log (worker id, status, bytes, latency): corral.worker.metrics
         timeout_keep_alive=int(settings.keep_alive),
         timeout_graceful_shutdown=None,
         proxy_headers=False,  # the Forwarded/X-Forwarded-* handling lives in corral.tls.http_app

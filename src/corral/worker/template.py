@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Any
 
-from corral import channel
+from corral import channel, logs
 from corral.discovery import AppLoadError, Target, clip, import_app
 from corral.options import Options
 from corral.process import (
@@ -193,6 +193,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)  # where an import is stuck, when asked
     settings = Options(**spec.settings)
+    logs.configure(settings.log_format, settings.log_level, f"template {spec.generation}", generation=spec.generation)
     preload_server_modules(settings)
     if settings.user or settings.group:
         from corral.privileges import drop_privileges

@@ -1,0 +1,25 @@
+"""benchmarks/metrics_overhead.py end to end in its --quick form, so the script cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_metrics_overhead_run_writes_a_report(tmp_path: Path) -> None:
+    argv = [sys.executable, str(ROOT / "benchmarks" / "metrics_overhead.py"), "--quick", "--results", str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["errors"] == []
+    for app in ("hello_fastapi:app", "hello_raw:app"):
+        for setting in ("--metrics", "--no-metrics"):
+            result = report["results"][app][setting]
+            assert result["rps"] > 0 and result["failed"] == 0
+            assert 5 < result["manager_pss_mib"] < 64
+    assert report["layer"]["counted_us"] > 0
+    assert "### Metrics overhead" in (tmp_path / "metrics.md").read_text()

@@ -1,0 +1,281 @@
+"""/metrics on --admin-bind: Corral's figures from shared memory, promtool's lint, a real Prometheus scraping it;
+the recent figures in `corral status --json`; the fold of dead processes' app metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.control_client import request as control_request
+from corral.manager.metrics import restart_cause
+from corral.manager.supervisor import Worker
+from corral.metrics_exposition import fold, render
+from corral.metrics_shm import BOUNDS, Figures, quantile
+from harness import Corral, free_port, wait_for, write_app
+
+APP = """
+    import asyncio
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/slow":
+            await asyncio.sleep(0.2)
+        if path == "/boom":
+            raise RuntimeError("boom")
+        if path == "/block":
+            import time
+            time.sleep(3600)
+        status = 404 if path == "/missing" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * 100})
+"""
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
+    match = re.search(pattern, text, re.M)
+    assert match, f"{name}{{{labels}}} not in:\n{text}"
+    return float(match.group(1))
+
+
+# --- pure parts -----------------------------------------------------------------------------------
+
+
+def test_quantile_interpolates_inside_the_bucket() -> None:
+    buckets = [0] * (len(BOUNDS) + 1)
+    assert quantile(tuple(buckets), 0.5) is None
+    buckets[0] = 50  # <= 1 ms
+    buckets[3] = 50  # 5..10 ms
+    assert quantile(tuple(buckets), 0.5) == pytest.approx(0.001)
+    assert quantile(tuple(buckets), 0.99) == pytest.approx(0.005 + 0.005 * 49 / 50)
+    buckets[-1] = 1000  # beyond the last bound: answered as the last bound
+    assert quantile(tuple(buckets), 0.99) == BOUNDS[-1]
+
+
+def test_figures_add_and_subtract() -> None:
+    one = Figures((0, 3, 0, 1, 0), (1,) * (len(BOUNDS) + 1), 0.5, 10, in_flight=2)
+    two = one + one
+    assert two.requests == 8 and two.bytes_sent == 20 and two.in_flight == 4
+    assert (two - one).requests == 4
+
+
+def test_restart_causes_from_the_supervisors_facts() -> None:
+    def worker(**fields: object) -> Worker:
+        return Worker(slot=1, cell=0, generation=2, forked_at=0.0, **fields)  # type: ignore[arg-type]
+
+    assert restart_cause(worker(), 2, False) == "crash"
+    assert restart_cause(worker(), 2, True) is None  # stopping
+    assert restart_cause(worker(), 3, False) is None  # a generation that never served
+    assert restart_cause(worker(fault="its event loop hung", stop_reason="x"), 2, False) == "hang"
+    assert restart_cause(worker(stop_reason="served 5 requests (limit 5)"), 2, False) == "requests"
+    assert restart_cause(worker(stop_reason="private memory 300 MiB above --max-memory 200 MiB"), 2, False) == "memory"
+    assert restart_cause(worker(stop_reason="reload to generation 3"), 2, False) == "reload"
+    assert restart_cause(worker(stop_reason="scaled down"), 2, False) is None
+
+
+def test_fold_keeps_counters_and_drops_dead_gauges(tmp_path: Path) -> None:
+    """Real processes write prometheus_client files and exit; folding keeps every count in one record."""
+    child = textwrap.dedent("""
+        import sys
+        from prometheus_client import Counter, Gauge
+        Counter("c", "c", ["k"]).labels("a").inc(int(sys.argv[1]))
+        Gauge("g_all", "g").set(1)
+        Gauge("g_max", "g", multiprocess_mode="max").set(int(sys.argv[1]))
+    """)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for amount in (1, 2, 3, 4):
+        subprocess.run([sys.executable, "-c", child, str(amount)], env=env, check=True)
+    assert len(list(tmp_path.glob("*.db"))) == 12
+    assert fold(tmp_path) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_folded.db", "gauge_max_folded.db"]
+    subprocess.run([sys.executable, "-c", child, "5"], env=env, check=True)
+    fold(tmp_path)
+    text = render({"families": [], "directory": str(tmp_path)}).decode()
+    assert metric(text, "c_total", 'k="a"') == 15
+    assert metric(text, "g_max") == 5
+    assert "g_all" not in text.replace("# HELP g_all", "").replace("# TYPE g_all", "")
+
+
+# --- a running instance ---------------------------------------------------------------------------
+
+
+def serve(tmp_path: Path, corrals: list[Corral], *args: str) -> tuple[Corral, str]:
+    write_app(tmp_path, APP)
+    admin = free_port()
+    corral = Corral(tmp_path, "app:app", "--admin-bind", f"127.0.0.1:{admin}", *args)
+    corrals.append(corral)
+    corral.wait_ready(2)
+    return corral, f"http://127.0.0.1:{admin}"
+
+
+def test_metrics_count_requests_by_status_and_latency(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--no-access-log")
+    for _ in range(10):
+        assert corral.get("/").status_code == 200
+    for _ in range(3):
+        assert corral.get("/missing").status_code == 404
+    assert corral.get("/boom").status_code == 500
+    assert corral.get("/slow").status_code == 200
+    response = httpx.get(f"{admin}/metrics", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    total = {code: sum(metric(text, "corral_requests_total", f'code="{code}",worker="{w}"') for w in (1, 2))
+             for code in ("2xx", "4xx", "5xx")}
+    assert total == {"2xx": 11, "4xx": 3, "5xx": 1}
+    slow = sum(metric(text, "corral_request_duration_seconds_bucket", f'le="0.1",worker="{w}"') for w in (1, 2))
+    everything = sum(metric(text, "corral_request_duration_seconds_count", f'worker="{w}"') for w in (1, 2))
+    assert everything == 15 and slow == 14  # the 0.2 s request is above the 0.1 s bucket
+    assert sum(metric(text, "corral_response_body_bytes_total", f'worker="{w}"') for w in (1, 2)) >= 1400
+    assert metric(text, "corral_workers", 'state="ready"') == 2
+    assert metric(text, "corral_generation") == 1
+    assert metric(text, "corral_accept_queue_limit_connections", f'listener="127.0.0.1:{corral.port}"') > 0
+    assert metric(text, "corral_memory_pss_bytes") > 0
+    assert metric(text, "corral_process_memory_uss_bytes", 'generation="",process="manager",worker=""') > 0
+    assert metric(text, "corral_memory_budget_bytes") > 0
+    assert metric(text, "corral_restarts_total", 'cause="crash"') == 0
+    if shutil.which("promtool"):
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    elif sys.platform == "linux":
+        pytest.fail("promtool is missing (Debian package prometheus, in scripts/apt-packages.txt)")
+
+
+def test_status_has_recent_rates_and_percentiles(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, _ = serve(tmp_path, corrals, "-w", "2", "--no-access-log")
+    deadline = time.monotonic() + 3
+    sent = 0
+    while time.monotonic() < deadline:
+        assert corral.get("/").status_code == 200
+        sent += 1
+    status = wait_for(lambda: (s := control_request(corral.control, {"cmd": "status"})) and
+                      s["pool"]["requests_per_second"] > 0 and s, 30, "a request rate")
+    pool = status["pool"]
+    assert pool["requests_total"] == sent
+    assert pool["requests_by_status"]["2xx"] == sent
+    assert 0 < pool["latency_p50_seconds"] <= pool["latency_p99_seconds"]
+    assert pool["in_flight"] == 0
+    assert set(pool["restarts_by_cause"]) == {"crash", "hang", "memory", "requests", "reload"}
+    for worker in status["workers"]:
+        for key in ("requests_per_second", "latency_p50_seconds", "latency_p99_seconds", "in_flight",
+                    "requests_by_status"):
+            assert key in worker, key
+    assert sum(w["requests_by_status"]["2xx"] for w in status["workers"]) == sent
+
+
+def test_a_hung_worker_counts_as_a_hang_restart(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--timeout", "2", "--no-access-log")
+    with pytest.raises(httpx.HTTPError):
+        corral.get("/block", timeout=4)
+    wait_for(lambda: control_request(corral.control, {"cmd": "status"})["pool"]["restarts_by_cause"]["hang"] == 1,
+             60, "the hung worker to be replaced")
+    text = httpx.get(f"{admin}/metrics", timeout=30).text
+    assert metric(text, "corral_restarts_total", 'cause="hang"') == 1
+    assert metric(text, "corral_restarts_total", 'cause="crash"') == 0
+
+
+def test_no_metrics_leaves_no_route(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--no-metrics", "--no-access-log")
+    assert corral.get("/").status_code == 200
+    assert httpx.get(f"{admin}/metrics", timeout=10).status_code == 404
+
+
+def test_a_real_prometheus_scrapes_corral(tmp_path: Path, corrals: list[Corral]) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        if sys.platform == "linux":
+            pytest.fail("prometheus is missing (Debian package prometheus, in scripts/apt-packages.txt)")
+        pytest.skip("no prometheus")
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--no-access-log")
+    for _ in range(7):
+        assert corral.get("/missing").status_code == 404
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(textwrap.dedent(f"""
+        global:
+          scrape_interval: 10s
+          scrape_timeout: 10s
+        scrape_configs:
+          - job_name: corral
+            static_configs:
+              - targets: ["{admin.removeprefix('http://')}"]
+    """))
+    log = (tmp_path / "prometheus.log").open("w")
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        def query() -> float | None:
+            answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
+                               params={"query": 'sum(corral_requests_total{code="4xx"})'}, timeout=5).json()
+            result = answer["data"]["result"]
+            return float(result[0]["value"][1]) if result else None
+
+        assert wait_for(query, 90, "Prometheus to have scraped corral_requests_total") == 7
+        targets = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()
+        assert targets["data"]["activeTargets"][0]["health"] == "up"
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def test_json_logs_from_every_process_and_the_access_log(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, _ = serve(tmp_path, corrals, "-w", "2", "--log-format", "json", "--log-level", "debug", "--access-log")
+    assert corral.get("/missing?x=1").status_code == 404
+    wait_for(lambda: '"corral.access"' in corral.log, 30, "an access log line")
+    corral.signal(15)
+    assert corral.wait_exit() == 0
+    lines = [line for line in corral.log.splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    loggers = {record["logger"] for record in records}
+    assert {"corral", "uvicorn.error", "corral.access"} <= loggers, loggers
+    assert any(record["message"].startswith("Started server process") for record in records)
+    assert {record["process"] for record in records} >= {"corral", "worker"}
+    access = next(record for record in records if record["logger"] == "corral.access")
+    assert access["status"] == 404 and access["bytes"] == 100 and access["path"] == "/missing?x=1"
+    assert access["worker"] in (1, 2) and access["duration_seconds"] >= 0 and access["method"] == "GET"
+
+
+def test_text_logs_use_corrals_format_for_uvicorns_lines(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, _ = serve(tmp_path, corrals, "-w", "2", "--log-level", "debug", "--access-log")
+    assert corral.get("/").status_code == 200
+    wait_for(lambda: '"GET / HTTP/1.1" 200 100B' in corral.log, 30, "an access log line")
+    started = [line for line in corral.log.splitlines() if "Started server process" in line]
+    assert started and all(re.match(r"\d\d:\d\d:\d\d \[worker [12]\] INFO ", line) for line in started), started
+    assert "INFO:     " not in corral.log
+
+
+def test_json_formatter_one_object_per_line_with_extra_fields() -> None:
+    import logging
+
+    from corral.logs import formatter
+
+    record = logging.LogRecord("corral.access", logging.INFO, __file__, 1, "GET %s", ("/x",), None)
+    record.status = 404
+    line = formatter("json", "worker 3", worker=3).format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "GET /x" and data["status"] == 404 and data["worker"] == 3
+    assert data["process"] == "worker" and data["level"] == "info" and data["time"].endswith("Z")
+    text = formatter("text", "worker 3").format(record)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d \[worker 3\] INFO GET /x", text)
