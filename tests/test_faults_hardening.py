@@ -181,6 +181,9 @@ def test_sampling_survives_a_full_fd_table() -> None:
 
 
 def test_the_systemd_unit_sets_the_open_files_limit(tmp_path: Path) -> None:
-    result = run_cli("export", "systemd", "main:app", cwd=tmp_path)
+    # a service user of the target host (as `sudo corral export systemd` gives): a DynamicUser= could not read
+    # a project under /tmp, which the export refuses
+    env = {**os.environ, "SUDO_USER": "corral-test-service"}
+    result = run_cli("export", "systemd", "main:app", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "\nLimitNOFILE=65536\n" in result.stdout

@@ -70,7 +70,8 @@ def test_requests_that_crash_their_worker_do_not_stop_the_service(corrals: list[
     corral = start(corrals, tmp_path, CRASHING_APP, "-w", "2")
     corral.wait_ready(2)
     for n in range(8):
-        wait_for(lambda: proven(corral, 2), what="two proven workers")
+        # the previous crash counted (the manager has seen that exit), and two proven workers serve
+        wait_for(lambda n=n: corral.status()["crashes"] == n and proven(corral, 2), what="two proven workers")
         try:
             httpx.get(corral.url + ("/exit" if n % 2 else "/segv"), timeout=10)
         except httpx.HTTPError:
@@ -78,7 +79,7 @@ def test_requests_that_crash_their_worker_do_not_stop_the_service(corrals: list[
         else:
             raise AssertionError("a crashing request was answered")
         assert corral.process.poll() is None, corral.log
-    wait_for(lambda: proven(corral, 2), what="two proven workers after the crashes")
+    wait_for(lambda: corral.status()["crashes"] == 8 and proven(corral, 2), what="two proven workers after the crashes")
     assert corral.get().status_code == 200
     status = corral.status()
     assert status["crashes"] == 8 and status["failed_starts"] == 0

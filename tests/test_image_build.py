@@ -156,6 +156,8 @@ def wheelhouse(*requirements: str) -> Path:
     downloading the same 20 MiB every time. Filled here, from PyPI, only with what it lacks."""
     wheels = CACHE / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
+    for stale in wheels.glob("corral-*.whl"):  # pip would take a cached wheel of ours, and its old requirements
+        stale.unlink()
     pip = [sys.executable, "-m", "pip", "download", "-q", "--dest", str(wheels), "--only-binary", ":all:"]
     offline = subprocess.run([*pip, "--no-index", "--find-links", str(wheels), *requirements],
                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip

@@ -127,7 +127,8 @@ class Namespace:
         wait_for(lambda: os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"),
                  what="the mount namespace")
         for directory in ("/run/corral", "/var/lib/corral"):
-            subprocess.run([*self.prefix(), "mount", "-t", "tmpfs", "corral-test", directory], check=True)
+            subprocess.run([*self.prefix(), "mount", "-t", "tmpfs", "-o", "mode=0700", "corral-test", directory],
+                           check=True)
 
     def prefix(self) -> list[str]:
         return ["nsenter", "-t", str(self.holder.pid), "-m", "--"]

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -61,16 +62,23 @@ def value(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
+FAILURES: list[str] = []  # what went wrong with each failed request, for the assertion's message
+
+
 def get(port: int) -> bool:
     """One request on its own connection; True when it was answered 200."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request("GET", "/hit", headers={"Connection": "close"})
-        return connection.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        FAILURES.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
         return False
     finally:
         connection.close()
+    if status != 200:
+        FAILURES.append(f"{time.strftime('%H:%M:%S')} status {status}")
+    return status == 200
 
 
 def app_metrics_directory(corral: Corral) -> Path:
@@ -124,7 +132,7 @@ def test_a_thousand_recycles_keep_the_count_and_bounded_space(tmp_path: Path, co
         stop.set()
         for thread in threads:
             thread.join()
-    assert failed == 0
+    assert failed == 0, FAILURES
     text = wait_for(lambda: (t := scrape(url)) and value(t, "app_served_total", 'path="/hit"') == served and t,
                     30, f"the app's counter to reach {served}")
     assert value(text, "app_work_seconds_count") == served
