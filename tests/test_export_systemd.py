@@ -177,9 +177,11 @@ def test_root_runs_the_service_as_the_sudo_caller_or_a_dynamic_user(project: Pat
         (readable / "main.py").write_text("async def app(scope, receive, send):\n    pass\n")
         options = SystemdOptions(readable, corral_executable())
         blocked = _unreadable_part(Path(sys.executable), None)
-        if blocked is not None:
-            # This machine's interpreter lives under /root (mode 0700): a dynamic user could not run it.
-            with pytest.raises(ConfigError, match="not readable by the service's dynamic user"):
+        if blocked is not None or Path(sys.prefix).resolve().is_relative_to("/tmp"):
+            # This machine's interpreter lives under /root (mode 0700), or this checkout's venv under /tmp (a
+            # private /tmp hides it): a dynamic user could not run it.
+            refused = "not readable by the service's dynamic user|under a temporary directory"
+            with pytest.raises(ConfigError, match=refused):
                 render(settings, options, environ={})
             return
         as_root = unit_entries(render(settings, options, environ={}).files[0].content)
