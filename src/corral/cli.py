@@ -323,7 +323,7 @@ def status_command(
     if json_output:
         print(json.dumps(answer, indent=2))
         return
-    print_status(answer, Console())
+    print_status(answer, Console(width=None if sys.stdout.isatty() else 160))  # piped: no truncated cells
 
 
 @app.command("events")
