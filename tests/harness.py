@@ -48,6 +48,14 @@ PLAIN_APP = """
         await send({"type": "http.response.body", "body": b"%s"})
 """
 
+OK_APP = """
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
 NEVER_IMPORTED_APP = """
     import time
 

@@ -19,17 +19,11 @@ import pytest
 from cryptography import x509
 
 from corral.tls.plan import certificate_plans, describe_choice
-from harness import Corral, corral_command, free_port, options_from, wait_for, write_app
+from harness import OK_APP, Corral, corral_command, free_port, options_from, wait_for, write_app
 from pebble import pebble_server
 from tls_helpers import served_certificate, tls_connect
 
-APP = """
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-"""
+APP = OK_APP
 
 
 def banner_value(log: str, key: str) -> str:

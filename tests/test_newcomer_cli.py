@@ -17,17 +17,11 @@ import pytest
 from corral import __version__
 from corral.cli import option_label, run_command_parser
 from corral.config import Settings
-from harness import Corral, free_port, run_cli, wait_for, write_app
+from harness import OK_APP, Corral, free_port, run_cli, wait_for, write_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
-APP = """
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-"""
+APP = OK_APP
 
 
 def test_version() -> None:

@@ -40,3 +40,18 @@ async def respond(send: Any, body: bytes) -> None:
 
 def pid_body() -> bytes:
     return str(os.getpid()).encode()
+
+
+def fastapi_app() -> Any:
+    """A FastAPI app whose lifespan touches the readiness marker (FastAPI is imported only by the apps using it)."""
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    @asynccontextmanager
+    async def marked(_: FastAPI) -> AsyncIterator[None]:
+        mark_ready()
+        yield
+
+    return FastAPI(lifespan=marked)

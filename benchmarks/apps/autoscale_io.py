@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-from _common import mark_ready
-from fastapi import FastAPI
+from _common import fastapi_app
 
-
-@asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    mark_ready()
-    yield
-
-
-app = FastAPI(lifespan=lifespan)
+app = fastapi_app()
 
 
 @app.get("/")

@@ -1,7 +1,7 @@
 """The pool as a whole, beside `corral status`'s per-worker rows: CPU against the quota, memory against the budget.
 
-`corral top` and the dashboard show these totals; the figures come from the rows already measured, plus the
-templates' resident memory (the shared part) and the memory still available.
+`corral top` and the dashboard show these totals; the figures come from the rows already measured (the
+templates' resident memory is the shared part), plus the memory still available.
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ def pool_totals(status: dict[str, Any]) -> dict[str, Any]:
     workers = status.get("workers", [])
     cpu_quota = resources.cgroup_cpu_quota() or float(resources.cpu_count())
     private = sum(w.get("memory_uss") or 0 for w in workers)
-    shared = 0
-    for template in status.get("templates", []):
-        memory = resources.ProcessSampler.memory(int(template["pid"]))
-        shared += memory.rss if memory else 0
+    shared = sum(template.get("memory_rss") or 0 for template in status.get("templates", []))  # measured already
     used = private + shared
     return {
         "cpu_quota": cpu_quota,  # CPUs this instance may use (the cgroup's quota, else the CPUs it may run on)
