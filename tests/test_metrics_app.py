@@ -144,8 +144,11 @@ def test_a_thousand_recycles_keep_the_count_and_bounded_space(tmp_path: Path, co
     # Corral's own count agrees: every request counted once, whatever worker served it
     counted = (value(text, "corral_requests_total", f'code="2xx",worker="{w}"') for w in range(1, POOL + 1))
     assert sum(counted) == served
-    # the folded record and the live processes' files only: bounded, whatever the number of recycles
-    assert biggest[0] <= FOLD_AFTER + 100, biggest
+    # the folded record and the live processes' files only: bounded, whatever the number of recycles. A fold
+    # runs once a second past FOLD_AFTER files of dead processes, and recycles go on while it runs, so the
+    # directory may overshoot by what a few seconds of recycling make on a loaded machine; without folding,
+    # 1,000 recycles leave several files each (4,000 and more).
+    assert biggest[0] <= 2 * FOLD_AFTER, biggest
     assert biggest[1] <= 16 * 2**20, biggest
 
 
