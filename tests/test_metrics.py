@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,8 @@ APP = """
         path = scope["path"]
         if path == "/slow":
             await asyncio.sleep(0.2)
+        if path == "/linger":
+            await asyncio.sleep(8)
         if path == "/boom":
             raise RuntimeError("boom")
         if path == "/block":
@@ -173,6 +176,24 @@ def test_status_has_recent_rates_and_percentiles(tmp_path: Path, corrals: list[C
                     "requests_by_status"):
             assert key in worker, key
     assert sum(w["requests_by_status"]["2xx"] for w in status["workers"]) == sent
+
+
+def test_requests_in_flight_follow_the_heartbeat(tmp_path: Path, corrals: list[Corral]) -> None:
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--no-access-log")
+
+    def in_flight() -> float:
+        text = httpx.get(f"{admin}/metrics", timeout=30).text
+        return sum(metric(text, "corral_requests_in_flight", f'worker="{w}"') for w in (1, 2))
+
+    answered: list[int] = []
+    lingering = threading.Thread(target=lambda: answered.append(corral.get("/linger", timeout=60).status_code))
+    lingering.start()
+    try:
+        wait_for(lambda: in_flight() == 1, 30, "one request in flight")
+    finally:
+        lingering.join()
+    assert answered == [200]
+    wait_for(lambda: in_flight() == 0, 30, "no request in flight")
 
 
 def test_a_hung_worker_counts_as_a_hang_restart(tmp_path: Path, corrals: list[Corral]) -> None:

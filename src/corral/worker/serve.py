@@ -33,7 +33,7 @@ from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import BusyMeter
 from corral.worker.drain import _Draining, protocol_class
-from corral.worker.metrics import instrument
+from corral.worker.metrics import instrument, stamp_in_flight
 from corral.worker.spec import TemplateSpec
 
 if TYPE_CHECKING:
@@ -288,6 +288,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         connections = len(server.server_state.connections)
         requests = server.server_state.total_requests
         busy = meter.sample()
+        if settings.metrics:
+            stamp_in_flight(figures, cell, len(server.server_state.tasks))
         scoreboard.write(
             cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections, busy)
         )
