@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 SCHEDSTAT = Path("/proc/thread-self/schedstat")
