@@ -81,9 +81,9 @@ class ProcessMeter(_Rate):
 class ThreadpoolMeter:
     """The time-averaged occupancy of AnyIO's default thread limiter on the running loop.
 
-    `start()` must run inside a task on the worker's loop (the limiter is per loop); it does nothing when AnyIO is
-    not imported, so an app that does not use it does not load it. `sample()` returns the mean since its previous
-    call, 0.0 without a limiter or before the first look.
+    `start()` must run inside a task on the worker's loop (the limiter is per loop); it does nothing unless the app
+    loaded `anyio.to_thread` (Starlette and FastAPI do), so an app that does not use it does not load it.
+    `sample()` returns the mean since its previous call, 0.0 without a limiter or before the first look.
     """
 
     EVERY = 0.05
@@ -98,12 +98,12 @@ class ThreadpoolMeter:
         if to_thread is None or self._limiter is not None:
             return
         self._limiter = to_thread.current_default_thread_limiter()
-        self._look()
+        self._look(asyncio.get_running_loop())
 
-    def _look(self) -> None:
+    def _look(self, loop: asyncio.AbstractEventLoop) -> None:
         self._total += occupancy(self._limiter)
         self._looks += 1
-        asyncio.get_running_loop().call_later(self.EVERY, self._look)
+        loop.call_later(self.EVERY, self._look, loop)
 
     def sample(self) -> float:
         if not self._looks:
