@@ -22,8 +22,8 @@ since any one of them at its top means another request has to wait:
 Limits: a loop blocked in a blocking system call (a `time.sleep` in an `async def`) reads idle on all three; the
 listeners' accept queue shows that case when connections pile up. asyncio's default executor
 (`loop.run_in_executor(None, ...)`) and thread pools the app makes itself are not measured: their queues are
-private to them (the process's CPU time still sees their work when it uses CPU). Limiters other than AnyIO's
-default (an app's own `CapacityLimiter`) are not seen either.
+private to them, and uvloop does not expose its executor at all (the process's CPU time still sees their work
+when it uses CPU). Limiters other than AnyIO's default (an app's own `CapacityLimiter`) are not seen either.
 """
 
 from __future__ import annotations
