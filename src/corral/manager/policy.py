@@ -220,7 +220,7 @@ class LoadSample:
 
     at: float  # monotonic seconds
     workers: int  # ready workers measured
-    busy: float  # their mean busy fraction (event loop not waiting), 0..1
+    busy: float  # their mean utilisation (loop, threadpool or CPU, the largest: worker/busy.py), 0..1
     queued: int  # connections waiting in the listeners' accept queues
     cpu: float  # the instance's CPU use as a fraction of what it may use, 0..1
     cpus: float  # what it may use: the cgroup quota, else the CPUs it may run on
