@@ -63,8 +63,8 @@ class Profile:
 
     @classmethod
     def make(cls, quick: bool) -> Profile:
-        if quick:
-            return cls(2, (4, 16), 2, 1, 32, 15, 2)
+        if quick:  # past 40 connections, so one worker's threadpool (40 threads) is full for the I/O app
+            return cls(2, (4, 16, 48), 2, 3, 64, 15, 2)
         return cls(10, (2, 4, 8, 16, 24, 32, 48, 64), 5, 4, 64, 60, 10)
 
 

@@ -197,3 +197,44 @@ def test_workers_waiting_for_a_cpu_taken_by_other_work_hold_as_cpu_bound() -> No
     # A blocked loop waits for no CPU: connections waiting in the queue still grow the pool on a busy machine.
     blocked = [LoadSample(t / 2, 2, 0.05, 4, 0.02, 2.0, cpu_wait=0.01, machine_cpu=1.0) for t in range(10)]
     assert policy.autoscale_decision(blocked, 2, LIMITS, 4.5, -1000, "hold").action == "grow"
+
+
+def threadpool_load(at: float, workers: int, in_flight: int, machine_cpu: float) -> LoadSample:
+    """`def` endpoints waiting 50 ms in AnyIO's threadpool (40 tokens a worker): the workers' utilisation is the
+    pool's occupancy, little CPU is used, and the loops' threads wait for a CPU behind their own threads."""
+    occupancy = min(1.0, in_flight / workers / 40)
+    return LoadSample(at, workers, occupancy, 0, 0.15 * workers, 2.0, cpu_wait=0.3, machine_cpu=machine_cpu)
+
+
+def test_a_full_threadpool_grows_the_pool_when_the_machine_has_cpu_to_spare() -> None:
+    samples = [threadpool_load(t / 2, 1, 64, machine_cpu=0.6) for t in range(10)]
+    decision = policy.autoscale_decision(samples, 1, LIMITS, 4.5, -1000, "hold")
+    assert (decision.action, decision.target, decision.cpu_bound) == ("grow", 2, False)
+    # Two workers share the 64 requests: 80 % of their tokens, inside the band, so the pool stays at two.
+    two = [threadpool_load(5 + t / 2, 2, 64, machine_cpu=0.6) for t in range(10)]
+    assert policy.autoscale_decision(two, 2, LIMITS, 9.5, 4.9, "grow").action == "hold"
+    # The same wait for a CPU with the machine's CPUs taken by other work is CPU-bound.
+    taken = [threadpool_load(t / 2, 1, 64, machine_cpu=0.97) for t in range(10)]
+    held = policy.autoscale_decision(taken, 1, LIMITS, 4.5, -1000, "hold")
+    assert held.action == "hold" and held.cpu_bound
+
+
+def test_an_idle_threadpool_pool_shrinks_back_to_the_minimum() -> None:
+    def demand(t: float) -> float:  # requests in flight: 120 for 20 s, then none
+        return 120 if t < 20 else 0
+
+    size, last_change, last_action = 1, -1000.0, "hold"
+    samples: list[LoadSample] = []
+    sizes: dict[float, int] = {}
+    now = 0.0
+    while now <= 120:
+        samples.append(threadpool_load(now, size, int(demand(now)), machine_cpu=0.6))
+        decision = policy.autoscale_decision(samples, size, LIMITS, now, last_change, last_action)
+        if decision.target != size:
+            size, last_change, last_action = decision.target, now, decision.action
+        sizes[now] = size
+        now += TICK
+    assert max(sizes.values()) == 4  # 120 requests over 40 tokens a worker: 4 workers at 75 %
+    assert sizes[19.5] == 4
+    assert sizes[120] == 1
+    assert next(t for t, n in sizes.items() if n == 1 and t > 20) <= 20 + 60  # idle: back to one within a minute

@@ -37,7 +37,7 @@ class Cell:
     started_at: float  # wall clock
     requests: int
     connections: int
-    busy: float = 0.0  # fraction of the time since the previous stamp the event loop was not waiting
+    busy: float = 0.0  # utilisation since the previous stamp: loop, threadpool or CPU, the largest (worker/busy.py)
 
 
 class Scoreboard:

@@ -1,9 +1,9 @@
 """`--autoscale MIN:MAX`: gathers the pool's load, asks `policy.autoscale_decision`, and resizes the pool.
 
-Every half second it reads each ready worker's busy fraction from the scoreboard, the time its event loop waited
-for a CPU (`/proc/PID/schedstat`), the listeners' accept-queue depth (TCP_INFO), the CPU used by the whole
-instance (manager, templates, workers) against what it may use (the cgroup's quota, else the CPUs it may run
-on), and the machine's CPU use. Every few seconds it also measures memory, so the ceiling
+Every half second it reads each ready worker's utilisation (worker/busy.py) from the scoreboard, the time its
+event loop waited for a CPU (`/proc/PID/schedstat`), the listeners' accept-queue depth (TCP_INFO), the CPU used by
+the whole instance (manager, templates, workers) against what it may use (the cgroup's quota, else the CPUs it may
+run on), and the machine's CPU use. Every few seconds it also measures memory, so the ceiling
 follows the workers' private memory as it grows. It acts only through `Supervisor.scale`, which forks the new
 slot or drains the highest one politely, the same way a reload does.
 """

@@ -220,7 +220,7 @@ class LoadSample:
 
     at: float  # monotonic seconds
     workers: int  # ready workers measured
-    busy: float  # their mean busy fraction (event loop not waiting), 0..1
+    busy: float  # their mean utilisation (loop, threadpool or CPU, the largest: worker/busy.py), 0..1
     queued: int  # connections waiting in the listeners' accept queues
     cpu: float  # the instance's CPU use as a fraction of what it may use, 0..1
     cpus: float  # what it may use: the cgroup quota, else the CPUs it may run on
@@ -228,7 +228,7 @@ class LoadSample:
     machine_cpu: float = 0.0  # the whole machine's CPU use (other work included), 0..1
 
 
-STARVED = 0.25  # workers waiting for a CPU this share of the time: the machine's CPUs are taken
+STARVED = 0.25  # workers waiting for a CPU this share of the time, with the machine's CPUs in use: they are taken
 
 
 @dataclass(frozen=True)
@@ -308,8 +308,10 @@ def autoscale_decision(
     Only samples taken since the last change count, so each step is judged on its own effect. Out: the workers
     have been saturated (mean busy at or above the band's top, or connections waiting in the accept queue in
     every sample) for `grow_after` seconds, the instance's CPU use is below the band's top and its workers do not
-    wait for a CPU (`STARVED`, when other work on the machine takes the CPUs): with the CPU used up, another worker
-    only adds contention, so the pool holds and says it is CPU-bound. In: mean busy has stayed
+    wait for a CPU (`STARVED`) while the machine's CPU use is at the band's top (other work takes the CPUs): with the
+    CPU used up, another worker only adds contention, so the pool holds and says it is CPU-bound. Waiting for a CPU
+    while the machine has CPU to spare is mostly a worker's own threads contending with its loop (a busy
+    threadpool), and does not hold the pool. In: mean busy has stayed
     below the band's bottom for `cooldown` seconds after a growth (`shrink_every` after a step in), nothing
     waited (in every slice of `grow_after` seconds, not only on average, so a burst in the window counts), and one
     worker fewer would still leave the pool below the band's middle, which keeps a steady load
@@ -341,7 +343,7 @@ def autoscale_decision(
             return ScaleDecision(
                 current, "hold", f"CPU-bound at {cpu_phrase(cpu, cpus)}: add machines or CPUs", cpu_bound=True
             )
-        if waiting >= STARVED:
+        if waiting >= STARVED and machine >= limits.high:
             return ScaleDecision(
                 current, "hold",
                 f"CPU-bound at {cpu_phrase(max(cpu, machine), cpus)}: add machines or CPUs (workers wait for a CPU "

@@ -674,6 +674,7 @@ class Supervisor:
                     "generation": worker.generation,
                     "requests": cell.requests if cell.pid == worker.pid else 0,
                     "connections": cell.connections if cell.pid == worker.pid else 0,
+                    "busy": cell.busy if cell.pid == worker.pid else None,  # utilisation: worker/busy.py
                     "restarts": self.book.slot(worker.slot).restarts,
                     "cpu_percent": self.sampler.cpu.get(worker.pid or -1, 0.0),
                     "memory_uss": memory.uss if memory else None,

@@ -31,7 +31,7 @@ from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
-from corral.worker.busy import BusyMeter
+from corral.worker.busy import WorkerLoad
 from corral.worker.drain import _Draining, protocol_class
 from corral.worker.metrics import instrument, stamp_in_flight
 from corral.worker.spec import TemplateSpec
@@ -281,13 +281,13 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
     sockets = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "app"]
     sockets += plain_sockets
     interval = heartbeat_interval(settings.timeout)
-    meter = BusyMeter()  # the loop runs in this thread
+    load = WorkerLoad()  # the loop runs in this thread
 
     def stamp() -> None:
         state = CellState.DRAINING if server.should_exit else CellState.READY if server.started else CellState.STARTING
         connections = len(server.server_state.connections)
         requests = server.server_state.total_requests
-        busy = meter.sample()
+        busy = load.sample()
         if settings.metrics:
             stamp_in_flight(figures, cell, len(server.server_state.tasks))
         scoreboard.write(
@@ -296,6 +296,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
 
     def started() -> None:
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)
+        load.threadpool.start()  # in the server's task: AnyIO's thread limiter is per loop
         stamp()
         report("ready")
 
