@@ -4,7 +4,8 @@
 FastAPI hello and raw ASGI hello, 2 workers, wrk; the two settings take turns, round after round (which one
 goes first alternates), and each figure is the median of its rounds with the spread (lowest..highest) beside
 it: other work on a shared machine then spoils a sample, not a setting. Each run also scrapes `/metrics` once
-and reads the manager's PSS after it.
+and reads the manager's PSS after it. Then one worker pinned to one CPU, wrk to the other: the worker's CPU per
+request of the raw hello with and without, the figure that other work disturbs least.
 
     .venv/bin/python benchmarks/metrics_overhead.py               # 5 rounds of 10 s per app and setting
     .venv/bin/python benchmarks/metrics_overhead.py --quick       # a smoke run
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ sys.path.insert(0, str(HERE))
 
 from run import (  # noqa: E402 - run.py is a script beside this one
     HOST,
+    REPORT_LUA,
     Bench,
     BenchError,
     Env,
@@ -36,6 +39,7 @@ from run import (  # noqa: E402 - run.py is a script beside this one
     Server,
     free_port,
     machine,
+    parse_wrk,
     render_machine,
     shown,
     table,
@@ -43,7 +47,6 @@ from run import (  # noqa: E402 - run.py is a script beside this one
 )
 
 APPS = ("hello_fastapi:app", "hello_raw:app")
-CALLS = 200_000
 SETTINGS = ("--metrics", "--no-metrics")
 
 
@@ -78,49 +81,48 @@ def one_run(bench: Bench, app: str, setting: str, warmup: float, measure: float)
             running.stop()
 
 
-def layer_cost() -> dict[str, float]:
-    """CPU microseconds per request of the worker's counting layer alone, in this process: a raw ASGI hello
-    called directly, with and without the layer, alternating (CPU time, so less sensitive to other load)."""
-    import asyncio
+def pinned_run(bench: Bench, setting: str, measure: float) -> dict[str, float]:
+    """One worker pinned to CPU 1 and one wrk thread pinned to CPU 0: the worker's CPU per request of the raw
+    hello. With nothing else on the worker's CPU, this varies much less between rounds than requests/s."""
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        scratch = Path(tmp)
+        port = free_port()
+        argv = ["taskset", "-c", "1", *bench.env.corral(
+            "run", "hello_raw:app", "-w", "1", "-b", f"{HOST}:{port}", "--control", str(scratch / "corral.sock"),
+            "--no-access-log", "--log-level", "warning", setting,
+        )]
+        bench.commands[f"pinned {setting}"] = shown(argv, port, scratch)
+        running = Server(Launch("corral", argv), port, scratch, bench.logs / f"pinned-{setting[2:]}.log", {})
+        try:
+            running.wait_ready(1, 60)
+            wrk = ["taskset", "-c", "0", bench.env.wrk, "-t1", "-c32", "-s", str(REPORT_LUA), f"http://{HOST}:{port}/"]
+            subprocess.run([*wrk, "-d2s"], capture_output=True, timeout=60, check=False)
+            before = running.cpu_seconds()
+            done = subprocess.run([*wrk, f"-d{measure:g}s"], capture_output=True, text=True,
+                                  timeout=measure + 60, check=False)
+            after = running.cpu_seconds()
+            result = parse_wrk(done.stdout, done.stderr)
+            spent = sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
+            if not result["requests"]:
+                raise BenchError("no request answered")
+            return {"rps": result["rps"], "cpu_us": spent / result["requests"] * 1e6}
+        finally:
+            running.stop()
 
-    from corral.metrics_shm import RequestFigures
-    from corral.scoreboard import Scoreboard
-    from corral.worker.metrics import Instrumented
 
-    async def hello(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"hello"})
-
-    async def sink(message: Any) -> None:
-        return None
-
-    async def nothing() -> Any:
-        return {}
-
-    board = Scoreboard.create()
-    figures = RequestFigures.create(board.fd)
-    counted = Instrumented(hello, figures, 0, True, False)
-    scope = {"type": "http", "path": "/"}
-
-    async def per_call(app: Any) -> float:
-        started = time.process_time()
-        for _ in range(CALLS):
-            await app(scope, nothing, sink)
-        return (time.process_time() - started) / CALLS * 1e6
-
-    async def rounds() -> dict[str, float]:
-        bare, layered = [], []
-        for _ in range(5):
-            bare.append(await per_call(hello))
-            layered.append(await per_call(counted))
-        return {"bare_us": round(statistics.median(bare), 2), "counted_us": round(statistics.median(layered), 2),
-                "added_us": round(statistics.median(b - a for a, b in zip(bare, layered, strict=True)), 2)}
-
-    try:
-        return asyncio.run(rounds())
-    finally:
-        figures.close()
-        board.close()
+def pinned_cost(bench: Bench, rounds: int, measure: float) -> dict[str, dict[str, float]]:
+    samples: dict[str, list[dict[str, float]]] = {s: [] for s in SETTINGS}
+    for number in range(1, rounds + 1):
+        for setting in SETTINGS if number % 2 else SETTINGS[::-1]:
+            run = bench.attempt(f"pinned hello_raw:app {setting}, round {number}/{rounds}",
+                                lambda setting=setting: pinned_run(bench, setting, measure))
+            if "error" not in run:
+                samples[setting].append(run)
+    return {
+        setting: {key: statistics.median(run[key] for run in runs) for key in ("rps", "cpu_us")}
+        for setting, runs in samples.items()
+        if runs
+    }
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,21 +195,27 @@ def main(argv: list[str] | None = None) -> int:
                                                                                    plan.measure))
                 )
     results = {app: {s: summary(runs) for s, runs in by_setting.items()} for app, by_setting in samples.items()}
-    layer = layer_cost()
-    print(f"counting layer alone: {layer}")
+    pinned = pinned_cost(bench, max(rounds, 4) * 2 if not args.quick else 1, 5.0 if not args.quick else 2.0)
+    print(f"one pinned worker: {pinned}")
     info = machine(bench.env, ["corral"])
     info["load_at_end"] = round(os.getloadavg()[0], 2)
     python = sys.executable.removeprefix(str(HERE.parent) + "/")
     command = " ".join([python, "benchmarks/metrics_overhead.py", *(sys.argv[1:] if argv is None else argv)])
-    layer_line = (f"The counting layer alone (in-process, CPU time, median of 5 rounds of {CALLS:,} calls of a raw "
-                  "ASGI hello): "
-                  f"{layer['bare_us']} µs per call without it, {layer['counted_us']} µs with it "
-                  f"(+{layer['added_us']} µs per request).")
+    pinned_line = "One pinned worker: no result."
+    if set(pinned) == set(SETTINGS):
+        on, off = pinned["--metrics"], pinned["--no-metrics"]
+        pinned_line = (
+            "One worker pinned to CPU 1, one wrk thread (32 connections) pinned to CPU 0, raw ASGI hello, the "
+            "settings alternating (medians): the worker's CPU per request is "
+            f"{on['cpu_us']:.1f} µs with `--metrics` and {off['cpu_us']:.1f} µs with `--no-metrics` "
+            f"({(on['cpu_us'] - off['cpu_us']) / off['cpu_us'] * 100:+.1f} %); requests/s {on['rps']:,.0f} and "
+            f"{off['rps']:,.0f} ({(on['rps'] - off['rps']) / off['rps'] * 100:+.1f} %)."
+        )
     report = "\n\n".join([f"Command: `{command}`", render_machine(info), render(results, rounds, plan.measure),
-                           layer_line])
+                           pinned_line])
     print("\n" + report)
     (results_dir / "metrics.md").write_text(report + "\n")
-    payload = {"command": command, "machine": info, "results": results, "layer": layer, "commands": bench.commands,
+    payload = {"command": command, "machine": info, "results": results, "pinned": pinned, "commands": bench.commands,
                "errors": bench.errors}
     (results_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 1 if bench.errors else 0

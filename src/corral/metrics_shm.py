@@ -1,12 +1,14 @@
-"""Per-request figures in shared memory: one 256-byte cell per scoreboard cell, written only by its worker.
+"""Per-request figures in shared memory: one 1 KiB cell per scoreboard cell, written only by its worker.
 
 The region lives in the scoreboard's memfd, after the scoreboard's cells, so workers find it through the
 descriptor they already inherit.
 
 Shared by the manager (creates the region, names each cell's slot before the fork, reads, folds the figures
-of dead workers) and the workers (count every request into their own cell). A request costs a few writes to
-this mapping: no system call, no lock. Counters are 64-bit and aligned, so a reader never sees a torn value;
-it may see one request counted in `requests` a moment before its latency bucket, which the next read fixes.
+of dead workers) and the workers (count every request into their own cell). A request costs two writes to this
+mapping, no system call, no lock: one count in a table of status class by latency bucket (from which both the
+requests by status class and the latency histogram are summed), and the latency sum. Counters are 64-bit and
+aligned, so a reader never sees a torn value; it may see a request counted a moment before its latency is added
+to the sum, which the next read fixes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from corral import scoreboard
 from corral.scoreboard import CELLS
 
-CELL_WORDS = 32  # 8-byte words per cell
+CELL_WORDS = 128  # 8-byte words per cell
 CELL_SIZE = CELL_WORDS * 8
 OFFSET = CELLS * scoreboard.CELL_SIZE  # where the region starts in the scoreboard's memfd (page-aligned)
 SIZE = CELLS * CELL_SIZE
@@ -28,12 +30,11 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 # Word offsets inside a cell.
 SLOT = 0  # written by the manager before the fork: the worker's id in `corral status` (for its access log)
-IN_FLIGHT = 1
-STATUS = 2  # 5 words, one per status class
-BUCKETS = STATUS + len(STATUS_CLASSES)  # len(BOUNDS) + 1 words
-LATENCY_SUM = BUCKETS + len(BOUNDS) + 1  # a float64
-BYTES = LATENCY_SUM + 1
-assert BYTES < CELL_WORDS
+IN_FLIGHT = 1  # stamped with the heartbeat
+LATENCY_SUM = 2  # a float64
+COUNTS = 8  # requests by status class (rows of CLASS_STRIDE words) and latency bucket (len(BOUNDS) + 1 words)
+CLASS_STRIDE = 16
+assert len(BOUNDS) + 1 <= CLASS_STRIDE and COUNTS + len(STATUS_CLASSES) * CLASS_STRIDE <= CELL_WORDS
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,11 @@ class Figures:
     status: tuple[int, ...]
     buckets: tuple[int, ...]
     latency_sum: float
-    bytes_sent: int
     in_flight: int = 0
 
     @classmethod
     def zero(cls) -> Figures:
-        return cls((0,) * len(STATUS_CLASSES), (0,) * (len(BOUNDS) + 1), 0.0, 0)
+        return cls((0,) * len(STATUS_CLASSES), (0,) * (len(BOUNDS) + 1), 0.0)
 
     @property
     def requests(self) -> int:
@@ -59,7 +59,6 @@ class Figures:
             tuple(a + b for a, b in zip(self.status, other.status, strict=True)),
             tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True)),
             self.latency_sum + other.latency_sum,
-            self.bytes_sent + other.bytes_sent,
             self.in_flight + other.in_flight,
         )
 
@@ -68,7 +67,6 @@ class Figures:
             tuple(a - b for a, b in zip(self.status, older.status, strict=True)),
             tuple(a - b for a, b in zip(self.buckets, older.buckets, strict=True)),
             self.latency_sum - older.latency_sum,
-            self.bytes_sent - older.bytes_sent,
             self.in_flight,
         )
 
@@ -96,14 +94,14 @@ class RequestFigures:
         self.words[base + SLOT] = slot
 
     def read(self, cell: int) -> Figures:
-        base = cell * CELL_WORDS
-        words = self.words
+        start = cell * CELL_WORDS + COUNTS
+        rows = [self.words[start + row * CLASS_STRIDE : start + row * CLASS_STRIDE + len(BOUNDS) + 1].tolist()
+                for row in range(len(STATUS_CLASSES))]
         return Figures(
-            tuple(words[base + STATUS : base + STATUS + len(STATUS_CLASSES)]),
-            tuple(words[base + BUCKETS : base + BUCKETS + len(BOUNDS) + 1]),
-            self.floats[base + LATENCY_SUM],
-            words[base + BYTES],
-            words[base + IN_FLIGHT],
+            tuple(sum(row) for row in rows),
+            tuple(sum(column) for column in zip(*rows, strict=True)),
+            self.floats[cell * CELL_WORDS + LATENCY_SUM],
+            self.words[cell * CELL_WORDS + IN_FLIGHT],
         )
 
     def slot(self, cell: int) -> int:

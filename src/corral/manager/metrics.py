@@ -133,7 +133,7 @@ class PoolMetrics:
 
     def gone(self, worker: Worker) -> None:
         last = self.figures.read(worker.cell)
-        kept = Figures(last.status, last.buckets, last.latency_sum, last.bytes_sent)
+        kept = Figures(last.status, last.buckets, last.latency_sum)
         self.folded[worker.slot] = self.folded.get(worker.slot, Figures.zero()) + kept
         self.readings.pop(worker.cell, None)
         if worker.pid is not None:
@@ -258,8 +258,6 @@ class PoolMetrics:
                [([str(s), code], per_slot[s].status[i]) for s in slots for i, code in enumerate(STATUS_CLASSES)])
         family("corral_request_duration_seconds", "histogram", "Time to answer an HTTP request, by worker",
                ["worker"], [([str(s)], _histogram(per_slot[s])) for s in slots])
-        family("corral_response_body_bytes", "counter", "Bytes of response bodies sent, by worker",
-               ["worker"], [([str(s)], per_slot[s].bytes_sent) for s in slots])
         family("corral_requests_in_flight", "gauge", "HTTP requests being answered now, by worker",
                ["worker"], [([str(s)], per_slot[s].in_flight) for s in slots])
         connections: dict[int, int] = {}
