@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results", help="where autoscale.md/json go")
     parser.add_argument("--plot", type=Path, default=IMAGE, help="the PNG to write")
     args = parser.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401 - checked before a 13-minute run, not after it
+    except ImportError:
+        print("autoscale.py: the plot needs matplotlib: .venv/bin/python -m pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     found = wrk_and_corral(args.corral_venv, "autoscale.py")
     if found is None:
         return 2

@@ -4,8 +4,8 @@
 FastAPI hello and raw ASGI hello, 2 workers, wrk; the two settings take turns, round after round (which one
 goes first alternates), and each figure is the median of its rounds with the spread (lowest..highest) beside
 it: other work on a shared machine then spoils a sample, not a setting. Each run also scrapes `/metrics` once
-and reads the manager's PSS after it. Then one worker pinned to one CPU, wrk to the other: the worker's CPU per
-request of the raw hello with and without, the figure that other work disturbs least.
+and reads the manager's PSS after it. Then both settings side by side, at the same time on the same CPU: the
+workers' CPU per request with and without, the figure that the machine's drifting speed disturbs least.
 
     .venv/bin/python benchmarks/metrics_overhead.py               # 5 rounds of 10 s per app and setting
     .venv/bin/python benchmarks/metrics_overhead.py --quick       # a smoke run
@@ -81,48 +81,72 @@ def one_run(bench: Bench, app: str, setting: str, warmup: float, measure: float)
             running.stop()
 
 
-def pinned_run(bench: Bench, setting: str, measure: float) -> dict[str, float]:
-    """One worker pinned to CPU 1 and one wrk thread pinned to CPU 0: the worker's CPU per request of the raw
-    hello. With nothing else on the worker's CPU, this varies much less between rounds than requests/s."""
+def side_by_side(bench: Bench, app: str, measure: float) -> dict[str, dict[str, float]]:
+    """Both settings at once, one worker each, both pinned to CPU 1 (the scheduler shares it between them), each
+    loaded by its own wrk thread pinned to CPU 0. Whatever slows the machine down during the round slows both
+    alike, so their CPU per request compare fairly even on a VM whose speed drifts by tens of percent."""
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         scratch = Path(tmp)
-        port = free_port()
-        argv = ["taskset", "-c", "1", *bench.env.corral(
-            "run", "hello_raw:app", "-w", "1", "-b", f"{HOST}:{port}", "--control", str(scratch / "corral.sock"),
-            "--no-access-log", "--log-level", "warning", setting,
-        )]
-        bench.commands[f"pinned {setting}"] = shown(argv, port, scratch)
-        running = Server(Launch("corral", argv), port, scratch, bench.logs / f"pinned-{setting[2:]}.log", {})
+        servers: dict[str, Server] = {}
         try:
-            running.wait_ready(1, 60)
-            wrk = ["taskset", "-c", "0", bench.env.wrk, "-t1", "-c32", "-s", str(REPORT_LUA), f"http://{HOST}:{port}/"]
-            subprocess.run([*wrk, "-d2s"], capture_output=True, timeout=60, check=False)
-            before = running.cpu_seconds()
-            done = subprocess.run([*wrk, f"-d{measure:g}s"], capture_output=True, text=True,
-                                  timeout=measure + 60, check=False)
-            after = running.cpu_seconds()
-            result = parse_wrk(done.stdout, done.stderr)
-            spent = sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
-            if not result["requests"]:
-                raise BenchError("no request answered")
-            return {"rps": result["rps"], "cpu_us": spent / result["requests"] * 1e6}
+            for setting in SETTINGS:
+                port = free_port()
+                argv = ["taskset", "-c", "1", *bench.env.corral(
+                    "run", app, "-w", "1", "-b", f"{HOST}:{port}", "--control", str(scratch / f"{setting}.sock"),
+                    "--no-access-log", "--log-level", "warning", setting,
+                )]
+                bench.commands[f"side by side {app} {setting}"] = shown(argv, port, scratch)
+                log = bench.logs / f"side-by-side-{setting[2:]}.log"
+                servers[setting] = Server(Launch("corral", argv), port, scratch, log, {})
+            for server in servers.values():
+                server.wait_ready(1, 60)
+
+            def load(seconds: float) -> dict[str, subprocess.Popen[str]]:
+                return {
+                    setting: subprocess.Popen(
+                        ["taskset", "-c", "0", bench.env.wrk, "-t1", "-c16", f"-d{seconds:g}s", "-s",
+                         str(REPORT_LUA), f"http://{HOST}:{server.port}/"],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    )
+                    for setting, server in servers.items()
+                }
+
+            for process in load(2).values():
+                process.communicate(timeout=60)
+            before = {setting: server.cpu_seconds() for setting, server in servers.items()}
+            outputs = {setting: process.communicate(timeout=measure + 60) for setting, process in load(measure).items()}
+            figures = {}
+            for setting, server in servers.items():
+                after = server.cpu_seconds()
+                result = parse_wrk(*outputs[setting])
+                if not result["requests"]:
+                    raise BenchError(f"{setting}: no request answered")
+                spent = sum(after[pid] - before[setting][pid] for pid in after.keys() & before[setting].keys())
+                figures[setting] = {"rps": result["rps"], "cpu_us": spent / result["requests"] * 1e6}
+            return figures
         finally:
-            running.stop()
+            for server in servers.values():
+                server.stop()
 
 
-def pinned_cost(bench: Bench, rounds: int, measure: float) -> dict[str, dict[str, float]]:
-    samples: dict[str, list[dict[str, float]]] = {s: [] for s in SETTINGS}
-    for number in range(1, rounds + 1):
-        for setting in SETTINGS if number % 2 else SETTINGS[::-1]:
-            run = bench.attempt(f"pinned hello_raw:app {setting}, round {number}/{rounds}",
-                                lambda setting=setting: pinned_run(bench, setting, measure))
-            if "error" not in run:
-                samples[setting].append(run)
-    return {
-        setting: {key: statistics.median(run[key] for run in runs) for key in ("rps", "cpu_us")}
-        for setting, runs in samples.items()
-        if runs
-    }
+def side_by_side_cost(bench: Bench, rounds: int, measure: float) -> dict[str, dict[str, float]]:
+    """Medians over the rounds of each app's CPU per request with and without, and of their ratio."""
+    costs: dict[str, dict[str, float]] = {}
+    for app in APPS:
+        runs = [bench.attempt(f"side by side {app}, round {number}/{rounds}",
+                              lambda app=app: side_by_side(bench, app, measure))
+                for number in range(1, rounds + 1)]
+        good = [run for run in runs if "error" not in run]
+        if good:
+            costs[app] = {
+                "on_us": statistics.median(run["--metrics"]["cpu_us"] for run in good),
+                "off_us": statistics.median(run["--no-metrics"]["cpu_us"] for run in good),
+                "change": statistics.median(
+                    run["--metrics"]["cpu_us"] / run["--no-metrics"]["cpu_us"] - 1 for run in good
+                ),
+                "rounds": len(good),
+            }
+    return costs
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -195,28 +219,27 @@ def main(argv: list[str] | None = None) -> int:
                                                                                    plan.measure))
                 )
     results = {app: {s: summary(runs) for s, runs in by_setting.items()} for app, by_setting in samples.items()}
-    pinned = pinned_cost(bench, max(rounds, 4) * 2 if not args.quick else 1, 5.0 if not args.quick else 2.0)
-    print(f"one pinned worker: {pinned}")
+    side = side_by_side_cost(bench, rounds * 2 if not args.quick else 1, 5.0 if not args.quick else 2.0)
+    print(f"side by side: {side}")
     info = machine(bench.env, ["corral"])
     info["load_at_end"] = round(os.getloadavg()[0], 2)
     python = sys.executable.removeprefix(str(HERE.parent) + "/")
     command = " ".join([python, "benchmarks/metrics_overhead.py", *(sys.argv[1:] if argv is None else argv)])
-    pinned_line = "One pinned worker: no result."
-    if set(pinned) == set(SETTINGS):
-        on, off = pinned["--metrics"], pinned["--no-metrics"]
-        pinned_line = (
-            "One worker pinned to CPU 1, one wrk thread (32 connections) pinned to CPU 0, raw ASGI hello, the "
-            "settings alternating (medians): the worker's CPU per request is "
-            f"{on['cpu_us']:.1f} µs with `--metrics` and {off['cpu_us']:.1f} µs with `--no-metrics` "
-            f"({(on['cpu_us'] - off['cpu_us']) / off['cpu_us'] * 100:+.1f} %); requests/s {on['rps']:,.0f} and "
-            f"{off['rps']:,.0f} ({(on['rps'] - off['rps']) / off['rps'] * 100:+.1f} %)."
-        )
+    side_lines = [
+        f"- {app}: {cost['on_us']:.1f} µs of CPU per request with `--metrics`, {cost['off_us']:.1f} µs with "
+        f"`--no-metrics`: **{cost['change'] * 100:+.1f} %** (median of {cost['rounds']} rounds' ratios)"
+        for app, cost in side.items()
+    ]
+    side_line = "\n".join([
+        "Side by side (both settings at once, one worker each, both pinned to CPU 1; one wrk thread with 16 "
+        "connections for each, pinned to CPU 0):", "", *side_lines,
+    ])
     report = "\n\n".join([f"Command: `{command}`", render_machine(info), render(results, rounds, plan.measure),
-                           pinned_line])
+                           side_line])
     print("\n" + report)
     (results_dir / "metrics.md").write_text(report + "\n")
-    payload = {"command": command, "machine": info, "results": results, "pinned": pinned, "commands": bench.commands,
-               "errors": bench.errors}
+    payload = {"command": command, "machine": info, "results": results, "side_by_side": side,
+               "commands": bench.commands, "errors": bench.errors}
     (results_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 1 if bench.errors else 0
 
