@@ -86,13 +86,14 @@ def side_by_side(bench: Bench, app: str, measure: float) -> dict[str, dict[str, 
     loaded by its own wrk thread pinned to CPU 0. Whatever slows the machine down during the round slows both
     alike, so their CPU per request compare fairly even on a VM whose speed drifts by tens of percent."""
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
-        scratch = Path(tmp)
         servers: dict[str, Server] = {}
         try:
             for setting in SETTINGS:
+                scratch = Path(tmp) / setting.lstrip("-")
+                scratch.mkdir()
                 port = free_port()
                 argv = ["taskset", "-c", "1", *bench.env.corral(
-                    "run", app, "-w", "1", "-b", f"{HOST}:{port}", "--control", str(scratch / f"{setting}.sock"),
+                    "run", app, "-w", "1", "-b", f"{HOST}:{port}", "--control", str(scratch / "corral.sock"),
                     "--no-access-log", "--log-level", "warning", setting,
                 )]
                 bench.commands[f"side by side {app} {setting}"] = shown(argv, port, scratch)
