@@ -7,10 +7,10 @@ here but stamped with the heartbeat (`stamp_in_flight`). The manager reads the c
 `corral status`. The access log, when on, writes one line per request with the worker id, status, bytes and
 latency.
 
-`Counted` is on every request's path, so it is written for speed, and measured (benchmarks/metrics_overhead.py):
-the app's `send` is wrapped in a closure that returns the server's own awaitable (no coroutine of its own), the
-status class's row is a lookup, and nothing else is counted. Each of those choices took about a microsecond per
-request off a raw ASGI hello in a real worker, several times what they cost in a micro-benchmark.
+`Counted` is on every request's path, so it is written for speed: the app's `send` is wrapped in a closure that
+returns the server's own awaitable (no coroutine of its own), the status class's row is a lookup, and nothing
+else is counted. Measured in a real worker, not in-process, where the cost looks several times smaller
+(docs/benchmarks.md, "Metrics overhead").
 """
 
 from __future__ import annotations
