@@ -73,6 +73,7 @@ class Counted:
             await self.app(scope, receive, counted)
         finally:
             elapsed = perf_counter() - start
+            # Written out here and in `Logged` rather than shared: a call would cost on every request.
             row = ROW_OF[status] if status < 600 else OTHER
             self.words[self.counts + row + bisect_left(BOUNDS, elapsed)] += 1
             self.floats[self.latency] += elapsed
