@@ -21,5 +21,7 @@ def test_quick_metrics_overhead_run_writes_a_report(tmp_path: Path) -> None:
             result = report["results"][app][setting]
             assert result["rps"] > 0 and result["failed"] == 0
             assert 5 < result["manager_pss_mib"] < 64
-    assert report["layer"]["counted_us"] > 0
+    for app in ("hello_fastapi:app", "hello_raw:app"):  # both settings at once, pinned to one CPU
+        side = report["side_by_side"][app]
+        assert side["on_us"] > 0 and side["off_us"] > 0 and side["rounds"] == 1
     assert "### Metrics overhead" in (tmp_path / "metrics.md").read_text()
