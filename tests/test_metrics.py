@@ -3,10 +3,12 @@ the recent figures in `corral status --json`; the fold of dead processes' app me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -50,7 +52,7 @@ APP = """
         if path == "/block":
             import time
             time.sleep(3600)
-        status = 404 if path == "/missing" else 200
+        status = {"/missing": 404, "/bogus": 999}.get(path, 200)
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"x" * 100})
 """
@@ -183,6 +185,37 @@ def test_metrics_count_requests_by_status_and_latency(tmp_path: Path, corrals: l
         assert lint.returncode == 0, lint.stdout + lint.stderr
     elif sys.platform == "linux":
         pytest.fail("promtool is missing (Debian package prometheus, in scripts/apt-packages.txt)")
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_both_http_protocols_count_pipelined_requests_and_bad_statuses(
+    tmp_path: Path, corrals: list[Corral], http: str
+) -> None:
+    """Requests are counted by the HTTP protocol: pipelined ones too, each with its own latency; a response
+    whose status the server refuses counts as a 5xx."""
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--http", http, "--no-access-log")
+    with socket.create_connection(("127.0.0.1", corral.port), timeout=30) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /missing HTTP/1.1\r\nHost: a\r\n\r\n"
+                       b"GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert re.findall(rb"HTTP/1.1 (\d+)", answer) == [b"200", b"404", b"200"]
+    assert corral.get("/boom").status_code == 500
+    with contextlib.suppress(httpx.HTTPError):  # httptools drops the connection, h11 sends "999"
+        corral.get("/bogus")
+
+    def counted() -> dict[str, float]:
+        text = httpx.get(f"{admin}/metrics", timeout=30).text
+        figures = {code: ("corral_requests_total", f'code="{code}",') for code in ("2xx", "4xx", "5xx")}
+        figures["fast"] = ("corral_request_duration_seconds_bucket", 'le="0.1",')
+        figures["all"] = ("corral_request_duration_seconds_count", "")
+        return {key: sum(metric(text, name, f'{labels}worker="{w}"') for w in (1, 2))
+                for key, (name, labels) in figures.items()}
+
+    assert wait_for(lambda: (c := counted())["all"] == 5 and c, 30, "five requests counted") == {
+        "2xx": 2, "4xx": 1, "5xx": 2, "fast": 4, "all": 5,
+    }
 
 
 def test_status_has_recent_rates_and_percentiles(tmp_path: Path, corrals: list[Corral]) -> None:

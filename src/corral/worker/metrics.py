@@ -1,25 +1,33 @@
-"""Per-request figures and the access log, as an ASGI wrapper around the app a worker serves.
+"""Per-request figures and the access log.
 
-Each HTTP request, once it has ended, adds to the worker's own cell in shared memory (`corral.metrics_shm`): one
-count in the table of status class by latency bucket, and its latency to the sum. These are two writes to a
-shared mapping (the clock is read through the vDSO): no system call, no lock. Requests in flight are not counted
-here but stamped with the heartbeat (`stamp_in_flight`). The manager reads the cells for `/metrics` and
-`corral status`. The access log, when on, writes one line per request with the worker id, status, bytes and
-latency.
+Requests are counted by the HTTP protocol the worker runs, not by an ASGI layer around the app: a layer costs a
+coroutine and a closure per request, measurable on a small endpoint (docs/benchmarks.md, "Metrics overhead").
+`count_requests` makes uvicorn build its request-response cycles from subclasses whose `send` notes the
+response's start: its status and the time. The protocol (`corral.worker.protocols`) notes when each request was
+read, through `request_read`.
 
-`Counted` is on every request's path, so it is written for speed: the app's `send` is wrapped in a closure that
-returns the server's own awaitable (no coroutine of its own), the status class's row is a lookup, and nothing
-else is counted. Measured in a real worker, not in-process, where the cost looks several times smaller
-(docs/benchmarks.md, "Metrics overhead").
+The clock is read once per request, plus once per pass of the event loop that reads requests: every request
+read in the same pass shares that reading, so a request's latency runs from the pass that read it (it was in the
+socket by then) to its response's start (status and headers handed to the server). The counting itself is
+done once per pass too, for all the responses started in it: one count in the worker's cell (`corral.metrics_shm`)
+in the table of status class by latency bucket, and the latencies added to the sum. These are plain writes to a
+shared mapping: no system call, no lock. Requests in flight are not counted here but stamped with the heartbeat
+(`stamp_in_flight`). The manager reads the cells for `/metrics` and `corral status`.
+
+The access log, when on, is an ASGI layer: it writes one line per request with the worker id, status, bytes and
+latency (to the response's end).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
+
+from uvicorn.protocols.http import h11_impl
 
 from corral.metrics_shm import (
     BOUNDS,
@@ -32,6 +40,11 @@ from corral.metrics_shm import (
     RequestFigures,
 )
 
+try:
+    from uvicorn.protocols.http import httptools_impl
+except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
+    httptools_impl = None  # type: ignore[assignment]
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -40,55 +53,85 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_log = logging.getLogger("corral.access")
 
-# The row of the counts table where each status code below 600 counts: 1xx is the first ... 5xx the last. A request
-# without a valid status (the app failed before answering) counts with the 5xx: no answer is an error.
+# The row of the counts table where each status code below 600 counts: 1xx is the first ... 5xx the last. A
+# response without a valid status counts with the 5xx.
 OTHER = (len(STATUS_CLASSES) - 1) * CLASS_STRIDE
 ROW_OF = tuple((code // 100 - 1) * CLASS_STRIDE if code >= 100 else OTHER for code in range(600))
 
+# A worker serves one event loop, so the state of the pass being run is the module's. Set by `count_requests`.
+_words: memoryview[int]
+_floats: memoryview[float]
+_counts = 0
+_latency = 0
+_loop: asyncio.AbstractEventLoop | None = None
+_read_at: float | None = None  # the clock as the current pass read its first request
+_answered: list[Any] = []  # cycles whose response started in the current pass
 
-class Counted:
-    """Counts every HTTP request into `cell`. Other scopes pass through untouched."""
 
-    def __init__(self, app: ASGIApp, figures: RequestFigures, cell: int) -> None:
-        self.app = app
-        self.words = figures.words
-        self.floats = figures.floats
-        self.counts = cell * CELL_WORDS + COUNTS
-        self.latency = cell * CELL_WORDS + LATENCY_SUM
+def request_read(loop: asyncio.AbstractEventLoop) -> float:
+    """When a request was read: the clock is read for the first request of a pass, the others share it."""
+    global _read_at, _loop
+    read_at = _read_at
+    if read_at is None:
+        read_at = _read_at = perf_counter()
+        _loop = loop
+        loop.call_soon(_end_pass)
+    return read_at
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 0
 
-        def counted(message: Message) -> Awaitable[None]:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            return send(message)
+def _end_pass() -> None:
+    """Counts the responses started in the pass; the next pass reads the clock afresh."""
+    global _read_at
+    _read_at = None
+    if not _answered:
+        return
+    words, counts, total = _words, _counts, 0.0
+    for cycle in _answered:
+        elapsed = cycle.answered_at - cycle.read_at
+        status = cycle.status
+        row = ROW_OF[status] if type(status) is int and 0 <= status < 600 else OTHER
+        words[counts + row + bisect_left(BOUNDS, elapsed)] += 1
+        total += elapsed
+    _answered.clear()
+    _floats[_latency] += total
 
-        start = perf_counter()
-        try:
-            await self.app(scope, receive, counted)
-        finally:
-            elapsed = perf_counter() - start
-            # Written out here and in `Logged` rather than shared: a call would cost on every request.
-            row = ROW_OF[status] if status < 600 else OTHER
-            self.words[self.counts + row + bisect_left(BOUNDS, elapsed)] += 1
-            self.floats[self.latency] += elapsed
+
+def _counted(cycle_class: type[Any]) -> type[Any]:
+    """A subclass of one of uvicorn's request-response cycles whose `send` notes the response's start.
+
+    `send` returns the server's own coroutine rather than being one; the two notes live in slots, so uvicorn's
+    instances keep their compact attribute layout."""
+    server_send = cycle_class.send
+
+    def send(self: Any, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start" and not self.response_started:
+            self.status = message["status"]
+            self.answered_at = perf_counter()
+            if not _answered and _loop is not None:
+                _loop.call_soon(_end_pass)
+            _answered.append(self)
+        return server_send(self, message)  # type: ignore[no-any-return]
+
+    return type(f"Counted{cycle_class.__name__}", (cycle_class,),
+                {"__slots__": ("read_at", "answered_at", "status"), "send": send})
+
+
+def count_requests(figures: RequestFigures, cell: int) -> None:
+    """From now on, every HTTP request this worker answers counts into `cell`."""
+    global _words, _floats, _counts, _latency
+    _words, _floats = figures.words, figures.floats
+    _counts, _latency = cell * CELL_WORDS + COUNTS, cell * CELL_WORDS + LATENCY_SUM
+    for module in (h11_impl, httptools_impl):
+        if module is not None:
+            module.RequestResponseCycle = _counted(module.RequestResponseCycle)  # type: ignore[attr-defined]
 
 
 class Logged:
-    """Logs every HTTP request in the access log, with its body bytes; counts it too unless `--no-metrics`."""
+    """Logs every HTTP request in the access log, with its body bytes. Other scopes pass through untouched."""
 
-    def __init__(self, app: ASGIApp, figures: RequestFigures, cell: int, count: bool) -> None:
+    def __init__(self, app: ASGIApp, worker: int) -> None:
         self.app = app
-        self.figures = figures
-        self.counts = cell * CELL_WORDS + COUNTS
-        self.latency = cell * CELL_WORDS + LATENCY_SUM
-        self.worker = figures.slot(cell)
-        self.count = count
+        self.worker = worker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,7 +140,7 @@ class Logged:
         status = 0
         sent = 0
 
-        def counted(message: Message) -> Awaitable[None]:
+        def logged(message: Message) -> Awaitable[None]:
             nonlocal status, sent
             kind = message["type"]
             if kind == "http.response.body":
@@ -108,14 +151,9 @@ class Logged:
 
         start = perf_counter()
         try:
-            await self.app(scope, receive, counted)
+            await self.app(scope, receive, logged)
         finally:
-            elapsed = perf_counter() - start
-            if self.count:
-                row = ROW_OF[status] if status < 600 else OTHER
-                self.figures.words[self.counts + row + bisect_left(BOUNDS, elapsed)] += 1
-                self.figures.floats[self.latency] += elapsed
-            self._log(scope, status or 500, sent, elapsed)
+            self._log(scope, status or 500, sent, perf_counter() - start)
 
     def _log(self, scope: Scope, status: int, sent: int, elapsed: float) -> None:
         client = scope.get("client")
@@ -139,13 +177,6 @@ class Logged:
                 "duration_seconds": round(elapsed, 6),
             },
         )
-
-
-
-def instrument(app: ASGIApp, figures: RequestFigures, cell: int, count: bool, log_access: bool) -> ASGIApp:
-    if log_access:
-        return Logged(app, figures, cell, count)
-    return Counted(app, figures, cell) if count else app
 
 
 def stamp_in_flight(figures: RequestFigures, cell: int, requests: int) -> None:

@@ -32,8 +32,8 @@ from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import WorkerLoad
-from corral.worker.drain import _Draining, protocol_class
-from corral.worker.metrics import instrument, stamp_in_flight
+from corral.worker.metrics import Logged, count_requests, stamp_in_flight
+from corral.worker.protocols import _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def _https_layer(
     """
     plain = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "http"]
     if not (https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol):
-        return app, protocol_class(settings.http), plain, None
+        return app, protocol_class(settings.http, settings.metrics), plain, None
     from corral.tls.http_app import wrap_app
     from corral.tls.store import Store
     from corral.tls.worker import WorkerTLS, router_class
@@ -227,7 +227,7 @@ def _https_layer(
             store=Store(state_dir) if tls is not None and state_dir else None,
             https_port=https_port(settings),
         )
-    http_class = protocol_class(settings.http)
+    http_class = protocol_class(settings.http, settings.metrics)
     if tls is not None:
         http_class = tls.protocol_class(http_class, plain)
     elif settings.proxy_protocol:
@@ -259,7 +259,10 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
     figures = RequestFigures(spec.scoreboard_fd)
     logs.configure(settings.log_format, settings.log_level, f"worker {figures.slot(cell)}", worker=figures.slot(cell))
-    app = instrument(app, figures, cell, settings.metrics, settings.access_log)
+    if settings.metrics:
+        count_requests(figures, cell)
+    if settings.access_log:
+        app = Logged(app, figures.slot(cell))
     config = uvicorn.Config(
         app,
         http=http_class,

@@ -1,16 +1,22 @@
-"""HTTP protocols that drain without losing a request.
+"""uvicorn's HTTP protocols as a worker runs them: they drain without losing a request, and note when each
+request was read for the metrics.
 
 uvicorn closes an idle keep-alive connection the moment shutdown starts; a request the client sent at that
 instant is lost. Here an idle connection stays open for a short grace: a request arriving in it is answered
 with `Connection: close`, then the connection closes; one that stays silent is closed when the grace ends.
+
+With `--metrics`, each new request-response cycle gets the time its request was read
+(`corral.worker.metrics.request_read`); its `send` counts the response.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from corral.worker.metrics import request_read
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -24,6 +30,7 @@ class _Draining:
     """Mixin over uvicorn's HTTP protocols; `drain(grace)` replaces their `shutdown()`."""
 
     draining = False
+    timed = False  # note when each request was read (`--metrics`)
     cycle: Any
     loop: asyncio.AbstractEventLoop
     timeout_keep_alive_task: asyncio.TimerHandle | None
@@ -41,26 +48,33 @@ class _Draining:
         else:
             self.cycle.keep_alive = False
 
-    def _close_after_this_request(self) -> None:
-        if self.draining and self.cycle is not None:
-            self.cycle.keep_alive = False
+    def _after_parsing(self, previous: Any) -> None:
+        """Called once the server parsed what arrived; `previous` is the cycle it had before."""
+        cycle = self.cycle
+        if cycle is not previous and cycle is not None and self.timed:
+            cycle.read_at = request_read(self.loop)
+        if self.draining and cycle is not None:
+            cycle.keep_alive = False
 
 
 class DrainingH11Protocol(_Draining, H11Protocol):
     def handle_events(self) -> None:
+        previous = self.cycle
         super().handle_events()
-        self._close_after_this_request()
+        self._after_parsing(previous)
 
 
 if HAS_HTTPTOOLS:
 
     class DrainingHttpToolsProtocol(_Draining, HttpToolsProtocol):
         def on_headers_complete(self) -> None:
+            previous = self.cycle
             super().on_headers_complete()
-            self._close_after_this_request()
+            self._after_parsing(previous)
 
 
-def protocol_class(http: str) -> type[asyncio.Protocol]:
-    if http == "h11" or not HAS_HTTPTOOLS:
-        return DrainingH11Protocol
-    return DrainingHttpToolsProtocol
+def protocol_class(http: str, timed: bool) -> type[asyncio.Protocol]:
+    base: type[asyncio.Protocol] = DrainingH11Protocol
+    if http != "h11" and HAS_HTTPTOOLS:
+        base = DrainingHttpToolsProtocol
+    return cast(type[asyncio.Protocol], type(f"Timed{base.__name__}", (base,), {"timed": True})) if timed else base
