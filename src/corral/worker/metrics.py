@@ -86,14 +86,16 @@ def _end_pass() -> None:
     if not _answered:
         return
     words, counts, total = _words, _counts, 0.0
-    for cycle in _answered:
-        elapsed = cycle.answered_at - cycle.read_at
-        status = cycle.status
-        row = ROW_OF[status] if type(status) is int and 0 <= status < 600 else OTHER
-        words[counts + row + bisect_left(BOUNDS, elapsed)] += 1
-        total += elapsed
-    _answered.clear()
-    _floats[_latency] += total
+    try:
+        for cycle in _answered:
+            elapsed = cycle.answered_at - cycle.read_at
+            status = cycle.status
+            row = ROW_OF[status] if type(status) is int and 0 <= status < 600 else OTHER
+            words[counts + row + bisect_left(BOUNDS, elapsed)] += 1
+            total += elapsed
+    finally:
+        _answered.clear()
+        _floats[_latency] += total
 
 
 def _counted(cycle_class: type[Any]) -> type[Any]:
