@@ -101,8 +101,8 @@ def _end_pass() -> None:
 def _counted(cycle_class: type[Any]) -> type[Any]:
     """A subclass of one of uvicorn's request-response cycles whose `send` notes the response's start.
 
-    `send` returns the server's own coroutine rather than being one; the two notes live in slots, so uvicorn's
-    instances keep their compact attribute layout."""
+    `send` returns the server's own coroutine rather than being one. Its notes, and the read time the protocol
+    sets, live in slots rather than in each cycle's attribute dict."""
     server_send = cycle_class.send
 
     def send(self: Any, message: Message) -> Awaitable[None]:
