@@ -191,8 +191,8 @@ def test_metrics_count_requests_by_status_and_latency(tmp_path: Path, corrals: l
 def test_both_http_protocols_count_pipelined_requests_and_bad_statuses(
     tmp_path: Path, corrals: list[Corral], http: str
 ) -> None:
-    """Requests are counted by the HTTP protocol: pipelined ones too, each with its own latency; a response
-    whose status the server refuses counts as a 5xx."""
+    """Requests are counted by the HTTP protocol: pipelined ones too, each with its own latency; a status outside
+    100..599 counts as a 5xx."""
     corral, admin = serve(tmp_path, corrals, "-w", "2", "--http", http, "--no-access-log")
     with socket.create_connection(("127.0.0.1", corral.port), timeout=30) as client:
         client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /missing HTTP/1.1\r\nHost: a\r\n\r\n"
