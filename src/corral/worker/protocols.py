@@ -5,18 +5,17 @@ uvicorn closes an idle keep-alive connection the moment shutdown starts; a reque
 instant is lost. Here an idle connection stays open for a short grace: a request arriving in it is answered
 with `Connection: close`, then the connection closes; one that stays silent is closed when the grace ends.
 
-With `--metrics`, each new request-response cycle gets the time its request was read
-(`corral.worker.metrics.request_read`); its `send` counts the response.
+With `--metrics`, each new request-response cycle gets the time its request's headers were parsed (`read_at`),
+from which its `send` counts the response's latency (`corral.worker.metrics.count_requests` switches this on).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, cast
+from time import monotonic
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-from corral.worker.metrics import request_read
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,7 +29,7 @@ class _Draining:
     """Mixin over uvicorn's HTTP protocols; `drain(grace)` replaces their `shutdown()`."""
 
     draining = False
-    timed = False  # note when each request was read (`--metrics`)
+    timed = False  # stamp each request's read time: set by `corral.worker.metrics.count_requests`
     cycle: Any
     loop: asyncio.AbstractEventLoop
     timeout_keep_alive_task: asyncio.TimerHandle | None
@@ -52,7 +51,7 @@ class _Draining:
         """Called once the server parsed what arrived; `previous` is the cycle it had before."""
         cycle = self.cycle
         if cycle is not previous and cycle is not None and self.timed:
-            cycle.read_at = request_read(self.loop)
+            cycle.read_at = monotonic()
         if self.draining and cycle is not None:
             cycle.keep_alive = False
 
@@ -73,8 +72,7 @@ if HAS_HTTPTOOLS:
             self._after_parsing(previous)
 
 
-def protocol_class(http: str, timed: bool) -> type[asyncio.Protocol]:
-    base: type[asyncio.Protocol] = DrainingH11Protocol
+def protocol_class(http: str) -> type[asyncio.Protocol]:
     if http != "h11" and HAS_HTTPTOOLS:
-        base = DrainingHttpToolsProtocol
-    return cast(type[asyncio.Protocol], type(f"Timed{base.__name__}", (base,), {"timed": True})) if timed else base
+        return DrainingHttpToolsProtocol
+    return DrainingH11Protocol

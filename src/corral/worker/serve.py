@@ -211,7 +211,7 @@ def _https_layer(
     """
     plain = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "http"]
     if not (https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol):
-        return app, protocol_class(settings.http, settings.metrics), plain, None
+        return app, protocol_class(settings.http), plain, None
     from corral.tls.http_app import wrap_app
     from corral.tls.store import Store
     from corral.tls.worker import WorkerTLS, router_class
@@ -227,7 +227,7 @@ def _https_layer(
             store=Store(state_dir) if tls is not None and state_dir else None,
             https_port=https_port(settings),
         )
-    http_class = protocol_class(settings.http, settings.metrics)
+    http_class = protocol_class(settings.http)
     if tls is not None:
         http_class = tls.protocol_class(http_class, plain)
     elif settings.proxy_protocol:
