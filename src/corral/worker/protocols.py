@@ -4,6 +4,8 @@ request was read for the metrics.
 uvicorn closes an idle keep-alive connection the moment shutdown starts; a request the client sent at that
 instant is lost. Here an idle connection stays open for a short grace: a request arriving in it is answered
 with `Connection: close`, then the connection closes; one that stays silent is closed when the grace ends.
+uvloop runs its due timers before it reads the sockets: after a stall of the loop past the grace, a request that
+arrived in time may still be unread when the grace ends. Such a connection waits a moment more, for one read.
 
 With `--metrics`, each new request-response cycle gets the time its request's headers were parsed (`read_at`),
 from which its `send` counts the response's latency (`corral.worker.metrics.count_requests` switches this on).
@@ -12,6 +14,7 @@ from which its `send` counts the response's latency (`corral.worker.metrics.coun
 from __future__ import annotations
 
 import asyncio
+import select
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,8 @@ try:
 except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
     HAS_HTTPTOOLS = False
 
+READ_FIRST = 0.01  # seconds: a timer due later than now comes after the loop's next read of the sockets
+
 
 class _Draining:
     """Mixin over uvicorn's HTTP protocols; `drain(grace)` replaces their `shutdown()`."""
@@ -32,6 +37,7 @@ class _Draining:
     timed = False  # stamp each request's read time: set by `corral.worker.metrics.count_requests`
     cycle: Any
     loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
     timeout_keep_alive_task: asyncio.TimerHandle | None
 
     if TYPE_CHECKING:
@@ -43,9 +49,17 @@ class _Draining:
         self.draining = True
         if self.cycle is None or self.cycle.response_complete:
             self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(grace, self.timeout_keep_alive_handler)
+            self.timeout_keep_alive_task = self.loop.call_later(grace, self._grace_ended)
         else:
             self.cycle.keep_alive = False
+
+    def _grace_ended(self) -> None:
+        """Closes the connection, unless something waits unread: the read cancels the timer set here (as any
+        arrival cancels the keep-alive timer), and a request is served with `Connection: close`."""
+        if _unread(self.transport):
+            self.timeout_keep_alive_task = self.loop.call_later(READ_FIRST, self.timeout_keep_alive_handler)
+        else:
+            self.timeout_keep_alive_handler()
 
     def _after_parsing(self, previous: Any) -> None:
         """Called once the server parsed what arrived; `previous` is the cycle it had before."""
@@ -54,6 +68,16 @@ class _Draining:
             cycle.read_at = monotonic()
         if self.draining and cycle is not None:
             cycle.keep_alive = False
+
+
+def _unread(transport: asyncio.BaseTransport) -> bool:
+    """Whether bytes, or the end of the stream, wait to be read on the transport's socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class DrainingH11Protocol(_Draining, H11Protocol):
