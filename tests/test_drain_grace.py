@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import DEADLINE, Corral, corral_command, wait_for, write_app
+from harness import DEADLINE, OK_APP, Corral, corral_command, wait_for, write_app
 
 # /hold waits (asynchronously) until its worker drains its connections, then stalls the event loop past the
 # grace in two steps: a synchronous sleep, then a timer callback that lasts until the test has sent its request.
@@ -92,3 +92,25 @@ def test_request_arriving_while_the_loop_is_stalled_past_the_grace_is_served(
         if reload is not None and reload.poll() is None:
             reload.kill()
             reload.wait()
+
+
+def test_a_keep_alive_under_a_second_keeps_the_connection_then_closes_it(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """`--keep-alive 0.5` is half a second, not zero: a request sent right after a response reuses the
+    connection, and the idle connection is closed later by the server."""
+    write_app(tmp_path, OK_APP)
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--keep-alive", "0.5", "--no-access-log")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    connection = http.client.HTTPConnection("127.0.0.1", corral.port, timeout=DEADLINE)
+    try:
+        for _ in range(3):
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b"ok")
+            assert response.getheader("connection") is None
+        assert connection.sock is not None
+        assert connection.sock.recv(1) == b""  # closed by the server once idle (the timeout bounds the wait)
+    finally:
+        connection.close()

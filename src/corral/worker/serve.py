@@ -270,7 +270,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         log_level=settings.log_level,
         log_config=None,  # uvicorn's lines go through Corral's format (corral.logs)
         access_log=False,  # Corral's own access log (worker id, status, bytes, latency): corral.worker.metrics
-        timeout_keep_alive=int(settings.keep_alive),
+        timeout_keep_alive=settings.keep_alive,  # type: ignore[arg-type] # annotated int; only given to call_later
         timeout_graceful_shutdown=None,
         proxy_headers=False,  # the Forwarded/X-Forwarded-* handling lives in corral.tls.http_app
         server_header=False,
