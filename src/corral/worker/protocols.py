@@ -7,18 +7,19 @@ with `Connection: close`, then the connection closes; one that stays silent is c
 uvloop runs its due timers before it reads the sockets: after a stall of the loop past the grace, a request that
 arrived in time may still be unread when the grace ends. Such a connection waits a moment more, for one read.
 
-With `--metrics`, each new request-response cycle gets the time its request's headers were parsed (`read_at`),
-from which its `send` counts the response's latency (`corral.worker.metrics.count_requests` switches this on).
+With `--metrics`, each new request-response cycle gets the time its request was read
+(`corral.worker.metrics.request_read`); its `send` counts the response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import select
-from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from corral.worker.metrics import request_read
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -34,7 +35,7 @@ class _Draining:
     """Mixin over uvicorn's HTTP protocols; `drain(grace)` replaces their `shutdown()`."""
 
     draining = False
-    timed = False  # stamp each request's read time: set by `corral.worker.metrics.count_requests`
+    timed = False  # note when each request was read: switched on by `corral.worker.metrics.count_requests`
     cycle: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
@@ -65,7 +66,7 @@ class _Draining:
         """Called once the server parsed what arrived; `previous` is the cycle it had before."""
         cycle = self.cycle
         if cycle is not previous and cycle is not None and self.timed:
-            cycle.read_at = monotonic()
+            cycle.read_at = request_read(self.loop)
         if self.draining and cycle is not None:
             cycle.keep_alive = False
 
