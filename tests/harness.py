@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -109,6 +110,17 @@ def write_app(directory: Path, source: str, name: str = "app.py") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(source))
     return path
+
+
+def served_then_closed(connection: http.client.HTTPConnection, protocol: str) -> None:
+    """The response to a request a draining worker served: 200 "ok", then the connection closes."""
+    response = connection.getresponse()
+    assert (response.status, response.read()) == (200, b"ok")
+    if protocol == "httptools":
+        assert response.getheader("connection") == "close"
+    else:  # uvicorn's h11 protocol closes without the header
+        assert connection.sock is not None
+        assert connection.sock.recv(1) == b""
 
 
 class Corral:

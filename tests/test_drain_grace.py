@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import DEADLINE, OK_APP, Corral, corral_command, wait_for, write_app
+from harness import DEADLINE, OK_APP, Corral, corral_command, served_then_closed, wait_for, write_app
 
 # /hold waits (asynchronously) until its worker drains its connections, then stalls the event loop past the
 # grace in two steps: a synchronous sleep, then a timer callback that lasts until the test has sent its request.
@@ -47,16 +47,6 @@ STALLING_APP = """
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 """
-
-
-def served_then_closed(connection: http.client.HTTPConnection, protocol: str) -> None:
-    response = connection.getresponse()
-    assert (response.status, response.read()) == (200, b"ok")
-    if protocol == "httptools":
-        assert response.getheader("connection") == "close"
-    else:  # uvicorn's h11 protocol closes without the header
-        assert connection.sock is not None
-        assert connection.sock.recv(1) == b""
 
 
 @pytest.mark.parametrize("protocol", ["h11", "httptools"])
