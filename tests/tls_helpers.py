@@ -21,6 +21,7 @@ from corral.tls.http_app import wrap_app
 from corral.tls.plan import https_port
 from corral.tls.store import Store
 from corral.tls.worker import WorkerTLS
+from corral.worker.protocols import DrainState
 from harness import wait_for
 
 
@@ -82,6 +83,7 @@ def thread_worker(
         proxy_headers=False, loop="uvloop",
     )  # fmt: skip
     server = uvicorn.Server(config)
+    server.server_state = DrainState()  # as a worker's, which the router needs
     holder: dict[str, asyncio.AbstractEventLoop] = {}
 
     def run() -> None:

@@ -8,6 +8,7 @@ While a TLS-ALPN-01 challenge is pending it first reads the ClientHello: a clien
 for a name with a pending challenge gets the challenge certificate and is closed after the handshake;
 any other client gets the normal certificate. Otherwise no byte is read before TLS starts, and the data
 path is the same as uvicorn's own `ssl=` path.
+Until uvicorn's protocol gets a connection, it is listed in `DrainState.arriving`: a draining worker waits for it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from corral.tls.names import file_label
 from corral.tls.plan import CertificatePlan, certificate_plans, https_enabled
 from corral.tls.proxyprotocol import ProxyInfo, ProxyProtocolError, parse_proxy_header
 from corral.tls.store import Store
+from corral.worker.protocols import DrainState
 
 logger = logging.getLogger("corral.tls")
 
@@ -172,6 +174,7 @@ def router_class(
     class Router(asyncio.Protocol):
         def __init__(self, **kwargs: Any) -> None:
             self._app = app_class(**kwargs)
+            self._state: DrainState = kwargs["server_state"]
             self._loop: asyncio.AbstractEventLoop = kwargs.get("_loop") or asyncio.get_running_loop()
             self._transport: Any = None
             self._buffer = b""
@@ -184,6 +187,8 @@ def router_class(
             self._transport = transport
             self._secure = tls is not None and not _is_plain(transport.get_extra_info("sockname"), plain)
             self._peek_hello = self._secure and tls is not None and tls.challenge_pending()
+            if self._secure or self._awaiting_proxy:
+                self._state.arrive(transport, self._app)
             if not self._awaiting_proxy and not self._peek_hello:
                 self._hand_over(None)
                 return
@@ -223,6 +228,7 @@ def router_class(
             return None
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._state.arriving.pop(self._transport, None)
             if self._timer is not None:
                 self._timer.cancel()
 
@@ -233,6 +239,7 @@ def router_class(
             transport, pending = self._transport, self._buffer
             self._buffer = b""
             if not self._secure or tls is None:
+                self._state.arriving.pop(transport, None)
                 transport.set_protocol(self._app)
                 self._app.connection_made(transport)
                 if pending:

@@ -6,6 +6,8 @@ instant is lost. Here an idle connection stays open for a short grace: a request
 with `Connection: close`, then the connection closes; one that stays silent is closed when the grace ends.
 uvloop runs its due timers before it reads the sockets: after a stall of the loop past the grace, a request that
 arrived in time may still be unread when the grace ends. Such a connection waits a moment more, for one read.
+A connection the protocol gets after the drain began (its TLS handshake or PROXY header ended later) drains
+at once; until then the drain waits for it in `DrainState.arriving`.
 
 With `--metrics`, each new request-response cycle gets the time its request was read
 (`corral.worker.metrics.request_read`); its `send` counts the response.
@@ -18,6 +20,7 @@ import select
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from corral.worker.metrics import request_read
 
@@ -29,6 +32,34 @@ except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
     HAS_HTTPTOOLS = False
 
 READ_FIRST = 0.01  # seconds: a timer due later than now comes after the loop's next read of the sockets
+PRUNE_AT = 64  # connections arriving: the least size at which `DrainState.arrive` prunes
+
+
+class DrainState(ServerState):
+    """uvicorn's state shared by a worker's connections, with what its drain needs: the grace once the drain
+    began, and the connections still arriving (TLS handshake or PROXY header in progress) by raw transport,
+    with the HTTP protocol each will be handed to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drain_grace: float | None = None
+        self.arriving: dict[asyncio.BaseTransport, asyncio.Protocol] = {}
+        self._prune_at = PRUNE_AT
+
+    def arrive(self, transport: asyncio.BaseTransport, protocol: asyncio.Protocol) -> None:
+        """The router removes a connection it hands to uvicorn's protocol or loses while it has it; one it gave
+        to the loop's SSL protocol goes in a pruning (once uvicorn's protocol has it, or it closed), here when
+        the entries doubled since the last: they stay within twice the handshakes in progress (or PRUNE_AT)."""
+        self.arriving[transport] = protocol
+        if len(self.arriving) >= self._prune_at:
+            self.still_arriving()
+            self._prune_at = max(PRUNE_AT, 2 * len(self.arriving))
+
+    def still_arriving(self) -> bool:
+        for transport, protocol in list(self.arriving.items()):
+            if transport.is_closing() or protocol in self.connections:
+                del self.arriving[transport]
+        return bool(self.arriving)
 
 
 class _Draining:
@@ -82,6 +113,14 @@ def _unread(transport: asyncio.BaseTransport) -> bool:
 
 
 class DrainingH11Protocol(_Draining, H11Protocol):
+    server_state: DrainState
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        grace = self.server_state.drain_grace
+        if grace is not None:
+            self.drain(grace)
+
     def handle_events(self) -> None:
         previous = self.cycle
         super().handle_events()
@@ -91,6 +130,14 @@ class DrainingH11Protocol(_Draining, H11Protocol):
 if HAS_HTTPTOOLS:
 
     class DrainingHttpToolsProtocol(_Draining, HttpToolsProtocol):
+        server_state: DrainState
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            grace = self.server_state.drain_grace
+            if grace is not None:
+                self.drain(grace)
+
         def on_headers_complete(self) -> None:
             previous = self.cycle
             super().on_headers_complete()

@@ -33,7 +33,7 @@ from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import WorkerLoad
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
-from corral.worker.protocols import _Draining, protocol_class
+from corral.worker.protocols import DrainState, _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
 
 if TYPE_CHECKING:
@@ -47,6 +47,11 @@ class WorkerServer(uvicorn.Server):
 
     drain_grace = 2.0
     on_started: Callable[[], None] = staticmethod(lambda: None)
+    server_state: DrainState
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.server_state = DrainState()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -63,19 +68,21 @@ class WorkerServer(uvicorn.Server):
         self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = self.server_state
+        state.drain_grace = self.drain_grace  # a connection handed to the protocol from now on drains at once
         for server in self.servers:
             server.close()
-        connections = list(self.server_state.connections)
+        connections = list(state.connections)
         others = [c for c in connections if not isinstance(c, _Draining)]
         for connection in connections:
             if isinstance(connection, _Draining):
                 connection.drain(self.drain_grace)
         if others:
-            await self._wait(lambda: any(c in self.server_state.connections for c in others), self.drain_grace)
+            await self._wait(lambda: any(c in state.connections for c in others), self.drain_grace)
             for connection in others:
-                if connection in self.server_state.connections:
+                if connection in state.connections:
                     connection.shutdown()
-        await self._wait(lambda: bool(self.server_state.connections or self.server_state.tasks), None)
+        await self._wait(lambda: bool(state.connections or state.tasks or state.still_arriving()), None)
         if not self.force_exit:
             await self.lifespan.shutdown()
 
