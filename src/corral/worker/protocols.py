@@ -70,6 +70,7 @@ class _Draining:
     cycle: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
+    server_state: Any  # a DrainState (uvicorn's own classes declare its base)
     timeout_keep_alive_task: asyncio.TimerHandle | None
 
     if TYPE_CHECKING:
@@ -84,6 +85,12 @@ class _Draining:
             self.timeout_keep_alive_task = self.loop.call_later(grace, self._grace_ended)
         else:
             self.cycle.keep_alive = False
+
+    def _after_connecting(self) -> None:
+        """A connection the protocol gets after the drain began drains at once."""
+        grace = self.server_state.drain_grace
+        if grace is not None:
+            self.drain(grace)
 
     def _grace_ended(self) -> None:
         """Closes the connection, unless something waits unread: the read cancels the timer set here (as any
@@ -113,13 +120,9 @@ def _unread(transport: asyncio.BaseTransport) -> bool:
 
 
 class DrainingH11Protocol(_Draining, H11Protocol):
-    server_state: DrainState
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        grace = self.server_state.drain_grace
-        if grace is not None:
-            self.drain(grace)
+        self._after_connecting()
 
     def handle_events(self) -> None:
         previous = self.cycle
@@ -130,13 +133,9 @@ class DrainingH11Protocol(_Draining, H11Protocol):
 if HAS_HTTPTOOLS:
 
     class DrainingHttpToolsProtocol(_Draining, HttpToolsProtocol):
-        server_state: DrainState
-
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            grace = self.server_state.drain_grace
-            if grace is not None:
-                self.drain(grace)
+            self._after_connecting()
 
         def on_headers_complete(self) -> None:
             previous = self.cycle
