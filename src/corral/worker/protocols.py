@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
     HAS_HTTPTOOLS = False
 
 READ_FIRST = 0.01  # seconds: a timer due later than now comes after the loop's next read of the sockets
+CLOSE = (b"connection", b"close")
 PRUNE_AT = 64  # connections arriving: the least size at which `DrainState.arrive` prunes
 
 
@@ -84,7 +85,7 @@ class _Draining:
             self._unset_keepalive_if_required()
             self.timeout_keep_alive_task = self.loop.call_later(grace, self._grace_ended)
         else:
-            self.cycle.keep_alive = False
+            self._close_after(self.cycle)
 
     def _after_connecting(self) -> None:
         """A connection the protocol gets after the drain began drains at once."""
@@ -106,7 +107,11 @@ class _Draining:
         if cycle is not previous and cycle is not None and self.timed:
             cycle.read_at = request_read(self.loop)
         if self.draining and cycle is not None:
-            cycle.keep_alive = False
+            self._close_after(cycle)
+
+    def _close_after(self, cycle: Any) -> None:
+        """The connection closes once `cycle`'s response is sent; the response says so (httptools does)."""
+        cycle.keep_alive = False
 
 
 def _unread(transport: asyncio.BaseTransport) -> bool:
@@ -128,6 +133,13 @@ class DrainingH11Protocol(_Draining, H11Protocol):
         previous = self.cycle
         super().handle_events()
         self._after_parsing(previous)
+
+    def _close_after(self, cycle: Any) -> None:
+        """uvicorn's h11 cycle closes without a `Connection: close`, so a client could send its next request into
+        a closing connection. With the header in the response, h11 closes after it, and the client knows."""
+        cycle.keep_alive = False
+        if not cycle.response_started and CLOSE not in cycle.default_headers:
+            cycle.default_headers = [*cycle.default_headers, CLOSE]
 
 
 if HAS_HTTPTOOLS:
