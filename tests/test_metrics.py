@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral import metrics_exposition
 from corral.control_client import request as control_request
 from corral.manager.metrics import restart_cause
 from corral.manager.supervisor import Worker
@@ -141,6 +142,39 @@ def test_fold_keeps_counters_and_drops_dead_gauges(tmp_path: Path) -> None:
     assert metric(text, "c_total", 'k="a"') == 15
     assert metric(text, "g_max") == 5
     assert "g_all" not in text.replace("# HELP g_all", "").replace("# TYPE g_all", "")
+
+
+def test_fold_leaves_the_file_of_a_process_that_reused_a_dead_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pids are reused: a file of a dead pid is moved aside before it is folded, and put back if a process with
+    that pid is alive by then (it may hold the file), unless that process has made a file of its own."""
+    child = 'from prometheus_client import Counter; Counter("c", "c").inc(2)'
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", child], env=env, check=True)
+    (dead,) = tmp_path.glob("counter_*.db")
+    newcomer = subprocess.Popen(["sleep", "60"])
+    try:
+        reused = tmp_path / f"counter_{newcomer.pid}.db"
+        dead.rename(reused)  # as if the newcomer had the dead process's pid
+        assert metrics_exposition._claim(reused, newcomer.pid) is None  # alive: it may hold the file
+        assert reused.exists() and not list(tmp_path.glob("*.folding"))
+
+        def made_its_own(pid: int) -> bool:  # the newcomer opens its file by name while the first is moved aside
+            reused.write_bytes(b"")
+            return True
+
+        monkeypatch.setattr(metrics_exposition, "_alive", made_its_own)
+        claimed = metrics_exposition._claim(reused, newcomer.pid)
+        assert claimed is not None and claimed.exists() and reused.read_bytes() == b""
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+    monkeypatch.undo()
+    reused.unlink()
+    assert fold(tmp_path) == 1  # the claimed file left by an unfinished fold is folded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_folded.db"]
+    assert metric(render({"families": [], "directory": str(tmp_path)}).decode(), "c_total") == 2
 
 
 # --- a running instance ---------------------------------------------------------------------------

@@ -23,21 +23,46 @@ from pathlib import Path
 from typing import Any
 
 FOLDED = "folded"
+CLAIMED = ".folding"  # a dead process's file, renamed while it is folded
 _ADD = {"counter", "histogram", "summary", "gauge_sum"}
 _KEEP = {"gauge_max": max, "gauge_min": min}
 
 
 def dead_files(directory: Path) -> dict[str, list[Path]]:
-    """Files of processes no longer alive, by kind (`counter`, `gauge_sum`, ...)."""
+    """Files of processes no longer alive, by kind (`counter`, `gauge_sum`, ...), each claimed for the fold."""
     found: dict[str, list[Path]] = {}
+    for path in directory.glob(f"*.db{CLAIMED}"):  # claimed by a fold that did not finish
+        kind = path.name.removesuffix(f".db{CLAIMED}").rpartition("_")[0]
+        if kind:
+            found.setdefault(kind, []).append(path)
     for path in directory.glob("*.db"):
         kind, _, pid = path.stem.rpartition("_")
-        if not pid.isdigit() or not kind:
+        if not pid.isdigit() or not kind or _alive(int(pid)):
             continue
-        if _alive(int(pid)):
-            continue
-        found.setdefault(kind, []).append(path)
+        claimed = _claim(path, int(pid))
+        if claimed is not None:
+            found.setdefault(kind, []).append(claimed)
     return found
+
+
+def _claim(path: Path, pid: int) -> Path | None:
+    """Moves a dead process's file out of the way before the fold reads it. Pids are reused: a new process with
+    the same pid opens its file by name, and one that opened this file between the check and the fold would add
+    to a file the fold then removes. Once moved, a newcomer makes a file of its own; one already alive may hold
+    this one, so it goes back (None), unless the newcomer has made its own meanwhile."""
+    claimed = path.with_name(path.name + CLAIMED)
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        return None
+    if not _alive(pid):
+        return claimed
+    try:
+        os.link(claimed, path)
+    except FileExistsError:
+        return claimed
+    claimed.unlink()
+    return None
 
 
 def _alive(pid: int) -> bool:
