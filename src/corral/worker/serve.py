@@ -72,6 +72,7 @@ class WorkerServer(uvicorn.Server):
         state.drain_grace = self.drain_grace  # a connection handed to the protocol from now on drains at once
         for server in self.servers:
             server.close()
+        await asyncio.sleep(0)  # a connection accepted just before has its connection_made queued: let it run
         connections = list(state.connections)
         others = [c for c in connections if not isinstance(c, _Draining)]
         for connection in connections:
