@@ -2,17 +2,16 @@
 
 Requests are counted by the HTTP protocol the worker runs, not by an ASGI layer around the app: a layer costs a
 coroutine and a closure per request, measurable on a small endpoint (docs/benchmarks.md, "Metrics overhead").
-`count_requests` makes uvicorn build its request-response cycles from subclasses whose `send` notes the
-response's start: its status and the time. The protocol (`corral.worker.protocols`) notes when each request was
-read, through `request_read`.
+`count_requests` makes uvicorn build its request-response cycles from subclasses whose `send` counts the
+response as it starts, and has the protocol (`corral.worker.protocols`) stamp each cycle with the time its
+request's headers were parsed: a request's latency runs from then to its response's start (status and headers
+handed to the server).
 
-The clock is read once per request, plus once per pass of the event loop that reads requests: every request
-read in the same pass shares that reading, so a request's latency runs from the pass that read it (it was in the
-socket by then) to its response's start (status and headers handed to the server). The counting itself is
-done once per pass too, for all the responses started in it: one count in the worker's cell (`corral.metrics_shm`)
-in the table of status class by latency bucket, and the latencies added to the sum. These are plain writes to a
-shared mapping: no system call, no lock. Requests in flight are not counted here but stamped with the heartbeat
-(`stamp_in_flight`). The manager reads the cells for `/metrics` and `corral status`.
+A response is counted in the worker's cell (`corral.metrics_shm`) with two plain writes to a shared mapping, no
+system call, no lock: one count in the table of status class by latency bucket, and the latency added to the sum.
+Counting each response as it starts costs fewer instructions than batching the counts once per pass of the event
+loop, which an earlier version did (docs/benchmarks.md). Requests in flight are not counted here but stamped
+with the heartbeat (`stamp_in_flight`). The manager reads the cells for `/metrics` and `corral status`.
 
 The access log, when on, is an ASGI layer: it writes one line per request with the worker id, status, bytes and
 latency (to the response's end).
@@ -20,7 +19,6 @@ latency (to the response's end).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -53,74 +51,42 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_log = logging.getLogger("corral.access")
 
-# The row of the counts table where each status code below 600 counts: 1xx is the first ... 5xx the last. A
-# response without a valid status counts with the 5xx.
+# The row of the counts table where each status code counts: 1xx is the first ... 5xx the last. A response
+# without a valid status counts with the 5xx.
 OTHER = (len(STATUS_CLASSES) - 1) * CLASS_STRIDE
-ROW_OF = tuple((code // 100 - 1) * CLASS_STRIDE if code >= 100 else OTHER for code in range(600))
+ROW_OF = {code: (code // 100 - 1) * CLASS_STRIDE for code in range(100, 600)}
 
-# A worker serves one event loop, so the state of the pass being run is the module's. Set by `count_requests`.
+# Where this worker counts: set by `count_requests` (a worker serves one cell).
 _words: memoryview[int]
 _floats: memoryview[float]
 _counts = 0
 _latency = 0
-_loop: asyncio.AbstractEventLoop | None = None
-_read_at: float | None = None  # the clock as the current pass read its first request
-_answered: list[Any] = []  # cycles whose response started in the current pass
-
-
-def request_read(loop: asyncio.AbstractEventLoop) -> float:
-    """When a request was read: the clock is read for the first request of a pass, the others share it."""
-    global _read_at, _loop
-    read_at = _read_at
-    if read_at is None:
-        read_at = _read_at = perf_counter()
-        _loop = loop
-        loop.call_soon(_end_pass)
-    return read_at
-
-
-def _end_pass() -> None:
-    """Counts the responses started in the pass; the next pass reads the clock afresh."""
-    global _read_at
-    _read_at = None
-    if not _answered:
-        return
-    words, counts, total = _words, _counts, 0.0
-    try:
-        for cycle in _answered:
-            elapsed = cycle.answered_at - cycle.read_at
-            status = cycle.status
-            row = ROW_OF[status] if type(status) is int and 0 <= status < 600 else OTHER
-            words[counts + row + bisect_left(BOUNDS, elapsed)] += 1
-            total += elapsed
-    finally:
-        _answered.clear()
-        _floats[_latency] += total
 
 
 def _counted(cycle_class: type[Any]) -> type[Any]:
-    """A subclass of one of uvicorn's request-response cycles whose `send` notes the response's start.
+    """A subclass of one of uvicorn's request-response cycles whose `send` counts the response as it starts.
 
-    `send` returns the server's own coroutine rather than being one. Its notes, and the read time the protocol
-    sets, live in slots rather than in each cycle's attribute dict."""
+    `send` returns the server's own coroutine rather than being one; the read time the protocol stamps lives in a
+    slot rather than in each cycle's attribute dict."""
     server_send = cycle_class.send
 
     def send(self: Any, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start" and not self.response_started:
-            self.status = message["status"]
-            self.answered_at = perf_counter()
-            if not _answered and _loop is not None:
-                _loop.call_soon(_end_pass)
-            _answered.append(self)
+        if not self.response_started and message["type"] == "http.response.start":
+            elapsed = perf_counter() - self.read_at
+            try:
+                row = ROW_OF[message["status"]]
+            except (KeyError, TypeError):  # uvicorn fails such a response: the count says 5xx
+                row = OTHER
+            _words[_counts + row + bisect_left(BOUNDS, elapsed)] += 1
+            _floats[_latency] += elapsed
         return server_send(self, message)  # type: ignore[no-any-return]
 
-    return type(f"Counted{cycle_class.__name__}", (cycle_class,),
-                {"__slots__": ("read_at", "answered_at", "status"), "send": send})
+    return type(f"Counted{cycle_class.__name__}", (cycle_class,), {"__slots__": ("read_at",), "send": send})
 
 
 def count_requests(figures: RequestFigures, cell: int) -> None:
     """From now on, every HTTP request this worker answers counts into `cell`: uvicorn's cycles count, and the
-    protocols note the read time they count from."""
+    protocols stamp the read time they count from (one switch for both, so neither runs without the other)."""
     global _words, _floats, _counts, _latency
     _words, _floats = figures.words, figures.floats
     _counts, _latency = cell * CELL_WORDS + COUNTS, cell * CELL_WORDS + LATENCY_SUM

@@ -9,20 +9,19 @@ arrived in time may still be unread when the grace ends. Such a connection waits
 A connection the protocol gets after the drain began (its TLS handshake or PROXY header ended later) drains
 at once; until then the drain waits for it in `DrainState.arriving`.
 
-With `--metrics`, each new request-response cycle gets the time its request was read
-(`corral.worker.metrics.request_read`); its `send` counts the response.
+With `--metrics`, each new request-response cycle is stamped with the time its request's headers were parsed;
+its `send` counts the response (`corral.worker.metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import select
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
-
-from corral.worker.metrics import request_read
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -67,7 +66,7 @@ class _Draining:
     """Mixin over uvicorn's HTTP protocols; `drain(grace)` replaces their `shutdown()`."""
 
     draining = False
-    timed = False  # note when each request was read: switched on by `corral.worker.metrics.count_requests`
+    timed = False  # stamp each cycle with its read time: switched on by `corral.worker.metrics.count_requests`
     cycle: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
@@ -105,7 +104,7 @@ class _Draining:
         """Called once the server parsed what arrived; `previous` is the cycle it had before."""
         cycle = self.cycle
         if cycle is not previous and cycle is not None and self.timed:
-            cycle.read_at = request_read(self.loop)
+            cycle.read_at = perf_counter()
         if self.draining and cycle is not None:
             self._close_after(cycle)
 
