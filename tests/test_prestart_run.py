@@ -1,8 +1,10 @@
-"""`corral run` runs the pre-start steps before anything serves: three instances, one release."""
+"""`corral run` runs the pre-start steps before anything serves (three instances, one release), and a stop
+during the steps of a reload ends them."""
 
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import subprocess
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import CORRAL, LIFESPAN_APP, free_port, write_app
+from harness import CORRAL, LIFESPAN_APP, Corral, corral_command, free_port, wait_for, write_app
 
 DEADLINE = 120.0
 
@@ -71,3 +73,34 @@ def test_no_instance_serves_before_the_step_ends(
         time.sleep(0.05)
 
     assert len(runs.read_text().splitlines()) == 1
+
+
+def test_a_stop_during_a_reloads_steps_answers_the_reload_and_ends_the_steps(tmp_path: Path) -> None:
+    """The manager does not wait for the step (here 300 s) nor start the reload after it: the caller hears that
+    corral is stopping, and the step's process group is killed as the manager exits."""
+    write_app(tmp_path, LIFESPAN_APP)
+    groups, first = tmp_path / "groups", tmp_path / "first"
+    step = f"cut -d' ' -f5 /proc/$$/stat >> {groups}; if [ -e {first} ]; then sleep 300; fi; touch {first}"
+    corral = Corral(tmp_path, "app:app", "--workers", "1", "--prestart", step, "--prestart-on-reload")
+    try:
+        corral.wait_ready(1)
+        reload = subprocess.Popen(corral_command("reload", "--control", str(corral.control)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        group = wait_for(lambda: groups.exists() and len(lines := groups.read_text().split()) == 2 and int(lines[1]),
+                         DEADLINE, "the reload's step running")
+        corral.signal(signal.SIGTERM)
+        assert corral.wait_exit(60) == 0, corral.log
+        _, err = reload.communicate(timeout=DEADLINE)
+        assert (reload.returncode, err.strip()) == (1, "corral: corral is stopping")
+        wait_for(lambda: not group_alive(group), DEADLINE, "the step's process group gone")
+        assert "reload: generation" not in corral.log
+    finally:
+        corral.stop()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -13,6 +13,7 @@ in its own process group and kills that group when the manager dies, so no step 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -73,6 +74,36 @@ def run_prestart(settings: Options, *, reload: bool = False) -> None:
         ok = True
     finally:
         LAST_RUN.update(seconds=time.monotonic() - started, ok=ok)
+
+
+async def run_prestart_for_reload(settings: Options) -> None:
+    """`run_prestart(settings, reload=True)` in a daemon thread, awaited.
+
+    A manager that stops meanwhile exits without waiting for the steps or for the lock: the steps' guard kills
+    them as the manager exits, and the lock goes with the manager's descriptor or session. (`asyncio.to_thread`
+    would hold the manager's exit until the step ended, up to --prestart-timeout.)"""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            run_prestart(settings, reload=True)
+        except BaseException as exc:  # handed to the awaiting task, which raises it
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the manager is exiting
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="prestart-on-reload", daemon=True).start()
+    await done
 
 
 def _run_prestart(settings: Options) -> None:

@@ -100,7 +100,8 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._announced = False
         self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
-        self._prestart_task: asyncio.Task[None] | None = None
+        # Reloads whose pre-start steps run (--prestart-on-reload): their answer, and the task that holds it.
+        self._reloads_in_prestart: dict[asyncio.Future[int], asyncio.Task[None]] = {}
         self._generations_started = 0
         self.autoscaler: Autoscaler | None = None
 
@@ -163,22 +164,26 @@ class Supervisor:
         if self.stopping:
             future.set_exception(RuntimeError("corral is stopping"))
         elif self.settings.prestart and self.settings.prestart_on_reload:
-            self._prestart_task = asyncio.create_task(self._prestart_then_reload(future))
+            self._reloads_in_prestart[future] = asyncio.create_task(self._prestart_then_reload(future))
         else:
             self._begin_reload(future)
         return future
 
     async def _prestart_then_reload(self, future: asyncio.Future[int]) -> None:
-        from corral.prestart import run_prestart
+        from corral.prestart import run_prestart_for_reload
 
         try:
-            await asyncio.to_thread(run_prestart, self.settings, reload=True)
+            await run_prestart_for_reload(self.settings)
         except CorralError as exc:
-            log.error("reload refused: %s", exc)
-            self.reloads["refused"] += 1
-            future.set_exception(RuntimeError(str(exc)))
+            if not future.done():
+                log.error("reload refused: %s", exc)
+                self.reloads["refused"] += 1
+                future.set_exception(RuntimeError(str(exc)))
             return
-        self._begin_reload(future)
+        finally:
+            self._reloads_in_prestart.pop(future, None)
+        if not future.done():  # stop() answers the reloads whose steps were still running
+            self._begin_reload(future)
 
     def _begin_reload(self, future: asyncio.Future[int]) -> None:
         pending = [g for g in self.generations.values() if g.phase in (Phase.LOADING, Phase.PROVING)]
@@ -611,11 +616,13 @@ class Supervisor:
         if self.exit_code is None:
             self.exit_code = code
         self.events.record("stop", "stopping" + ("" if graceful else " now"), code=int(code))
-        for generation in self.generations.values():  # a waiting `corral reload` gets its answer now
-            for waiter in generation.reload_waiters:
-                if not waiter.done():
-                    waiter.set_exception(RuntimeError("corral is stopping"))
+        waiting = [*self._reloads_in_prestart]
+        for generation in self.generations.values():
+            waiting += generation.reload_waiters
             generation.reload_waiters.clear()
+        for waiter in waiting:  # a waiting `corral reload` gets its answer now
+            if not waiter.done():
+                waiter.set_exception(RuntimeError("corral is stopping"))
         if not self.draining_instance:  # request_stop() has told already
             self._report("stopping")
         if not graceful:
