@@ -3,13 +3,15 @@
 `--metrics` and `--no-metrics`, counted by valgrind's callgrind.
 
 The CPU-time figures of `metrics_overhead.py` move by about a point between runs of the same code on a VM; the
-effect measured is a few points. Instructions do not depend on what else the machine does, so this tells two
-versions of the counting apart where time cannot. It counts user-space instructions only (not the kernel's
-work for the sockets, which the metrics do not change), so its percentages are larger than the CPU time's.
+effect measured is a few points. Instruction counts move far less with what else the machine does (a loaded
+machine changes only how many requests one pass of the event loop reads), so they tell two versions of the
+counting apart where time cannot. They count user-space instructions only, not the kernel's work for the
+sockets, which the metrics do not change: the percentages are larger than the CPU time's.
 
-Corral runs under callgrind with one worker (FastAPI hello and raw ASGI hello); after a warm-up the worker's
-counters are zeroed, wrk sends requests for a while (one thread, 16 connections), and the worker's main thread's
-instructions are divided by the requests answered. The settings take turns, round after round.
+Corral runs under callgrind with one worker (FastAPI hello and raw ASGI hello). After a warm-up, the worker's main
+thread's instructions are counted for a while with no load (its heartbeat, a threadpool meter: work done per
+second, not per request), then while wrk sends requests (one thread, 16 connections). The loaded count, less the
+idle rate over the same seconds, is divided by the requests answered. The settings take turns, round after round.
 
     .venv/bin/python benchmarks/metrics_instructions.py               # 2 rounds of 15 s per app and setting
     .venv/bin/python benchmarks/metrics_instructions.py --quick       # a smoke run
@@ -25,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,9 @@ from run import (  # noqa: E402
     wrk_and_corral,
 )
 
+# Seconds of no load, to learn the instructions a worker spends on its own (its heartbeat, the threadpool meter of
+# an app using AnyIO's threads): per second, not per request, so they are taken out of the loaded figure.
+IDLE = 10.0
 # Under callgrind a worker runs some fifty times slower: its watchdog and start-up bounds are widened to match.
 SLOW = ("--timeout", "600", "--startup-timeout", "600")
 
@@ -82,16 +89,26 @@ def one_run(bench: Bench, app: str, setting: str, warmup: float, measure: float)
         try:
             (pid,) = running.wait_ready(1, 600)
             load(bench, port, warmup)
-            control(pid, "-z")
-            result = load(bench, port, measure)
-            control(pid, "-d")
-            instructions = main_thread_instructions(dumps, pid)
+            idle = counted(pid, dumps, lambda: time.sleep(IDLE))
+            result: dict[str, Any] = {}
+            loaded = counted(pid, dumps, lambda: result.update(load(bench, port, measure)))
             if not result["requests"]:
                 raise BenchError("no request answered")
-            return {"requests": result["requests"], "instructions": instructions,
-                    "per_request": round(instructions / result["requests"])}
+            background = idle[0] / idle[1] * loaded[1]
+            return {"requests": result["requests"], "instructions": loaded[0], "background": round(background),
+                    "per_request": round((loaded[0] - background) / result["requests"])}
         finally:
             running.stop(grace=60)
+
+
+def counted(pid: int, dumps: Path, action: Callable[[], object]) -> tuple[int, float]:
+    """The instructions of the worker's main thread while `action` runs, and the seconds it took."""
+    control(pid, "-z")
+    started = time.monotonic()
+    action()
+    seconds = time.monotonic() - started
+    control(pid, "-d")
+    return main_thread_instructions(dumps, pid), seconds
 
 
 def load(bench: Bench, port: int, seconds: float) -> dict[str, Any]:
@@ -143,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     wrk, corral_venv = found
+    load_at_start = round(os.getloadavg()[0], 2)
     rounds, warmup, measure = (1, 2.0, 3.0) if args.quick else (args.rounds, 5.0, args.seconds)
     results_dir: Path = args.results.resolve()
     logs = results_dir / "logs"
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     python = sys.executable.removeprefix(str(HERE.parent) + "/")
     command = " ".join([python, "benchmarks/metrics_instructions.py", *(sys.argv[1:] if argv is None else argv)])
     info = machine(bench.env, ["corral"])
-    info["load_at_end"] = round(os.getloadavg()[0], 2)
+    info["load_at_start"], info["load_at_end"] = load_at_start, round(os.getloadavg()[0], 2)
     report = "\n\n".join([f"Command: `{command}`", render_machine(info), render(samples, measure)])
     print("\n" + report)
     (results_dir / "metrics-instructions.md").write_text(report + "\n")
