@@ -18,6 +18,7 @@ CELLS = 512
 MAX_WORKERS = CELLS // 2  # leaves a cell for each worker's replacement during a reload or recycle
 _LAYOUT = struct.Struct("=qqqddqqd")  # pid, generation, state, heartbeat, started_at, requests, connections, busy
 CELL_SIZE = 64
+assert _LAYOUT.size == CELL_SIZE
 
 
 class CellState(IntEnum):
@@ -65,9 +66,11 @@ class Scoreboard:
         return Cell(pid, generation, CellState(state), heartbeat, started_at, requests, connections, busy)
 
     def write(self, index: int, cell: Cell) -> None:
-        _LAYOUT.pack_into(
-            self._map,
-            index * CELL_SIZE,
+        """One copy of the packed cell into the mapping. `pack_into` would zero the cell first: a reader could then
+        see the worker's pid with a heartbeat of 0 (while the writer is preempted midway), a worker hung for as long
+        as the machine has been up."""
+        start = index * CELL_SIZE
+        self._map[start : start + CELL_SIZE] = _LAYOUT.pack(
             cell.pid,
             cell.generation,
             int(cell.state),
