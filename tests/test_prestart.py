@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -244,3 +245,17 @@ def test_the_lock_holds_no_step_process_or_descriptor(tmp_path: Path, postgres_u
         assert str(lock_file) not in targets
         assert not [target for target in targets if target.startswith("socket:")], targets
     assert os.path.exists(lock_file)
+
+
+def test_a_step_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+    """A full descriptor table (here a limit of 6: the step's pipes do not fit) refuses the steps in one line."""
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (6, 6))
+
+    done = subprocess.run([CORRAL, "prestart", "--prestart", "true"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=DEADLINE, preexec_fn=few_descriptors)
+    out = done.stdout + done.stderr
+    assert done.returncode == 6, out
+    assert "Traceback" not in out, out
+    assert out.strip().splitlines()[-1] == "corral: pre-start step 1 could not start: Too many open files: true", out

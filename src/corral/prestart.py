@@ -137,14 +137,18 @@ def run_step(index: int, command: str, timeout: float, env: dict[str, str] | Non
     name = f"prestart[{index}]"
     log.info("%s: running: %s", name, command)
     started = time.monotonic()
-    guard = subprocess.Popen(
-        [sys.executable, "-P", "-m", "corral.prestart", str(os.getpid()), command],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        guard = subprocess.Popen(
+            [sys.executable, "-P", "-m", "corral.prestart", str(os.getpid()), command],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:  # no process or descriptor left (EAGAIN, EMFILE, ENOMEM)
+        raise CorralError(f"pre-start step {index} could not start: {exc.strerror}: {command}",
+                          ExitCode.PRESTART_FAILED) from exc
     assert guard.stdout is not None
     reader = threading.Thread(target=_log_lines, args=(guard.stdout, name), daemon=True)
     reader.start()
