@@ -14,7 +14,7 @@ second, not per request), then while wrk sends requests (one thread, 16 connecti
 idle rate over the same seconds, is divided by the requests answered. The settings take turns, round after round.
 
     .venv/bin/python benchmarks/metrics_instructions.py               # 2 rounds of 15 s per app and setting
-    .venv/bin/python benchmarks/metrics_instructions.py --quick       # a smoke run
+    .venv/bin/python benchmarks/metrics_instructions.py --quick       # a smoke run: the raw hello, short
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from run import (  # noqa: E402
 # Seconds of no load, to learn the instructions a worker spends on its own (its heartbeat, the threadpool meter of
 # an app using AnyIO's threads): per second, not per request, so they are taken out of the loaded figure.
 IDLE = 10.0
+QUICK_IDLE = 2.0
 # Under callgrind a worker runs some fifty times slower: its watchdog and start-up bounds are widened to match.
 SLOW = ("--timeout", "600", "--startup-timeout", "600")
 
@@ -72,7 +73,7 @@ def main_thread_instructions(dumps: Path, pid: int) -> int:
     raise BenchError(f"no totals in {files[-1]}")
 
 
-def one_run(bench: Bench, app: str, setting: str, warmup: float, measure: float) -> dict[str, Any]:
+def one_run(bench: Bench, app: str, setting: str, warmup: float, idle: float, measure: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         scratch = Path(tmp)
         dumps = scratch / "callgrind"
@@ -80,6 +81,7 @@ def one_run(bench: Bench, app: str, setting: str, warmup: float, measure: float)
         port = free_port()
         argv = [
             "taskset", "-c", "1", "valgrind", "--tool=callgrind", "--trace-children=yes", "--separate-threads=yes",
+            "--instr-atstart=no",  # no instrumenting until the worker is warm: starting runs several times faster
             f"--callgrind-out-file={dumps}/%p.out",
             *bench.env.corral("run", app, "-w", "1", "-b", f"{HOST}:{port}", "--control", str(scratch / "corral.sock"),
                               "--no-access-log", "--log-level", "warning", *SLOW, setting),
@@ -89,12 +91,13 @@ def one_run(bench: Bench, app: str, setting: str, warmup: float, measure: float)
         try:
             (pid,) = running.wait_ready(1, 600)
             load(bench, port, warmup)
-            idle = counted(pid, dumps, lambda: time.sleep(IDLE))
+            control(pid, "-i", "on")
+            quiet = counted(pid, dumps, lambda: time.sleep(idle))
             result: dict[str, Any] = {}
             loaded = counted(pid, dumps, lambda: result.update(load(bench, port, measure)))
             if not result["requests"]:
                 raise BenchError("no request answered")
-            background = idle[0] / idle[1] * loaded[1]
+            background = quiet[0] / quiet[1] * loaded[1]
             return {"requests": result["requests"], "instructions": loaded[0], "background": round(background),
                     "per_request": round((loaded[0] - background) / result["requests"])}
         finally:
@@ -118,12 +121,13 @@ def load(bench: Bench, port: int, seconds: float) -> dict[str, Any]:
     return parse_wrk(done.stdout, done.stderr)
 
 
-def control(pid: int, action: str) -> None:
-    """Zero (-z) or dump (-d) a process's counters; callgrind_control returns once the process did it."""
-    done = subprocess.run(["callgrind_control", action, str(pid)], capture_output=True, text=True, timeout=120,
+def control(pid: int, *action: str) -> None:
+    """Switch instrumenting on (-i on), zero (-z) or dump (-d) a process's counters; callgrind_control returns
+    once the process did it."""
+    done = subprocess.run(["callgrind_control", *action, str(pid)], capture_output=True, text=True, timeout=120,
                           check=False)
     if done.returncode != 0:
-        raise BenchError(f"callgrind_control {action} {pid}: {(done.stderr or done.stdout).strip()[-200:]}")
+        raise BenchError(f"callgrind_control {' '.join(action)} {pid}: {(done.stderr or done.stdout).strip()[-200:]}")
 
 
 def render(samples: dict[str, dict[str, list[dict[str, Any]]]], measure: float) -> str:
@@ -145,7 +149,7 @@ def render(samples: dict[str, dict[str, list[dict[str, Any]]]], measure: float) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="one short round of the raw hello (a smoke run)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--corral-venv", type=Path, default=HERE.parent / ".venv")
@@ -161,18 +165,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     wrk, corral_venv = found
     load_at_start = round(os.getloadavg()[0], 2)
-    rounds, warmup, measure = (1, 2.0, 3.0) if args.quick else (args.rounds, 5.0, args.seconds)
+    rounds, warmup, idle, measure = (1, 2.0, QUICK_IDLE, 3.0) if args.quick else (args.rounds, 5.0, IDLE, args.seconds)
+    apps = APPS[-1:] if args.quick else APPS
     results_dir: Path = args.results.resolve()
     logs = results_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     bench = Bench(Env(corral_venv, corral_venv, wrk), Plan.make(args.quick), ["corral"], logs)
-    samples: dict[str, dict[str, list[dict[str, Any]]]] = {app: {s: [] for s in SETTINGS} for app in APPS}
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {app: {s: [] for s in SETTINGS} for app in apps}
     for number in range(1, rounds + 1):
-        for app in APPS:
+        for app in apps:
             for setting in SETTINGS if number % 2 else SETTINGS[::-1]:
                 samples[app][setting].append(bench.attempt(
                     f"{app} {setting}, round {number}/{rounds}",
-                    lambda app=app, setting=setting: one_run(bench, app, setting, warmup, measure),
+                    lambda app=app, setting=setting: one_run(bench, app, setting, warmup, idle, measure),
                 ))
     python = sys.executable.removeprefix(str(HERE.parent) + "/")
     command = " ".join([python, "benchmarks/metrics_instructions.py", *(sys.argv[1:] if argv is None else argv)])
