@@ -17,11 +17,12 @@ def test_a_cell_being_written_never_reads_as_a_worker_without_a_heartbeat() -> N
     board = Scoreboard(Scoreboard.create().fd)
     board.write(0, Cell(1, 1, CellState.READY, time.monotonic(), time.time(), 0, 0))
     writer = os.fork()
-    if writer == 0:  # the worker: stamps its cell as fast as it can until killed
-        stamps = 0
-        while True:
+    if writer == 0:  # the worker: stamps its cell as fast as it can until killed (or orphaned, or past the deadline)
+        parent, stamps, end = os.getppid(), 0, time.monotonic() + DEADLINE
+        while stamps % 4096 or (os.getppid() == parent and time.monotonic() < end):
             stamps += 1
             board.write(0, Cell(2 + stamps % 2, 1, CellState.READY, time.monotonic(), time.time(), stamps, 1))
+        os._exit(0)
     try:
         seen, torn = 0, 0
         started = time.monotonic()
