@@ -14,6 +14,7 @@ in its own process group and kills that group when the manager dies, so no step 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -82,28 +83,18 @@ async def run_prestart_for_reload(settings: Options) -> None:
     A manager that stops meanwhile exits without waiting for the steps or for the lock: the steps' guard kills
     them as the manager exits, and the lock goes with the manager's descriptor or session. (`asyncio.to_thread`
     would hold the manager's exit until the step ended, up to --prestart-timeout.)"""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def settle(error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
+    outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     def run() -> None:
-        error: BaseException | None = None
         try:
             run_prestart(settings, reload=True)
         except BaseException as exc:  # handed to the awaiting task, which raises it
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the manager is exiting
-            loop.call_soon_threadsafe(settle, error)
+            outcome.set_exception(exc)
+        else:
+            outcome.set_result(None)
 
     threading.Thread(target=run, name="prestart-on-reload", daemon=True).start()
-    await done
+    await asyncio.wrap_future(outcome)  # ignored once the awaiting task is cancelled and the loop closed
 
 
 def _run_prestart(settings: Options) -> None:
