@@ -63,6 +63,22 @@ def test_reload_serves_new_code(corrals: list[Corral], tmp_path: Path) -> None:
     wait_for(lambda: corral.get().text.startswith("v3") and corral.status()["generation"] == 3, what="v3")
 
 
+def test_sighup_to_every_process_of_the_instance_is_one_reload(corrals: list[Corral], tmp_path: Path) -> None:
+    """`pkill -HUP corral` reaches the template and the workers too: they keep serving, the manager reloads."""
+    versioned(tmp_path, "v1")
+    corral = Corral(tmp_path, "app.py", "-w", "2")
+    corrals.append(corral)
+    old = corral.wait_ready(2)
+    template = corral.status()["templates"][0]["pid"]
+    versioned(tmp_path, "v2")
+    for pid in [*old, template, corral.process.pid]:
+        os.kill(pid, signal.SIGHUP)
+    wait_for(lambda: corral.get().text.startswith("v2") and corral.status()["generation"] == 2, what="v2")
+    wait_for(lambda: not any(psutil.pid_exists(pid) for pid in [*old, template]), what="generation 1 to end")
+    assert "killed by" not in corral.log
+    assert corral.status()["generation"] == 2
+
+
 @pytest.mark.parametrize(
     ("broken", "cause"),
     [

@@ -246,6 +246,7 @@ def _https_layer(
 def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: None)  # a reload meant for the manager (`pkill -HUP corral`)
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)
     scoreboard = Scoreboard(spec.scoreboard_fd)
     pid = os.getpid()

@@ -46,6 +46,7 @@ class Template:
         self.children: dict[int, int] = {}  # pid -> scoreboard cell
         self.exiting = False
         self.own: set[int] = set()  # processes the app started while it was imported here: not orphans
+        self.caught: set[int] = set()  # signals caught since the loop last looked
         self.wakeup_read, self.wakeup_write = os.pipe()
 
     def load(self) -> bool:
@@ -67,11 +68,10 @@ class Template:
     def serve(self) -> None:
         os.set_blocking(self.wakeup_write, False)
         signal.set_wakeup_fd(self.wakeup_write)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, lambda *_: self._begin_exit())
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._caught)
         # From now on the template outlives the manager long enough to take the app's processes with it:
         # SIGHUP on the manager's death (instead of SIGKILL) kills every worker, then the orphans they leave.
-        signal.signal(signal.SIGHUP, lambda *_: self._manager_gone())
         die_with_parent(self.spec.manager_pid, signal.SIGHUP)
         selector = selectors.DefaultSelector()
         selector.register(self.channel, selectors.EVENT_READ)
@@ -82,9 +82,22 @@ class Template:
                     self._receive()
                 else:
                     os.read(self.wakeup_read, 4096)
+            self._act_on_signals()
             self._reap()
             if self.exiting and not self.children and not self._orphans():
                 return
+
+    def _caught(self, signum: int, _frame: object) -> None:
+        """Only note the signal: the loop acts on it, so that no handler runs in the middle of a fork, a reap
+        or a kill (the manager's death arrives twice, as SIGHUP and as the channel's end)."""
+        self.caught.add(signum)
+
+    def _act_on_signals(self) -> None:
+        caught, self.caught = self.caught, set()
+        if signal.SIGHUP in caught and os.getppid() != self.spec.manager_pid:  # not a reload meant for the manager
+            self._manager_gone()
+        elif signal.SIGTERM in caught:
+            self._begin_exit()
 
     def _receive(self) -> None:
         try:
