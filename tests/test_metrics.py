@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -102,6 +103,46 @@ def test_a_cell_sums_its_table_into_status_classes_and_buckets() -> None:
         assert read.buckets == (5, 0, 1) + (0,) * (len(BOUNDS) - 3) + (2,)
         assert read.latency_sum == 25.0 and figures.slot(3) == 7
         assert figures.read(2) == Figures.zero() and figures.read(4) == Figures.zero()  # neighbours untouched
+    finally:
+        figures.close()
+        board.close()
+
+
+def test_a_counted_response_lands_in_the_bucket_of_its_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bound belongs to its own bucket (Prometheus' `le`), the next float above it to the next one; statuses
+    outside 100..599 count as 5xx. The clock is fixed, so latencies are exact."""
+    from uvicorn.protocols.http import h11_impl, httptools_impl
+
+    from corral.worker import metrics, protocols
+
+    for owner, name in ((h11_impl, "RequestResponseCycle"), (httptools_impl, "RequestResponseCycle"),
+                        (protocols._Draining, "timed")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
+    monkeypatch.setattr(metrics, "perf_counter", lambda: 0.0)
+
+    class Cycle:
+        response_started = False
+
+        async def send(self, message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                self.response_started = True
+
+    board = Scoreboard.create()
+    figures = RequestFigures.create(board.fd)
+    try:
+        metrics.count_requests(figures, 2)
+        counted = metrics._counted(Cycle)
+        latencies = [0.0, *BOUNDS, *(math.nextafter(bound, math.inf) for bound in BOUNDS)]
+        for status, latency in [(200, latency) for latency in latencies] + [(404, 0.0), (999, 0.0), ("x", 0.0)]:
+            cycle = counted()
+            cycle.read_at = -latency
+            for message in ({"type": "http.response.start", "status": status}, {"type": "http.response.body"}):
+                with contextlib.suppress(StopIteration):
+                    cycle.send(message).send(None)
+        read = figures.read(2)
+        assert read.status == (0, len(latencies), 0, 1, 2)
+        assert read.buckets == (5, *([2] * (len(BOUNDS) - 1)), 1)
+        assert read.latency_sum == pytest.approx(sum(latencies))
     finally:
         figures.close()
         board.close()

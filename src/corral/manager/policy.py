@@ -78,9 +78,11 @@ def is_hung(now: float, heartbeat: float, timeout: float, importing: bool = Fals
     return not importing and now - heartbeat > timeout
 
 
-def heartbeat_interval(timeout: float) -> float:
-    """How often workers stamp: often enough that a healthy loop never looks late."""
-    return max(0.05, min(1.0, timeout / 5))
+def heartbeat_interval(timeout: float, request_limit: bool = False) -> float:
+    """How often workers stamp: often enough that a healthy loop never looks late, and, with a request limit
+    (the manager reads the count from the stamp), every manager tick, so that a busy worker is not recycled up
+    to a second past its limit."""
+    return 0.05 if request_limit else max(0.05, min(1.0, timeout / 5))
 
 
 def recycle_reason(

@@ -292,7 +292,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
     server.drain_grace = min(2.0, settings.keep_alive)
     sockets = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "app"]
     sockets += plain_sockets
-    interval = heartbeat_interval(settings.timeout)
+    interval = heartbeat_interval(settings.timeout, request_limit=settings.max_requests is not None)
     load = WorkerLoad()  # the loop runs in this thread
 
     def stamp() -> None:
