@@ -112,21 +112,21 @@ def test_certificate_from_pebble(tmp_path: Path, challenge: str) -> None:
 
 
 def test_renewal_without_restart_and_unreachable_ca(tmp_path: Path) -> None:
-    """A 60 s certificate is renewed when a third of its life remains; a new connection sees the new one
+    """A 30 s certificate is renewed when a third of its life remains; a new connection sees the new one
     and the workers are the same processes. Then pebble stops: retries are logged and the last
     certificate keeps serving."""
     https_port, http_port = free_port(), free_port()
     state = tmp_path / "state"
     with contextlib.ExitStack() as pebble_running:
         pebble = pebble_running.enter_context(
-            pebble_server(tmp_path / "pebble", http_port, https_port, validity_seconds=60)
+            pebble_server(tmp_path / "pebble", http_port, https_port, validity_seconds=30)
         )
         with corral(tmp_path, *acme_args(pebble, state, "http-01"), "--http-bind", f"127.0.0.1:{http_port}",
                     port=https_port) as server:  # fmt: skip
             pids = server.wait_ready(2)
             first = wait_for(lambda: issued_by(https_port, pebble.issuing_root), ACME_DEADLINE, "first cert")
             lifetime = first.not_valid_after_utc - first.not_valid_before_utc
-            assert lifetime <= dt.timedelta(seconds=61)
+            assert lifetime <= dt.timedelta(seconds=31)
 
             def renewed() -> x509.Certificate | None:
                 cert = issued_by(https_port, pebble.issuing_root)

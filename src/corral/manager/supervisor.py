@@ -638,7 +638,10 @@ class Supervisor:
             if worker.pid is None:
                 self._forget(worker)
         for generation in self.generations.values():
-            generation.ask_to_exit()
+            if generation.phase is Phase.LOADING:  # still importing: no worker to drain, nobody reads the channel
+                generation.kill()
+            else:
+                generation.ask_to_exit()
         self._stop_deadline = time.monotonic() + self.settings.graceful_timeout + 5
         self._wakeup.set()
 
