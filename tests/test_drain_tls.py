@@ -4,17 +4,19 @@ drain began is served (with `Connection: close`), not reset when the worker exit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
-from corral.worker.protocols import PRUNE_AT, DrainState
+from corral.worker.protocols import ARRIVAL_WAIT, PRUNE_AT, DrainState
 from harness import DEADLINE, OK_APP, Corral, corral_command, served_then_closed, wait_for, write_app
 
 PROXY_HEADER = b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\n"
@@ -103,6 +105,34 @@ def test_a_proxy_header_ending_after_the_drain_began_is_served(
         return _over(sock)
 
     _served_while_draining(corral, worker, arriving, rest_of_header, protocol)
+
+
+def test_a_stalled_handshake_holds_the_drain_for_the_arrival_wait_only(corrals: list[Corral], tmp_path: Path) -> None:
+    """A client that sends its ClientHello and never finishes the handshake (a stuck or hostile client) is
+    closed once the drain has waited ARRIVAL_WAIT for it, not at the 30 s handshake timeout; the stop ends."""
+    write_app(tmp_path, OK_APP)
+    corral = Corral(tmp_path, "app.py", *ARGS, "--https", "localhost", "--state-dir", str(tmp_path / "state"))
+    corrals.append(corral)
+    (worker,) = corral.wait_ready(1)
+    client = ssl.create_default_context(cafile=str(tmp_path / "state/ca/root.pem"))
+    outgoing = ssl.MemoryBIO()
+    handshake = client.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        handshake.do_handshake()
+    with socket.create_connection(("127.0.0.1", corral.port), timeout=DEADLINE) as stalled:
+        closed_by = time.monotonic() + ARRIVAL_WAIT + 15  # short of the handshake timeout: 30 s from now
+        stalled.sendall(outgoing.read())  # the ClientHello, and nothing after it
+        wait_for(lambda: _holds(worker, stalled.getsockname()), what="the worker accepting the connection")
+        stop = subprocess.Popen(corral_command("stop", "--control", str(corral.control)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with contextlib.suppress(ConnectionResetError):
+            while True:  # the server's half of the handshake, then its close
+                stalled.settimeout(max(0.1, closed_by - time.monotonic()))
+                if not stalled.recv(65536):
+                    break
+        _, stderr = stop.communicate(timeout=DEADLINE)
+        assert stop.returncode == 0, stderr
+    assert corral.wait_exit() == 0
 
 
 class _Transport(asyncio.Transport):

@@ -7,7 +7,7 @@ with `Connection: close`, then the connection closes; one that stays silent is c
 uvloop runs its due timers before it reads the sockets: after a stall of the loop past the grace, a request that
 arrived in time may still be unread when the grace ends. Such a connection waits a moment more, for one read.
 A connection the protocol gets after the drain began (its TLS handshake or PROXY header ended later) drains
-at once; until then the drain waits for it in `DrainState.arriving`.
+at once; until then the drain waits for it in `DrainState.arriving`, for at most `ARRIVAL_WAIT`.
 
 With `--metrics`, each new request-response cycle is stamped with the time its request's headers were parsed;
 its `send` counts the response (`corral.worker.metrics`).
@@ -33,6 +33,9 @@ except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
 READ_FIRST = 0.01  # seconds: a timer due later than now comes after the loop's next read of the sockets
 CLOSE = (b"connection", b"close")
 PRUNE_AT = 64  # connections arriving: the least size at which `DrainState.arrive` prunes
+# How long a draining worker waits for connections still arriving: as long as a PROXY header may take (a TLS
+# handshake takes far less), not the 30 s handshake timeout, which a silent connection would add to every reload.
+ARRIVAL_WAIT = 10.0
 
 
 class DrainState(ServerState):
@@ -60,6 +63,13 @@ class DrainState(ServerState):
             if transport.is_closing() or protocol in self.connections:
                 del self.arriving[transport]
         return bool(self.arriving)
+
+    def close_arriving(self) -> None:
+        """Close the connections that have not arrived yet: they sent no request the drain could answer."""
+        self.still_arriving()
+        for transport in self.arriving:
+            transport.close()
+        self.arriving.clear()
 
 
 class _Draining:

@@ -33,7 +33,7 @@ from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import WorkerLoad
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
-from corral.worker.protocols import DrainState, _Draining, protocol_class
+from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ class WorkerServer(uvicorn.Server):
             for connection in others:
                 if connection in state.connections:
                     connection.shutdown()
-        await self._wait(lambda: bool(state.connections or state.tasks or state.still_arriving()), None)
+        await self._wait(state.still_arriving, ARRIVAL_WAIT)
+        state.close_arriving()
+        await self._wait(lambda: bool(state.connections or state.tasks), None)
         if not self.force_exit:
             await self.lifespan.shutdown()
 
