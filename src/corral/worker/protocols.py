@@ -34,7 +34,7 @@ READ_FIRST = 0.01  # seconds: a timer due later than now comes after the loop's 
 CLOSE = (b"connection", b"close")
 PRUNE_AT = 64  # connections arriving: the least size at which `DrainState.arrive` prunes
 # How long a draining worker waits for connections still arriving: as long as a PROXY header may take (a TLS
-# handshake takes far less), not the 30 s handshake timeout, which a silent connection would add to every reload.
+# handshake takes far less), not the 30 s handshake timeout, which a stalled handshake would add to every reload.
 ARRIVAL_WAIT = 10.0
 
 
