@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,14 @@ import trustme
 
 from corral.control_client import request
 from corral.errors import CorralError
-from corral.manager.events import EventLog, wait_channel
+from corral.manager.events import EventLog, top_frame, wait_channel
 from harness import Corral, corral_command, run_cli, wait_for, write_app
 
 APP = """
     import asyncio, os, time
+
+    def block_forever():
+        time.sleep(3600)
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -32,7 +36,7 @@ APP = """
         if scope["path"] == "/crash":
             os._exit(3)
         if scope["path"] == "/block":
-            time.sleep(3600)
+            block_forever()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
 """
@@ -90,6 +94,25 @@ def ready(corral: Corral, count: int) -> list[int]:
     return pids
 
 
+def test_the_top_frame_is_the_main_threads_in_the_latest_dump() -> None:
+    dump = textwrap.dedent("""\
+        main thread 0x7f00000000aa
+        Timeout (0:00:01.600000)!
+        Thread 0x00007f00000000aa (most recent call first):
+          File "/srv/app.py", line 3 in old_wait
+        Timeout (0:00:01.600000)!
+        Thread 0x00007f00000000bb (most recent call first):
+          File "/usr/lib/python3.11/threading.py", line 320 in wait
+        Thread 0x00007f00000000aa (most recent call first):
+          File "/srv/app.py", line 9 in block_forever
+          File "/srv/app.py", line 20 in app
+    """)
+    assert top_frame(dump) == "/srv/app.py:9 in block_forever"
+    assert top_frame(dump.replace("0x00007f00000000aa", "0x00007f00000000cc")) is None  # no main thread
+    assert top_frame(dump.partition("\n")[2]) is None  # no main thread id first
+    assert top_frame("main thread 0xaa\n") is None  # nothing dumped yet
+
+
 def test_start_recycle_crash_and_hang(corrals: list[Corral], tmp_path: Path) -> None:
     write_app(tmp_path, APP)
     corral = Corral(tmp_path, "app.py", "-w", "2", "--max-requests", "20", "--timeout", "2")
@@ -118,6 +141,8 @@ def test_start_recycle_crash_and_hang(corrals: list[Corral], tmp_path: Path) -> 
     hang = wait_for(lambda: kinds(corral, "hang"), what="a hang event")[0]
     assert "event loop hung" in hang["message"]
     assert "sleep" in hang["waiting_in"]  # where the kernel has it wait: time.sleep, hrtimer_nanosleep
+    assert hang["frame"] == f"{tmp_path / 'app.py'}:5 in block_forever", hang  # where the app has it wait
+    assert hang["message"].endswith(" at app.py:5 in block_forever"), hang
     # its death after the stack dump is a crash caused by the hang
     end = wait_for(lambda: [e for e in kinds(corral, "crash") if e["pid"] == hang["pid"]], what="the hung one's end")
     assert "hung" in end[0]["cause"]

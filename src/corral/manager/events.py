@@ -9,9 +9,13 @@ worker cannot grow the manager's memory.
 from __future__ import annotations
 
 import collections
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from corral.worker.stall import MAIN_THREAD, MEMFD_NAME
 
 CAPACITY = 500
 
@@ -60,3 +64,43 @@ def wait_channel(pid: int | None) -> str | None:
     except OSError:
         return None
     return text if text and text != "0" else None
+
+
+DUMP_TAIL = 256 * 1024  # what is read of a worker's stack file: its latest dumps (one is a few KiB)
+_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+) \(most recent call first\):$", re.M)
+_FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$', re.M)
+
+
+def stalled_frame(pid: int | None) -> str | None:
+    """The top frame of a hung worker's event loop, as `path:line in function`, from the stacks its watchdog
+    wrote (`corral.worker.stall`); None if there are none or they cannot be read."""
+    if not pid:
+        return None
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            path = f"/proc/{pid}/fd/{fd}"
+            if os.readlink(path).startswith(f"/memfd:{MEMFD_NAME}"):
+                with open(path, "rb") as file:  # the main thread's id, then the latest dumps
+                    head = file.readline(256)
+                    file.seek(max(len(head), os.fstat(file.fileno()).st_size - DUMP_TAIL))
+                    return top_frame((head + file.read(DUMP_TAIL)).decode(errors="replace"))
+    except OSError:
+        return None
+    return None
+
+
+def top_frame(dump: str) -> str | None:
+    """The innermost frame of the main thread in the latest faulthandler dump of `dump` (which starts with the
+    main thread's id)."""
+    first, _, rest = dump.partition("\n")
+    if not first.startswith(MAIN_THREAD):
+        return None
+    main = int(first.removeprefix(MAIN_THREAD), 16)
+    sections = list(_THREAD.finditer(rest))
+    for number, header in reversed(list(enumerate(sections))):
+        if int(header.group(1), 16) != main:
+            continue
+        end = sections[number + 1].start() if number + 1 < len(sections) else len(rest)
+        frame = _FRAME.search(rest, header.end(), end)
+        return f"{frame.group(1)}:{frame.group(2)} in {frame.group(3)}" if frame else None
+    return None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from corral import channel
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
-from corral.manager.events import EventLog, wait_channel
+from corral.manager.events import EventLog, stalled_frame, wait_channel
 from corral.manager.generation import Generation, Phase, kill_orphans
 from corral.manager.restarts import Restarts, Slot
 from corral.options import Options
@@ -470,8 +470,10 @@ class Supervisor:
     def _kill_for_fault(self, worker: Worker, now: float, fault: str) -> None:
         """Log every thread's stack (faulthandler, in the worker), then kill: the blocking line is in the log."""
         log.error("worker %d (pid %s): %s; stack of every thread:", worker.slot, worker.pid, fault)
-        self.events.record("hang", f"worker {worker.slot} (pid {worker.pid}): {fault}",
-                           worker=worker.slot, pid=worker.pid, cause=fault, waiting_in=wait_channel(worker.pid))
+        frame = stalled_frame(worker.pid)
+        self.events.record("hang", f"worker {worker.slot} (pid {worker.pid}): {fault}"
+                           + (f" at {frame.rpartition('/')[2]}" if frame else ""), worker=worker.slot,
+                           pid=worker.pid, cause=fault, waiting_in=wait_channel(worker.pid), frame=frame)
         worker.fault = fault
         worker.stop_reason = fault
         if worker.pid:

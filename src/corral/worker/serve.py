@@ -35,6 +35,7 @@ from corral.worker.busy import WorkerLoad
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
 from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
+from corral.worker.stall import StallRecorder
 
 if TYPE_CHECKING:
     from corral.tls.worker import WorkerTLS
@@ -296,6 +297,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
     sockets += plain_sockets
     interval = heartbeat_interval(settings.timeout, request_limit=settings.max_requests is not None)
     load = WorkerLoad()  # the loop runs in this thread
+    stall = StallRecorder(settings.timeout)
 
     def stamp() -> None:
         state = CellState.DRAINING if server.should_exit else CellState.READY if server.started else CellState.STARTING
@@ -307,6 +309,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         scoreboard.write(
             cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections, busy)
         )
+        stall.arm()
 
     def started() -> None:
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)
