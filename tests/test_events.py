@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
+import math
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -14,7 +17,8 @@ import trustme
 
 from corral.control_client import request
 from corral.errors import CorralError
-from corral.manager.events import EventLog, top_frame, wait_channel
+from corral.manager.events import EventLog, stalled_frame, top_frame, wait_channel
+from corral.worker.stall import StallRecorder
 from harness import Corral, corral_command, run_cli, wait_for, write_app
 
 APP = """
@@ -111,6 +115,21 @@ def test_the_top_frame_is_the_main_threads_in_the_latest_dump() -> None:
     assert top_frame(dump.replace("0x00007f00000000aa", "0x00007f00000000cc")) is None  # no main thread
     assert top_frame(dump.partition("\n")[2]) is None  # no main thread id first
     assert top_frame("main thread 0xaa\n") is None  # nothing dumped yet
+
+
+def test_the_stall_file_holds_the_stall_in_progress_only() -> None:
+    """The watchdog writes the stacks of a loop that missed its heartbeats; the next arm (a heartbeat) empties
+    the file, so an old stall is never reported for a later fault."""
+    recorder = StallRecorder(0.5)
+    try:
+        recorder.arm()  # this thread now waits in wait_for, as a stuck loop would
+        frame = wait_for(lambda: stalled_frame(os.getpid()), 30, "the watchdog's stacks")
+        assert frame.endswith(" in wait_for") and "harness.py:" in frame, frame
+        recorder.armed_at = -math.inf
+        recorder.arm()
+        assert stalled_frame(os.getpid()) is None
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def test_start_recycle_crash_and_hang(corrals: list[Corral], tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def wait_channel(pid: int | None) -> str | None:
     return text if text and text != "0" else None
 
 
-DUMP_TAIL = 256 * 1024  # what is read of a worker's stack file: its latest dumps (one is a few KiB)
+DUMP_LIMIT = 1 << 20  # what is read of a worker's stack file (a dump is a few KiB)
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+) \(most recent call first\):$", re.M)
 _FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$', re.M)
 
@@ -80,18 +80,16 @@ def stalled_frame(pid: int | None) -> str | None:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             path = f"/proc/{pid}/fd/{fd}"
             if os.readlink(path).startswith(f"/memfd:{MEMFD_NAME}"):
-                with open(path, "rb") as file:  # the main thread's id, then the latest dumps
-                    head = file.readline(256)
-                    file.seek(max(len(head), os.fstat(file.fileno()).st_size - DUMP_TAIL))
-                    return top_frame((head + file.read(DUMP_TAIL)).decode(errors="replace"))
+                with open(path, "rb") as file:  # the main thread's id, then the stacks of a stall, if any
+                    return top_frame(file.read(DUMP_LIMIT).decode(errors="replace"))
     except OSError:
         return None
     return None
 
 
 def top_frame(dump: str) -> str | None:
-    """The innermost frame of the main thread in the latest faulthandler dump of `dump` (which starts with the
-    main thread's id)."""
+    """The innermost frame of the main thread in the latest faulthandler dump in `dump`, which starts with the
+    main thread's id."""
     first, _, rest = dump.partition("\n")
     if not first.startswith(MAIN_THREAD):
         return None

@@ -1,11 +1,12 @@
 """Where a worker's event loop is stuck, written by the worker itself before the manager declares it hung.
 
 Every heartbeat re-arms faulthandler's watchdog, a C thread that needs no GIL: if the loop misses its heartbeats
-for most of --timeout, the watchdog writes every thread's stack into an anonymous memory file. The manager, which
-declares the hang once the whole --timeout has passed, reads the file then (through /proc/PID/fd) and names the
-loop's top frame in the hang event. The file starts with the id of the main thread, where the loop runs, so the
-manager can tell its stack from the others'. The full dump the manager asks for (SIGUSR1) still goes to the log.
-An app that uses `faulthandler.dump_traceback_later` itself shares the one watchdog with this.
+for most of --timeout, the watchdog writes every thread's stack into an anonymous memory file, which each arm
+empties, so it holds the stacks of the stall in progress or nothing. The manager, which declares the hang once
+the whole --timeout has passed, reads the file then (through /proc/PID/fd) and names the loop's top frame in the
+hang event. The file starts with the id of the main thread, where the loop runs, so the manager can tell its
+stack from the others'. The full dump the manager asks for (SIGUSR1) still goes to the log. An app that uses
+`faulthandler.dump_traceback_later` itself shares the one watchdog with this.
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ class StallRecorder:
         self.timeout = timeout
         self.every = heartbeat_interval(timeout)  # at most this often: each arm starts a thread (about 0.2 ms)
         self.armed_at = -math.inf
+        self.header = f"{MAIN_THREAD}{threading.main_thread().ident or 0:#x}\n"
         self.file: TextIO | None = None
         if hasattr(os, "memfd_create"):
             self.file = os.fdopen(os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC), "w")
-            self.file.write(f"{MAIN_THREAD}{threading.main_thread().ident or 0:#x}\n")
-            self.file.flush()
 
     def arm(self) -> None:
-        """Called with each heartbeat: the watchdog writes the stacks unless armed again within its delay."""
+        """Called with each heartbeat: the watchdog writes the stacks unless armed again within its delay. The
+        file is emptied first, so that it only ever holds the stacks of the stall in progress, if any."""
         now = time.monotonic()
-        if self.file is not None and now - self.armed_at >= self.every:
-            self.armed_at = now
-            faulthandler.dump_traceback_later(self.timeout * AHEAD, file=self.file)
+        if self.file is None or now - self.armed_at < self.every:
+            return
+        self.armed_at = now
+        faulthandler.cancel_dump_traceback_later()
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(self.header)
+        self.file.flush()
+        faulthandler.dump_traceback_later(self.timeout * AHEAD, file=self.file)
