@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral.manager import policy
-from corral.manager.policy import GIB, MIB, Backoff
-from corral.manager.supervisor import TICK
+from corral.manager.policy import GIB, MIB, TICK, Backoff
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 

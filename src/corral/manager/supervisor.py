@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral")
 
-TICK = 0.05
+TICK = policy.TICK
 STACK_DUMP_WAIT = 1.0
 
 
