@@ -190,3 +190,20 @@ def test_loopback_lock_or_value_is_refused(project: Path, command: str) -> None:
         corral("export", command, "app.main:app", "--env-file", "other.env", *extra, cwd=project),
         "CACHE_HOST=[::1]:11211", "::1",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["docker", "compose", "kubernetes"])
+def test_loopback_only_browsers_use_is_a_warning(project: Path, command: str) -> None:
+    """A CORS origin on localhost is not something the container connects to: exported, with a warning naming
+    the key; a cache URL on loopback is still refused."""
+    extra = ["--memory", "256MiB"] if command == "kubernetes" else []
+    (project / "front.env").write_text("FRONTEND_HOST=http://localhost:5173\nAPP_NAME=shop\n")
+    result = corral("export", command, "app.main:app", "--env-file", "front.env", *extra, "--out", "out", cwd=project)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "FRONTEND_HOST" in warnings[0] and "localhost" in warnings[0], result.stderr
+    (project / "cache.env").write_text("FRONTEND_HOST=http://localhost:5173\nREDIS_URL=redis://localhost:6379/0\n")
+    one_line(
+        corral("export", command, "app.main:app", "--env-file", "cache.env", *extra, cwd=project),
+        "REDIS_URL=redis://localhost:6379/0", "localhost",
+    )  # fmt: skip

@@ -53,7 +53,7 @@ def export(project: Path, *args: str) -> tuple[str, str]:
     out = project / "out"
     result = corral("export", "docker", *args, "--out", str(out), cwd=project)
     assert result.returncode == 0, result.stderr
-    return (out / "Dockerfile").read_text(), (out / ".dockerignore").read_text()
+    return (out / "Dockerfile").read_text(), (out / "Dockerfile.dockerignore").read_text()
 
 
 @pytest.fixture

@@ -40,6 +40,13 @@ def kubernetes_validate(*paths: Path) -> list[str]:
     return [line for line in output if line.startswith("WARN")]
 
 
+def prestop_seconds(container: dict[str, Any]) -> int:
+    """The preStop hook's sleep: an exec of `sleep N` (the `sleep` action needs Kubernetes 1.30)."""
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    return int(command[1])
+
+
 def by_kind(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     kinds = [document["kind"] for document in documents]
     assert len(kinds) == len(set(kinds)), kinds
@@ -109,7 +116,7 @@ def consistency_problems(app: list[dict[str, Any]], job: dict[str, Any] | None) 
                 if ref["name"] != service["metadata"]["name"] or ref["port"] not in service_ports.values():
                     problems.append("the HTTPRoute backend is not the Service's port")
 
-    sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    sleep = prestop_seconds(container)
     graceful = parse_run_arguments(container["args"][1:]).settings.graceful_timeout
     if pod["spec"]["terminationGracePeriodSeconds"] < sleep + graceful:
         problems.append("terminationGracePeriodSeconds does not cover the preStop sleep and the drain")
@@ -196,7 +203,7 @@ def test_full_export(project: Path) -> None:
     assert served.prestart == ["alembic upgrade head"] and served.release == "1.4.2"
     assert served.prestart_lock == "postgresql://shop@db.internal:5432/shop"
     assert container["envFrom"] == [{"secretRef": {"name": "shop-env"}}], "PGPASSWORD"
-    assert served.drain_delay == 0 and container["lifecycle"]["preStop"]["sleep"]["seconds"] == 8
+    assert served.drain_delay == 0 and prestop_seconds(container) == 8
     assert pod["terminationGracePeriodSeconds"] >= 8 + 25
     assert served.admin_bind == "0.0.0.0:9000"
     assert {"name": "admin", "containerPort": 9000} in container["ports"]

@@ -248,9 +248,13 @@ def config_command(
 ) -> None:
     """Print the effective configuration of `corral run [options]` and where each value came from."""
     from corral.redact import redact_values
+    from corral.tls.plan import http_binds
 
     resolved = parse_run_arguments(ctx.args)
     values = redact_values(resolved.settings.model_dump())
+    # The listeners `corral run` opens, defaults included (--https alone: 443, and 80 for HTTP-01).
+    run = resolved.settings.options()
+    values |= {"bind": run.bind, "http_bind": http_binds(run)}
     if json_output:
         rows = {key: {"value": values[key], "source": resolved.sources[key]} for key in values}
         print(json.dumps(rows, indent=2))

@@ -296,12 +296,40 @@ def loopback_host(value: str) -> str | None:
     return host if host and is_loopback(host) else None
 
 
+# Schemes of the URLs the app itself connects to (databases, caches, brokers; `+driver` suffixes aside): a
+# loopback host there is the container itself, where no such server runs.
+CONNECTING_SCHEMES = frozenset(
+    {
+        *("postgres", "postgresql", "cockroachdb", "mysql", "mariadb", "mssql", "sqlserver", "oracle"),
+        *("clickhouse", "cassandra", "mongodb", "redis", "rediss", "valkey", "valkeys", "memcached", "memcache"),
+        *("amqp", "amqps", "kafka", "nats", "elasticsearch", "opensearch"),
+    }
+)
+
+
+# A bare HOST[:PORT] under such a key is a server the app connects to as well (CACHE_HOST, DB_HOST, PGHOST).
+_SERVER_KEY = re.compile(
+    r"DATABASE|(^|_)(DB|PG)|POSTGRES|MYSQL|MARIADB|MONGO|REDIS|VALKEY|CACHE|MEMCACHE|BROKER|AMQP|RABBIT|KAFKA|CELERY",
+    re.IGNORECASE,
+)
+
+
+def connects(key: str, value: str) -> bool:
+    """Whether the app connects to `value`: a database, cache or broker URL, or a bare address under a key
+    naming one."""
+    if _HOST_IN_URL.match(value):
+        return value.split("://", 1)[0].split("+", 1)[0].lower() in CONNECTING_SCHEMES
+    return bool(_SERVER_KEY.search(key))
+
+
 def refuse_loopback(
     settings: Settings, environment: AppEnvironment, target: str, *, skip: frozenset[str] = frozenset()
 ) -> None:
-    """A loopback address carried into a container is the container itself: refuse with one line.
+    """A loopback address the container connects to is the container itself: refuse with one line.
 
-    `skip` names the variables the export rewires itself (Compose's database service)."""
+    Only where the container connects: --prestart-lock and database, cache and broker URLs; any other
+    loopback value (a browser's origin, say) gets a warning from `loopback_warnings`. `skip` names the
+    variables the export rewires itself (Compose's database service)."""
     from corral.redact import mask_url
 
     where = "the pod" if target == "kubernetes" else "the container"
@@ -314,8 +342,21 @@ def refuse_loopback(
         )
     for key, value in environment.values.items():
         host = loopback_host(value)
-        if host and key not in skip:
+        if host and key not in skip and connects(key, value):
             raise ConfigError(
                 f"{key}={mask_url(value)} (--env-file) points at {host}, which in {where} is {where} itself: "
                 "give the address reached from there in an env file for the deployment (--env-file FILE)"
+            )
+
+
+def warn_loopback(environment: AppEnvironment, target: str, *, skip: frozenset[str] = frozenset()) -> None:
+    """One line on stderr per variable naming a loopback address that `refuse_loopback` lets through."""
+    where = "the pod" if target == "kubernetes" else "the container"
+    for key, value in environment.values.items():
+        host = loopback_host(value)
+        if host and key not in skip and not connects(key, value):
+            print(
+                f"corral: warning: {key} (--env-file) names {host}, which in {where} is {where} itself: right for "
+                "an address only browsers use (a CORS origin), wrong for one the app connects to",
+                file=sys.stderr,
             )

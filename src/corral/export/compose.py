@@ -29,6 +29,7 @@ from corral.export.common import (
     parse_postgres_url,
     refuse_loopback,
     resource_name,
+    warn_loopback,
 )
 from corral.export.docker import health_command, stop_timeout
 
@@ -58,6 +59,7 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
     lock = plan.postgres if plan.postgres is not None and _local_postgres(plan.settings.prestart_lock or "") else None
     skip = frozenset([*local, *(["prestart_lock"] if lock else [])])
     refuse_loopback(settings, environment, "compose", skip=skip)
+    warn_loopback(plan.environment, "compose", skip=skip)
     image = options.image or f"{resource_name(settings.name)}:latest"
     volumes: dict[str, Any] = {"state": {}}
     env: dict[str, str] = {}
@@ -75,9 +77,10 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
     base = (options.out or options.project or Path.cwd()).resolve()
     project = (options.project or base).resolve()
     env_files = [os.path.relpath(path, base) for path in environment.files]
+    build = _build(project, base)
 
     app: dict[str, Any] = {
-        **_container(image, os.path.relpath(project, base)),
+        **_container(image, build),
         **({"env_file": env_files} if env_files else {}),
         **({"environment": app_env} if app_env else {}),
         "command": ["run", *run_arguments(plan.serving())],
@@ -98,7 +101,7 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
         step_env = {**app_env, **env}
         step_env.pop("CORRAL_ADMIN_TOKEN", None)
         services["prestart"] = {
-            **_container(image, os.path.relpath(project, base)),
+            **_container(image, build),
             **({"env_file": env_files} if env_files else {}),
             "command": ["prestart", *run_arguments(only(settings, *PRESTART_FIELDS, "log_level"))],
             "restart": "no",
@@ -114,7 +117,7 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
     document = {"name": resource_name(settings.name), "services": services, "volumes": volumes}
     header = [
         "# Written by corral export compose. Build the image from the Dockerfile of",
-        "# `corral export docker`, then: docker compose up -d",
+        "# `corral export docker` (the same --out), then: docker compose up -d",
     ]
     if env or database or "CORRAL_ADMIN_TOKEN" in app_env:
         header.append("# Set the passwords first (POSTGRES_PASSWORD, PGPASSWORD...), in the environment or in")
@@ -135,10 +138,19 @@ def _to_service(value: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _container(image: str, context: str) -> dict[str, Any]:
+def _build(project: Path, base: Path) -> str | dict[str, str]:
+    """The build of `corral export docker` given the same --out: the project as context, and the Dockerfile
+    beside this file (Compose reads `dockerfile` relative to the context)."""
+    context = os.path.relpath(project, base)
+    if base == project:
+        return context
+    return {"context": context, "dockerfile": os.path.relpath(base / "Dockerfile", project)}
+
+
+def _container(image: str, build: str | dict[str, str]) -> dict[str, Any]:
     """What the app and its one-shot step share: the image, the user, the hardening, the state volume."""
     return {
-        "build": context,
+        "build": build,
         "image": image,
         "user": f"{CONTAINER_UID}:{CONTAINER_UID}",
         "read_only": True,

@@ -25,6 +25,7 @@ from corral.export.common import (
     ContainerPlan,
     ExportFile,
     refuse_loopback,
+    warn_loopback,
 )
 from corral.export.project import choose_python, find_lock, project_table, read_pins, requirement_names
 from corral.export.wheel import wheel_bytes, wheel_name
@@ -75,6 +76,7 @@ def health_command(url: str) -> list[str]:
 
 def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
     refuse_loopback(plan.settings, plan.environment, "docker")
+    warn_loopback(plan.environment, "docker")
     settings = plan.settings
     project = options.project.resolve()
     context = _context_prefix(project, options.out)
@@ -88,11 +90,13 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
     install = _dependency_steps(project, context)
     files: list[ExportFile] = []
     notes = [*plan.notes, f"Python {version}: {why}", *install.notes]
+    dockerfile = "" if context == "." else f"-f {context}/Dockerfile "
     env_hint = "".join(f" --env-file {_shown(path, project)}" for path in plan.environment.files)
     env_hint += "".join(f" -e {key}" for key in plan.secret_options)
     lines = [
         "# Written by corral export docker.",
-        f"#   docker build -t IMAGE {'' if context == '.' else f'-f {context}/Dockerfile '}.",
+        f"#   docker build -t IMAGE {dockerfile}.",
+        f"#   podman build --format docker -t IMAGE {dockerfile}.  (an OCI image would drop the HEALTHCHECK)",
         "#   (another base: --build-arg BASE_IMAGE=... --build-arg BUILD_IMAGE=..., the same Python)",
         f"#   docker run --stop-timeout {stop_timeout(plan)} -v corral-state:{CONTAINER_STATE_DIR} "
         + " ".join(f"-p {port}:{port}" for port in plan.ports)
@@ -134,13 +138,47 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
         'ENTRYPOINT ["corral"]',
         f"CMD {json.dumps(['run', *run_arguments(settings)])}",
     ]
-    ignore = DOCKERIGNORE + "".join(f"{_shown(path, project)}\n" for path in plan.environment.files)
-    ignore += "".join(f"!{context}/{file.name}\n" for file in install.files) if context != "." else ""
+    ours = DOCKERIGNORE.splitlines() + [_shown(path, project) for path in plan.environment.files]
+    ours += _virtual_environments(project)
+    ours += [f"!{context}/{file.name}" for file in install.files] if context != "." else []
     return [
         ExportFile("Dockerfile", "\n".join(lines) + "\n"),
-        ExportFile(".dockerignore", ignore),
+        ExportFile(ignore_file_name(context), merged_ignore(project, ours)),
         *files,
     ]
+
+
+def ignore_file_name(context: str) -> str:
+    """The context's own `.dockerignore` when the Dockerfile is at its root; else `Dockerfile.dockerignore`
+    beside the Dockerfile, which BuildKit and podman read for `-f DIR/Dockerfile` instead of the root's."""
+    return ".dockerignore" if context == "." else "Dockerfile.dockerignore"
+
+
+def merged_ignore(project: Path, rules: list[str]) -> str:
+    """The project's own `.dockerignore` kept as it is, followed by the rules it lacks: a Dockerfile's own
+    ignore file replaces the root's, and the root's is the user's, never overwritten."""
+    try:
+        existing = (project / ".dockerignore").read_text()
+    except FileNotFoundError:
+        existing = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {project / '.dockerignore'}: {getattr(exc, 'strerror', None) or exc}") from None
+    present = {line.strip() for line in existing.splitlines()}
+    missing = [rule for rule in rules if rule.strip() not in present or rule.startswith("#")]
+    if not existing:
+        return "\n".join(missing) + "\n"
+    if not [rule for rule in missing if not rule.startswith("#")]:
+        return existing
+    added = [rule for rule in missing if not rule.startswith("#")]
+    return existing.rstrip("\n") + "\n# Added by corral export docker:\n" + "\n".join(added) + "\n"
+
+
+def _virtual_environments(project: Path) -> list[str]:
+    """Top-level directories of the project that are virtual environments, whatever their name."""
+    try:
+        return sorted(entry.name for entry in project.iterdir() if (entry / "pyvenv.cfg").is_file())
+    except OSError:
+        return []
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Two files, applied in order: `prestart-job.yaml` (the pre-start steps of this re
 that takes the PostgreSQL lock; only with steps) and `app.yaml` (Deployment, Service,
 HorizontalPodAutoscaler, PodDisruptionBudget, Ingress or HTTPRoute). In a cluster TLS ends at the
 Ingress or Gateway, so the HTTPS options become its hosts and leave `corral run`; the drain delay
-becomes the preStop sleep, which the kubelet runs before SIGTERM.
+becomes the preStop sleep (an exec of `sleep`), which the kubelet runs before SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from corral.export.common import (
     refuse_loopback,
     reset,
     resource_name,
+    warn_loopback,
 )
 from corral.manager.policy import parse_range
 
@@ -107,6 +108,7 @@ def release_id(settings: Settings, image: str) -> str:
 def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     validate(plan, options)
     refuse_loopback(plan.settings, plan.environment, "kubernetes")
+    warn_loopback(plan.environment, "kubernetes")
     settings = plan.settings
     name = resource_name(settings.name)
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "web"}
@@ -321,7 +323,8 @@ def _deployment(
         "startupProbe": _probe("/readyz", period=2, failures=150),
         "livenessProbe": _probe("/livez", period=10, failures=3),
         "readinessProbe": _probe("/readyz", period=5, failures=2),
-        "lifecycle": {"preStop": {"sleep": {"seconds": math.ceil(prestop)}}},
+        # An exec sleep, not the `sleep` action: that one needs Kubernetes 1.30 (docs/deployment.md: 1.25+).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(math.ceil(prestop))]}}},
     }
     spec: dict[str, Any] = {}
     if options.replicas is not None:

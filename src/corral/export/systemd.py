@@ -21,6 +21,7 @@ from corral.binds import Bind, parse_bind
 from corral.config import Settings, run_arguments
 from corral.errors import ConfigError, CorralError
 from corral.export.common import ExportFile, inert, postgres_lock
+from corral.tls.plan import http_binds
 
 LIMIT_NOFILE = "65536"
 WATCHDOG_SEC = 30
@@ -127,11 +128,13 @@ def render(
     elif lock.startswith("file:"):
         writable.append(str((workdir / lock.removeprefix("file:")).parent))
 
-    binds = [parse_bind(text) for text in settings.bind]
+    # What `corral run` listens on, defaults included (--https alone: 443, and 80 for HTTP-01).
+    run = settings.options()
+    binds = [parse_bind(text) for text in run.bind]
     if options.socket and any(bind.kind == "fd" for bind in binds):
         raise ConfigError("--socket makes systemd open the --bind addresses; fd:// cannot be one of them")
     bound_by_corral = [] if options.socket else list(binds)
-    bound_by_corral += [parse_bind(text) for text in settings.http_bind]
+    bound_by_corral += [parse_bind(text) for text in http_binds(run)]
     if settings.admin_bind:
         bound_by_corral.append(parse_bind(settings.admin_bind))
     writable += [str((workdir / bind.path).parent) for bind in bound_by_corral if bind.kind == "unix"]
