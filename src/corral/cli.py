@@ -563,6 +563,7 @@ def export_kubernetes_command(
         cluster_issuer=cluster_issuer,
         hosts=tuple(host or ()),
         secret_values=secret_values,
+        out=out,
     )
     kubernetes.validate(plan, options)
     common.refuse_loopback(plan.settings, plan.environment, "kubernetes")

@@ -23,6 +23,7 @@ CONTAINER_UID = 10001
 CONTAINER_WORKDIR = "/app"
 CONTAINER_STATE_DIR = "/var/lib/corral"
 DEFAULT_ADMIN_PORT = 9000
+CONTAINER_TOKEN = "/run/secrets/corral-admin-token"  # the admin token's file, mounted (export/metrics.py)
 # Options about obtaining certificates: in a cluster, TLS ends at the Ingress or Gateway instead.
 TLS_FIELDS = (
     "https",
@@ -43,7 +44,8 @@ class ExportFile:
     name: str
     content: str
     mode: int = 0o644
-    data: bytes | None = None  # a binary file (Corral's wheel), written but not printed
+    data: bytes | None = None  # a binary file (Corral's wheel) or a secret, written but not printed
+    owner: int | None = None  # uid given the new file (a token the container's user reads)
 
 
 def emit(files: list[ExportFile], out: Path | None) -> None:
@@ -65,6 +67,8 @@ def emit(files: list[ExportFile], out: Path | None) -> None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
             with os.fdopen(fd, "wb") as handle:
                 os.fchmod(fd, file.mode)
+                if file.owner is not None:
+                    os.fchown(fd, file.owner, -1)
                 handle.write(file.data if file.data is not None else file.content.encode())
             print(f"wrote {path}", file=sys.stderr)
     except OSError as exc:
@@ -171,6 +175,12 @@ class ContainerPlan:
     environment: AppEnvironment = field(default_factory=lambda: AppEnvironment([], {}))
     # Corral's own secrets, passed as environment variables (PGPASSWORD, CORRAL_ADMIN_TOKEN), never as arguments.
     secret_options: dict[str, str] = field(default_factory=dict)
+    # The admin token is a mounted file (export/metrics.py): the host's --admin-token-file, else one written.
+    token_file: str | None = None
+
+    @property
+    def token_mounted(self) -> bool:
+        return self.settings.admin_token_file is not None
 
     @property
     def health_url(self) -> str:
@@ -193,6 +203,7 @@ def container_plan(
     notes: list[str] = []
     settings = inert(settings)
     secret_options: dict[str, str] = {}
+    token_file = settings.admin_token_file
     if settings.admin_token:
         secret_options["CORRAL_ADMIN_TOKEN"] = settings.admin_token
         settings = reset(settings, "admin_token")
@@ -215,6 +226,9 @@ def container_plan(
         "state_dir": CONTAINER_STATE_DIR,
         "app_dir": _inside(settings.app_dir, project),
     }
+    if "CORRAL_ADMIN_TOKEN" not in secret_options:
+        # Off loopback the admin listener serves /metrics only with a token: one the platform mounts.
+        changes["admin_token_file"] = CONTAINER_TOKEN
     postgres = postgres_lock(settings)
     if postgres is not None:
         changes["prestart_lock"] = postgres.url
@@ -226,7 +240,7 @@ def container_plan(
     adapted = settings.model_copy(update=changes)
     ports = [parse_bind(bind).port for bind in binds + http_binds if parse_bind(bind).kind == "tcp"]
     environment = environment or AppEnvironment([], {})
-    return ContainerPlan(adapted, ports, admin.port, postgres, notes, environment, secret_options)
+    return ContainerPlan(adapted, ports, admin.port, postgres, notes, environment, secret_options, token_file)
 
 
 def _inside(path: str | None, project: Path) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +19,7 @@ import yaml
 from corral.config import Settings, run_arguments
 from corral.export.common import (
     CONTAINER_STATE_DIR,
+    CONTAINER_TOKEN,
     CONTAINER_UID,
     PRESTART_FIELDS,
     ContainerPlan,
@@ -32,6 +33,7 @@ from corral.export.common import (
     warn_loopback,
 )
 from corral.export.docker import health_command, stop_timeout
+from corral.export.metrics import TOKEN_FILE, token_files
 
 POSTGRES_SERVICE = "postgres"
 
@@ -114,7 +116,16 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
         app["depends_on"] = {POSTGRES_SERVICE: {"condition": "service_healthy"}}
     services.update(database)
 
-    document = {"name": resource_name(settings.name), "services": services, "volumes": volumes}
+    document: dict[str, Any] = {"name": resource_name(settings.name), "services": services, "volumes": volumes}
+    files: list[ExportFile] = []
+    notes = list(plan.notes)
+    if plan.token_mounted:
+        # A file secret, mounted at /run/secrets/NAME: where --admin-token-file points in the container.
+        name = PurePosixPath(CONTAINER_TOKEN).name
+        source = os.path.relpath(plan.token_file, base) if plan.token_file else f"./{TOKEN_FILE}"
+        document["secrets"] = {name: {"file": source}}
+        app["secrets"] = [name]
+        files = token_files(options.out, plan.token_file, notes)
     header = [
         "# Written by corral export compose. Build the image from the Dockerfile of",
         "# `corral export docker` (the same --out), then: docker compose up -d",
@@ -124,9 +135,9 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
         header.append("# .env beside this file; the app's own variables come from its env_file.")
     if local:
         header.append(f"# {', '.join(local)}: the database on this machine is the `{POSTGRES_SERVICE}` service here.")
-    header += [f"# Note: {note}." for note in plan.notes]
+    header += [f"# Note: {note}." for note in notes]
     text = "\n".join(header) + "\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
-    return [ExportFile("compose.yaml", text)]
+    return [ExportFile("compose.yaml", text), *files]
 
 
 def _to_service(value: str) -> str:

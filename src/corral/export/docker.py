@@ -20,6 +20,7 @@ from corral.config import run_arguments
 from corral.errors import ConfigError
 from corral.export.common import (
     CONTAINER_STATE_DIR,
+    CONTAINER_TOKEN,
     CONTAINER_UID,
     CONTAINER_WORKDIR,
     ContainerPlan,
@@ -27,6 +28,7 @@ from corral.export.common import (
     refuse_loopback,
     warn_loopback,
 )
+from corral.export.metrics import token_files, token_source
 from corral.export.project import choose_python, find_lock, project_table, read_pins, requirement_names
 from corral.export.wheel import wheel_bytes, wheel_name
 
@@ -34,9 +36,11 @@ VENV = "/opt/venv"
 CONSTRAINTS = "constraints.txt"
 HEALTH_START_PERIOD = 120  # seconds for the first generation to import the app
 DOCKERIGNORE = """\
-# Written by corral export docker: what stays out of the build context.
+# Written by corral export docker: what stays out of the build context (patterns start at its root).
 .git
+**/.git
 .venv
+**/.venv
 venv
 **/__pycache__
 **/*.pyc
@@ -51,6 +55,13 @@ node_modules
 .env
 .env.*
 *.env
+**/.env
+**/.env.*
+**/*.env
+admin-token
+**/admin-token
+**/admin-token.yaml
+**/secret.yaml
 """
 
 
@@ -90,6 +101,10 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
     install = _dependency_steps(project, context)
     files: list[ExportFile] = []
     notes = [*plan.notes, f"Python {version}: {why}", *install.notes]
+    mount = ""
+    if plan.token_mounted:
+        files += token_files(options.out, plan.token_file, notes)
+        mount = f' -v "{token_source(options.out, plan.token_file)}:{CONTAINER_TOKEN}:ro"'
     dockerfile = "" if context == "." else f"-f {context}/Dockerfile "
     env_hint = "".join(f" --env-file {_shown(path, project)}" for path in plan.environment.files)
     env_hint += "".join(f" -e {key}" for key in plan.secret_options)
@@ -101,6 +116,7 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
         f"#   docker run --stop-timeout {stop_timeout(plan)} -v corral-state:{CONTAINER_STATE_DIR} "
         + " ".join(f"-p {port}:{port}" for port in plan.ports)
         + env_hint
+        + mount
         + " IMAGE",
         *(f"# Note: {note}." for note in notes),
         f"ARG BUILD_IMAGE={options.build_image or build}",

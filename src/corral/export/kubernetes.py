@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -32,6 +33,14 @@ from corral.export.common import (
     reset,
     resource_name,
     warn_loopback,
+)
+from corral.export.metrics import (
+    K8S_TOKEN_DIR,
+    TOKEN_MANIFEST,
+    kubernetes_mount,
+    kubernetes_secret,
+    kubernetes_token,
+    pod_monitor,
 )
 from corral.manager.policy import parse_range
 
@@ -58,6 +67,7 @@ class KubernetesOptions:
     cluster_issuer: str | None = None  # cert-manager ClusterIssuer for the Ingress certificate
     hosts: tuple[str, ...] = ()  # host names of the Ingress or HTTPRoute (default: the --https names)
     secret_values: bool = False  # write the values into the Secret's file (else only its keys)
+    out: Path | None = None  # where the files go (an admin token written there before is kept)
 
 
 def pod_workers(settings: Settings) -> int:
@@ -117,11 +127,13 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     serving = serving.model_copy(update={"workers": pod_start_workers(settings)})
     ports = _container_ports(plan)
     environment = _environment_files(plan, options, name)
-
-    documents = [
-        _deployment(plan, options, name, labels, serving, ports, prestop),
-        _service(options, name, labels, ports),
-    ]
+    if plan.token_mounted:
+        serving = serving.model_copy(update={"admin_token_file": f"{K8S_TOKEN_DIR}/token"})
+    deployment = _deployment(plan, options, name, labels, serving, ports, prestop)
+    if plan.token_mounted:
+        pod = deployment["spec"]["template"]["spec"]
+        kubernetes_mount(pod["containers"][0], pod, f"{name}-admin-token")
+    documents = [deployment, _service(options, name, labels, ports)]
     target, moved = hpa_target(settings, options)
     if options.replicas is None:
         documents.append(_autoscaler(dataclasses.replace(options, cpu_target=target), name))
@@ -138,6 +150,7 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
             if environment
             else []
         ),
+        *([f"# Apply {TOKEN_MANIFEST} first: the pods read the admin token from it."] if plan.token_mounted else []),
         *(["# Apply prestart-job.yaml first and wait for it (see its header)."] if settings.prestart else []),
         f"#   kubectl apply{namespace} -f app.yaml",
         f"# Memory per pod ({workers} worker{'s' if workers != 1 else ''}): {options.memory // MIB} MiB, "
@@ -145,10 +158,35 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
         *(f"# Note: {note}." for note in plan.notes),
         *([f"# Note: {moved}."] if moved and options.replicas is None else []),
     ]
-    files = [ExportFile("app.yaml", _dump(header, documents))]
+    files = [ExportFile("app.yaml", _dump(header, documents)), *_metrics_files(plan, options, name, labels)]
     if settings.prestart:
         files.insert(0, _job_file(plan, options, name))
     return [*environment, *files]
+
+
+def _metrics_files(
+    plan: ContainerPlan, options: KubernetesOptions, name: str, labels: dict[str, str]
+) -> list[ExportFile]:
+    """The admin token's Secret (admin-token.yaml) and a PodMonitor scraping /metrics with it (podmonitor.yaml)."""
+    namespace = f" -n {options.namespace}" if options.namespace else ""
+    files: list[ExportFile] = []
+    secret, key = _secret_name(name), "CORRAL_ADMIN_TOKEN"
+    if plan.token_mounted:
+        secret, key = f"{name}-admin-token", "token"
+        token = kubernetes_token(options.out, plan.token_file)
+        header = [
+            "# Written by corral export kubernetes: the token of the admin listener (/metrics, /dashboard).",
+            "# Keep it out of version control; an export into the same --out keeps it.",
+            f"#   kubectl apply{namespace} -f admin-token.yaml",
+        ]
+        document = kubernetes_secret(_metadata(options, secret), token)
+        files.append(ExportFile(TOKEN_MANIFEST, _dump(header, [document]), mode=0o600))
+    header = [
+        "# Written by corral export kubernetes: optional, for the Prometheus Operator (monitoring.coreos.com/v1).",
+        f"#   kubectl apply{namespace} -f podmonitor.yaml",
+    ]
+    monitor = pod_monitor(_metadata(options, name), labels, secret, key)
+    return [*files, ExportFile("podmonitor.yaml", _dump(header, [monitor]))]
 
 
 def _pod_settings(plan: ContainerPlan, options: KubernetesOptions) -> Settings:
