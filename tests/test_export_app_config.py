@@ -113,8 +113,9 @@ def test_kubernetes_configmap_secret_and_envfrom(project: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = project / "out"
     written = sorted(path.name for path in out.iterdir())
-    assert written == ["app.yaml", "config.yaml", "prestart-job.yaml", "secret.yaml"]
-    kubernetes_validate(*sorted(out.iterdir()))
+    assert written == ["admin-token.yaml", "app.yaml", "config.yaml", "podmonitor.yaml", "prestart-job.yaml",
+                       "secret.yaml"]  # fmt: skip
+    kubernetes_validate(*sorted(path for path in out.iterdir() if path.name != "podmonitor.yaml"))
     for path in out.iterdir():
         text = path.read_text()
         assert PASSWORD not in text and "first-Pa55" not in text and "change-me-secret" not in text, path.name

@@ -28,11 +28,26 @@ def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
-def kubernetes_validate(*paths: Path) -> list[str]:
-    """Strict schema validation; returns the warnings (kinds it has no schema for)."""
+def kubernetes_versions() -> list[str]:
+    """Every Kubernetes version kubernetes-validate has schemas for, oldest first."""
+    import kubernetes_validate as package
+
+    schemas = Path(package.__file__).parent / "kubernetes-json-schema"
+    found = {path.name.split("-")[0].removeprefix("v") for path in schemas.iterdir() if path.name.startswith("v")}
+    return sorted(found, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+
+# The oldest Kubernetes docs/deployment.md supports: the manifests must be valid from it to the newest.
+OLDEST_SUPPORTED = "1.25.0"
+
+
+def kubernetes_validate(*paths: Path, version: str | None = None) -> list[str]:
+    """Strict schema validation (for `version`, default the newest known); returns the warnings (kinds it has
+    no schema for)."""
     binary = Path(sys.executable).parent / "kubernetes-validate"
+    at = ["--kubernetes-version", version] if version else []
     result = subprocess.run(
-        [str(binary), "--strict", *map(str, paths)], capture_output=True, text=True, timeout=300
+        [str(binary), "--strict", *at, *map(str, paths)], capture_output=True, text=True, timeout=300
     )
     output = (result.stdout + result.stderr).splitlines()
     assert result.returncode == 0, "\n".join(output)
@@ -140,6 +155,36 @@ def restricted(pod_spec: dict[str, Any]) -> None:
     assert volumes[mounts["/tmp"]] == {"name": "tmp", "emptyDir": {}}
 
 
+def metrics_problems(out: Path) -> list[str]:
+    """The admin token's Secret, its volume, `--admin-token-file` and the PodMonitor must point at each other
+    (the PodMonitor's kind has no schema in kubernetes-validate)."""
+    problems: list[str] = []
+    deployment = by_kind([doc for doc in yaml.safe_load_all((out / "app.yaml").read_text()) if doc])["Deployment"]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    secret = yaml.safe_load((out / "admin-token.yaml").read_text())
+    if (out / "admin-token.yaml").stat().st_mode & 0o777 != 0o600:
+        problems.append("admin-token.yaml is readable by others")
+    if len(secret["stringData"]["token"]) < 32:
+        problems.append("the token is short")
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    mount = next(mount for mount in container["volumeMounts"] if mount["name"] == "admin-token")
+    if volumes["admin-token"]["secret"]["secretName"] != secret["metadata"]["name"]:
+        problems.append("the token's volume is not its Secret")
+    served = parse_run_arguments(container["args"][1:]).settings
+    if served.admin_token_file != f"{mount['mountPath']}/token":
+        problems.append("--admin-token-file is not the mounted Secret's key")
+    monitor = yaml.safe_load((out / "podmonitor.yaml").read_text())
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    if endpoint["port"] not in [port["name"] for port in container["ports"]] or endpoint["path"] != "/metrics":
+        problems.append("the PodMonitor does not scrape the admin port's /metrics")
+    if not matches(monitor["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]):
+        problems.append("the PodMonitor does not select the pods")
+    if endpoint["authorization"]["credentials"] != {"name": secret["metadata"]["name"], "key": "token"}:
+        problems.append("the PodMonitor does not send the Secret's token")
+    return problems
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "main.py").write_text(APP)
@@ -152,11 +197,12 @@ def export(project: Path, *args: str) -> tuple[list[dict[str, Any]], dict[str, A
     assert result.returncode == 0, result.stderr
     files = sorted(out.iterdir())
     warnings = kubernetes_validate(*files)
-    assert [line for line in warnings if "HTTPRoute" not in line] == [], warnings
+    assert [line for line in warnings if "HTTPRoute" not in line and "PodMonitor" not in line] == [], warnings
     app = [doc for doc in yaml.safe_load_all((out / "app.yaml").read_text()) if doc]
     job_file = out / "prestart-job.yaml"
     job = yaml.safe_load(job_file.read_text()) if job_file.exists() else None
     assert consistency_problems(app, job) == []
+    assert metrics_problems(out) == []
     return app, job, (out / "app.yaml").read_text() + (job_file.read_text() if job else "")
 
 
@@ -333,3 +379,21 @@ def test_bad_input_is_one_line(project: Path, args: list[str], message: str) -> 
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"corral: {message}"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_valid_for_every_supported_kubernetes_version(project: Path) -> None:
+    """From the oldest supported version to the newest kubernetes-validate knows (preStop `sleep` needs 1.30:
+    the export uses an exec of `sleep`)."""
+    versions = kubernetes_versions()
+    assert OLDEST_SUPPORTED in versions and versions.index(OLDEST_SUPPORTED) == 0, versions
+    out = project / "out"
+    args = ["main:app", "--name", "shop", "--drain-delay", "3", "--prestart", "true", "--release", "r1"]
+    args += ["--prestart-lock", "postgresql://shop@db.internal/shop", "--memory", "256MiB", "--https", "shop.example"]
+    args += ["--ingress-class", "nginx", "-b", "0.0.0.0:80"]
+    result = corral("export", "kubernetes", *args, "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    files = sorted(path for path in out.iterdir() if path.name != "podmonitor.yaml")
+    assert [path.name for path in files] == ["admin-token.yaml", "app.yaml", "prestart-job.yaml"]
+    for version in versions:
+        assert kubernetes_validate(*files, version=version) == [], version
+    assert metrics_problems(out) == []
