@@ -397,3 +397,26 @@ def test_valid_for_every_supported_kubernetes_version(project: Path) -> None:
     for version in versions:
         assert kubernetes_validate(*files, version=version) == [], version
     assert metrics_problems(out) == []
+
+
+def test_memory_measured_with_the_env_files_values(tmp_path: Path) -> None:
+    """An app whose settings validate at import (pydantic Settings) needs its env file's values to import:
+    measured with them, never printing them."""
+    secret = "s3cret-only-in-the-env-file"
+    (tmp_path / "main.py").write_text(
+        "import os\n"
+        "if os.environ.get('SECRET_KEY') != " + repr(secret) + ":\n"
+        "    raise RuntimeError('1 validation error for Settings: SECRET_KEY field required')\n" + APP
+    )
+    (tmp_path / ".env.production").write_text(f"SECRET_KEY={secret}\n")
+    out = tmp_path / "out"
+    result = corral("export", "kubernetes", "main:app", "--env-file", ".env.production", "--out", str(out),
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "memory not measured" not in result.stderr, result.stderr
+    assert secret not in result.stdout + result.stderr
+    text = (out / "app.yaml").read_text()
+    assert "measured by corral check" in text and secret not in text
+    deployment = by_kind([doc for doc in yaml.safe_load_all(text) if doc])["Deployment"]
+    memory = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert int(memory[:-2]) * MIB > 64 * MIB, "the app's 64 MiB are in the measured figure"
