@@ -544,11 +544,12 @@ def export_kubernetes_command(
     from corral.config import parse_size
     from corral.errors import ConfigError
     from corral.export import common, kubernetes
+    from corral.export.kubernetes_files import KubernetesOptions
 
     settings = parse_run_arguments(ctx.args).settings
     environment = common.app_environment(settings, Path.cwd(), tuple(secret_key or ()))
     plan = common.container_plan(settings, Path.cwd(), environment)
-    options = kubernetes.KubernetesOptions(
+    options = KubernetesOptions(
         image=image or f"{common.resource_name(settings.name)}:latest",
         memory=0,
         memory_source="",
