@@ -319,3 +319,38 @@ def test_env_files_become_environment_files(project: Path, tmp_path: Path) -> No
     entries = unit_entries(text)
     assert entries["EnvironmentFile"] == [str(project / ".env")], "systemd reads it as root: it may stay 0600"
     assert "--env-file" not in entries["ExecStart"][0] and "s3cret" not in text
+
+
+def test_admin_token_is_a_systemd_credential(project: Path, tmp_path: Path) -> None:
+    """An admin listener other machines reach gets a token (else /metrics is served to nobody), given to the
+    service by LoadCredential= from a root-only file; `corral install` writes that file once, mode 0600."""
+    out = tmp_path / "units"
+    args = ["main:app", "--name", "api", "--admin-bind", "0.0.0.0:9000", "--user", SERVICE_USER]
+    result = corral("export", "systemd", *args, "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    verify(out, "api.service")
+    entries = unit_entries((out / "api.service").read_text())
+    assert entries["LoadCredential"] == ["admin-token:/etc/corral/api.admin-token"]
+    words = exec_words(entries["ExecStart"][0])
+    assert parse_run_arguments(words[2:]).settings.admin_token_file == "%d/admin-token"
+    token_file = out / "api.admin-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600 and len(token_file.read_text().strip()) >= 40
+
+    root = tmp_path / "image"
+    installed = corral("install", *args, "--root", str(root), cwd=project)
+    assert installed.returncode == 0, installed.stderr
+    credential = root / "etc/corral/api.admin-token"
+    assert credential.stat().st_mode & 0o777 == 0o600
+    assert not (root / "etc/systemd/system/api.admin-token").exists(), "only units go into the unit directory"
+    token = credential.read_text()
+    assert corral("install", *args, "--root", str(root), cwd=project).returncode == 0
+    assert credential.read_text() == token, "kept: a Prometheus may already scrape with it"
+
+    # The user's own token file: read by systemd, whatever its mode; loopback without a token: nothing.
+    (project / "token").write_text("mine\n")
+    given = corral("export", "systemd", *args, "--admin-token-file", "token", cwd=project)
+    assert given.returncode == 0, given.stderr
+    assert f"LoadCredential=admin-token:{project / 'token'}" in given.stdout
+    local = corral("export", "systemd", "main:app", "--admin-bind", "127.0.0.1:9000", "--user", SERVICE_USER,
+                   cwd=project)  # fmt: skip
+    assert local.returncode == 0 and "LoadCredential" not in local.stdout, local.stderr
