@@ -113,8 +113,9 @@ def test_kubernetes_configmap_secret_and_envfrom(project: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = project / "out"
     written = sorted(path.name for path in out.iterdir())
-    assert written == ["app.yaml", "config.yaml", "prestart-job.yaml", "secret.yaml"]
-    kubernetes_validate(*sorted(out.iterdir()))
+    assert written == ["admin-token.yaml", "app.yaml", "config.yaml", "podmonitor.yaml", "prestart-job.yaml",
+                       "secret.yaml"]  # fmt: skip
+    kubernetes_validate(*sorted(path for path in out.iterdir() if path.name != "podmonitor.yaml"))
     for path in out.iterdir():
         text = path.read_text()
         assert PASSWORD not in text and "first-Pa55" not in text and "change-me-secret" not in text, path.name
@@ -189,4 +190,21 @@ def test_loopback_lock_or_value_is_refused(project: Path, command: str) -> None:
     one_line(
         corral("export", command, "app.main:app", "--env-file", "other.env", *extra, cwd=project),
         "CACHE_HOST=[::1]:11211", "::1",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["docker", "compose", "kubernetes"])
+def test_loopback_only_browsers_use_is_a_warning(project: Path, command: str) -> None:
+    """A CORS origin on localhost is not something the container connects to: exported, with a warning naming
+    the key; a cache URL on loopback is still refused."""
+    extra = ["--memory", "256MiB"] if command == "kubernetes" else []
+    (project / "front.env").write_text("FRONTEND_HOST=http://localhost:5173\nAPP_NAME=shop\n")
+    result = corral("export", command, "app.main:app", "--env-file", "front.env", *extra, "--out", "out", cwd=project)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "FRONTEND_HOST" in warnings[0] and "localhost" in warnings[0], result.stderr
+    (project / "cache.env").write_text("FRONTEND_HOST=http://localhost:5173\nREDIS_URL=redis://localhost:6379/0\n")
+    one_line(
+        corral("export", command, "app.main:app", "--env-file", "cache.env", *extra, cwd=project),
+        "REDIS_URL=redis://localhost:6379/0", "localhost",
     )  # fmt: skip

@@ -134,3 +134,37 @@ def test_printed_without_out(project: Path) -> None:
     result = corral("export", "compose", "main:app", cwd=project)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["services"]["app"]["command"][:2] == ["run", "main:app"]
+
+
+def build_paths(compose: Path, service: dict[str, Any]) -> tuple[Path, Path]:
+    """(context, Dockerfile) of a service's build, as Compose resolves them: the context relative to the
+    Compose file, the Dockerfile relative to the context (default: Dockerfile in it)."""
+    build = service["build"]
+    spec = {"context": build} if isinstance(build, str) else build
+    context = (compose.parent / spec["context"]).resolve()
+    return context, (context / spec.get("dockerfile", "Dockerfile")).resolve()
+
+
+@pytest.mark.parametrize("out", [".", "deploy"])
+def test_the_build_finds_the_dockerfile_of_the_same_out(project: Path, out: str) -> None:
+    """With `--out deploy` the context is the project and the Dockerfile is deploy/Dockerfile, which the
+    docker export wrote; the token is a Compose secret mounted where --admin-token-file points."""
+    for command in ("docker", "compose"):
+        result = corral("export", command, "main:app", "--prestart", "true", "--out", out, cwd=project)
+        assert result.returncode == 0, result.stderr
+    compose = project / out / "compose.yaml"
+    validate(compose)
+    document = yaml.safe_load(compose.read_text())
+    for service in document["services"].values():
+        if "build" in service:
+            assert build_paths(compose, service) == (project.resolve(), (project / out / "Dockerfile").resolve())
+    app = document["services"]["app"]
+    served = parse_run_arguments(app["command"][1:]).settings
+    assert app["secrets"] == ["corral-admin-token"]
+    assert served.admin_token_file == "/run/secrets/corral-admin-token"
+    token_file = (compose.parent / document["secrets"]["corral-admin-token"]["file"]).resolve()
+    assert token_file == (project / out / "admin-token").resolve()
+    assert token_file.stat().st_mode & 0o777 == 0o600 and len(token_file.read_text().strip()) >= 32
+    assert "admin_token_file" not in parse_run_arguments(document["services"]["prestart"]["command"][1:]) \
+        .settings.model_fields_set, "the one-shot step has no admin listener"
+    assert "healthcheck" in app, "its own: an OCI image built by podman has none"

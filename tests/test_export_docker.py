@@ -53,7 +53,7 @@ def export(project: Path, *args: str) -> tuple[str, str]:
     out = project / "out"
     result = corral("export", "docker", *args, "--out", str(out), cwd=project)
     assert result.returncode == 0, result.stderr
-    return (out / "Dockerfile").read_text(), (out / ".dockerignore").read_text()
+    return (out / "Dockerfile").read_text(), (out / "Dockerfile.dockerignore").read_text()
 
 
 @pytest.fixture
@@ -99,7 +99,8 @@ def test_requirements_project(requirements_project: Path) -> None:
     assert exported.bind == ["0.0.0.0:8000"], "a container's loopback is unreachable: all interfaces"
     assert exported.admin_bind == "0.0.0.0:9000", "the health check needs the admin endpoints"
     assert exported.state_dir == "/var/lib/corral"
-    same = {"bind": None, "admin_bind": None, "state_dir": None}
+    assert exported.admin_token_file == "/run/secrets/corral-admin-token", "/metrics needs a token off loopback"
+    same = {"bind": None, "admin_bind": None, "state_dir": None, "admin_token_file": None}
     assert exported.model_copy(update=same) == given.model_copy(update=same)
     assert final["EXPOSE"] == "8000 9000"
 

@@ -28,16 +28,38 @@ def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
-def kubernetes_validate(*paths: Path) -> list[str]:
-    """Strict schema validation; returns the warnings (kinds it has no schema for)."""
+def kubernetes_versions() -> list[str]:
+    """Every Kubernetes version kubernetes-validate has schemas for, oldest first."""
+    import kubernetes_validate as package
+
+    schemas = Path(package.__file__).parent / "kubernetes-json-schema"
+    found = {path.name.split("-")[0].removeprefix("v") for path in schemas.iterdir() if path.name.startswith("v")}
+    return sorted(found, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+
+# The oldest Kubernetes docs/deployment.md supports: the manifests must be valid from it to the newest.
+OLDEST_SUPPORTED = "1.25.0"
+
+
+def kubernetes_validate(*paths: Path, version: str | None = None) -> list[str]:
+    """Strict schema validation (for `version`, default the newest known); returns the warnings (kinds it has
+    no schema for)."""
     binary = Path(sys.executable).parent / "kubernetes-validate"
+    at = ["--kubernetes-version", version] if version else []
     result = subprocess.run(
-        [str(binary), "--strict", *map(str, paths)], capture_output=True, text=True, timeout=300
+        [str(binary), "--strict", *at, *map(str, paths)], capture_output=True, text=True, timeout=300
     )
     output = (result.stdout + result.stderr).splitlines()
     assert result.returncode == 0, "\n".join(output)
     assert not [line for line in output if line.startswith("ERROR")], "\n".join(output)
     return [line for line in output if line.startswith("WARN")]
+
+
+def prestop_seconds(container: dict[str, Any]) -> int:
+    """The preStop hook's sleep: an exec of `sleep N` (the `sleep` action needs Kubernetes 1.30)."""
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    return int(command[1])
 
 
 def by_kind(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -109,7 +131,7 @@ def consistency_problems(app: list[dict[str, Any]], job: dict[str, Any] | None) 
                 if ref["name"] != service["metadata"]["name"] or ref["port"] not in service_ports.values():
                     problems.append("the HTTPRoute backend is not the Service's port")
 
-    sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    sleep = prestop_seconds(container)
     graceful = parse_run_arguments(container["args"][1:]).settings.graceful_timeout
     if pod["spec"]["terminationGracePeriodSeconds"] < sleep + graceful:
         problems.append("terminationGracePeriodSeconds does not cover the preStop sleep and the drain")
@@ -133,6 +155,36 @@ def restricted(pod_spec: dict[str, Any]) -> None:
     assert volumes[mounts["/tmp"]] == {"name": "tmp", "emptyDir": {}}
 
 
+def metrics_problems(out: Path) -> list[str]:
+    """The admin token's Secret, its volume, `--admin-token-file` and the PodMonitor must point at each other
+    (the PodMonitor's kind has no schema in kubernetes-validate)."""
+    problems: list[str] = []
+    deployment = by_kind([doc for doc in yaml.safe_load_all((out / "app.yaml").read_text()) if doc])["Deployment"]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    secret = yaml.safe_load((out / "admin-token.yaml").read_text())
+    if (out / "admin-token.yaml").stat().st_mode & 0o777 != 0o600:
+        problems.append("admin-token.yaml is readable by others")
+    if len(secret["stringData"]["token"]) < 32:
+        problems.append("the token is short")
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    mount = next(mount for mount in container["volumeMounts"] if mount["name"] == "admin-token")
+    if volumes["admin-token"]["secret"]["secretName"] != secret["metadata"]["name"]:
+        problems.append("the token's volume is not its Secret")
+    served = parse_run_arguments(container["args"][1:]).settings
+    if served.admin_token_file != f"{mount['mountPath']}/token":
+        problems.append("--admin-token-file is not the mounted Secret's key")
+    monitor = yaml.safe_load((out / "podmonitor.yaml").read_text())
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    if endpoint["port"] not in [port["name"] for port in container["ports"]] or endpoint["path"] != "/metrics":
+        problems.append("the PodMonitor does not scrape the admin port's /metrics")
+    if not matches(monitor["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]):
+        problems.append("the PodMonitor does not select the pods")
+    if endpoint["authorization"]["credentials"] != {"name": secret["metadata"]["name"], "key": "token"}:
+        problems.append("the PodMonitor does not send the Secret's token")
+    return problems
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "main.py").write_text(APP)
@@ -145,11 +197,12 @@ def export(project: Path, *args: str) -> tuple[list[dict[str, Any]], dict[str, A
     assert result.returncode == 0, result.stderr
     files = sorted(out.iterdir())
     warnings = kubernetes_validate(*files)
-    assert [line for line in warnings if "HTTPRoute" not in line] == [], warnings
+    assert [line for line in warnings if "HTTPRoute" not in line and "PodMonitor" not in line] == [], warnings
     app = [doc for doc in yaml.safe_load_all((out / "app.yaml").read_text()) if doc]
     job_file = out / "prestart-job.yaml"
     job = yaml.safe_load(job_file.read_text()) if job_file.exists() else None
     assert consistency_problems(app, job) == []
+    assert metrics_problems(out) == []
     return app, job, (out / "app.yaml").read_text() + (job_file.read_text() if job else "")
 
 
@@ -196,7 +249,7 @@ def test_full_export(project: Path) -> None:
     assert served.prestart == ["alembic upgrade head"] and served.release == "1.4.2"
     assert served.prestart_lock == "postgresql://shop@db.internal:5432/shop"
     assert container["envFrom"] == [{"secretRef": {"name": "shop-env"}}], "PGPASSWORD"
-    assert served.drain_delay == 0 and container["lifecycle"]["preStop"]["sleep"]["seconds"] == 8
+    assert served.drain_delay == 0 and prestop_seconds(container) == 8
     assert pod["terminationGracePeriodSeconds"] >= 8 + 25
     assert served.admin_bind == "0.0.0.0:9000"
     assert {"name": "admin", "containerPort": 9000} in container["ports"]
@@ -326,3 +379,44 @@ def test_bad_input_is_one_line(project: Path, args: list[str], message: str) -> 
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"corral: {message}"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_valid_for_every_supported_kubernetes_version(project: Path) -> None:
+    """From the oldest supported version to the newest kubernetes-validate knows (preStop `sleep` needs 1.30:
+    the export uses an exec of `sleep`)."""
+    versions = kubernetes_versions()
+    assert OLDEST_SUPPORTED in versions and versions.index(OLDEST_SUPPORTED) == 0, versions
+    out = project / "out"
+    args = ["main:app", "--name", "shop", "--drain-delay", "3", "--prestart", "true", "--release", "r1"]
+    args += ["--prestart-lock", "postgresql://shop@db.internal/shop", "--memory", "256MiB", "--https", "shop.example"]
+    args += ["--ingress-class", "nginx", "-b", "0.0.0.0:80"]
+    result = corral("export", "kubernetes", *args, "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    files = sorted(path for path in out.iterdir() if path.name != "podmonitor.yaml")
+    assert [path.name for path in files] == ["admin-token.yaml", "app.yaml", "prestart-job.yaml"]
+    for version in versions:
+        assert kubernetes_validate(*files, version=version) == [], version
+    assert metrics_problems(out) == []
+
+
+def test_memory_measured_with_the_env_files_values(tmp_path: Path) -> None:
+    """An app whose settings validate at import (pydantic Settings) needs its env file's values to import:
+    measured with them, never printing them."""
+    secret = "s3cret-only-in-the-env-file"
+    (tmp_path / "main.py").write_text(
+        "import os\n"
+        "if os.environ.get('SECRET_KEY') != " + repr(secret) + ":\n"
+        "    raise RuntimeError('1 validation error for Settings: SECRET_KEY field required')\n" + APP
+    )
+    (tmp_path / ".env.production").write_text(f"SECRET_KEY={secret}\n")
+    out = tmp_path / "out"
+    result = corral("export", "kubernetes", "main:app", "--env-file", ".env.production", "--out", str(out),
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "memory not measured" not in result.stderr, result.stderr
+    assert secret not in result.stdout + result.stderr
+    text = (out / "app.yaml").read_text()
+    assert "measured by corral check" in text and secret not in text
+    deployment = by_kind([doc for doc in yaml.safe_load_all(text) if doc])["Deployment"]
+    memory = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert int(memory[:-2]) * MIB > 64 * MIB, "the app's 64 MiB are in the measured figure"

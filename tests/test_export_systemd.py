@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from corral.cli import parse_run_arguments
 from corral.config import settings_from
-from corral.errors import ConfigError
+from corral.errors import ConfigError, ExitCode
 from corral.export.install import systemd_running
 from corral.export.systemd import SystemdOptions, _unreadable_part, corral_executable, render
 from harness import CORRAL
@@ -84,8 +86,13 @@ def test_unit_verifies_and_carries_every_option(project: Path, tmp_path: Path) -
 
     entries = unit_entries((out / "api.service").read_text())
     assert entries["Type"] == ["notify"]
+    assert entries["NotifyAccess"] == ["main"], "only the manager reports READY=1 and the watchdog"
     assert entries["WatchdogSec"] == ["30"]
     assert entries["Restart"] == ["on-failure"]
+    assert entries["RestartSec"] == ["2"]
+    # A bad option or config exits 2: restarting would only repeat the same line forever.
+    assert entries["RestartPreventExitStatus"] == [str(int(ExitCode.USAGE))]
+    assert entries["StateDirectoryMode"] == ["0750"], "certificates and locks: not readable by others"
     assert entries["KillMode"] == ["mixed"]
     assert entries["User"] == [SERVICE_USER]
     assert int(entries["TimeoutStopSec"][0]) > 20 + 4
@@ -164,31 +171,86 @@ def test_lock_password_stays_out_of_the_unit(project: Path) -> None:
     verify(project, "corral.service")
 
 
-def test_root_runs_the_service_as_the_sudo_caller_or_a_dynamic_user(project: Path) -> None:
-    settings = settings_from({"app": "main:app"})
-    options = SystemdOptions(project, corral_executable())
+def test_root_runs_the_service_as_the_sudo_caller(project: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("checks what an export run by root does")
+    settings = settings_from({"app": "main:app"})
+    options = SystemdOptions(project, corral_executable())
     as_sudo = unit_entries(render(settings, options, environ={"SUDO_USER": SERVICE_USER}).files[0].content)
     assert as_sudo["User"] == [SERVICE_USER]
-    readable = Path(tempfile.mkdtemp(dir="/srv" if os.access("/srv", os.W_OK) else None))
+    assert "DynamicUser" not in as_sudo
+
+
+@pytest.fixture
+def readable_install(tmp_path: Path) -> Iterator[Path]:
+    """A virtual environment under /srv of the system's Python (which every user may run), seeing this
+    checkout's packages through a .pth file, with a `corral` command: what a dynamic user can run. This
+    interpreter may live where a dynamic user cannot go (under /root here), which the export refuses."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    version = subprocess.run([python or "python3", "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60, check=False).stdout.strip()  # fmt: skip
+    if python is None or version != str(sys.version_info[:2]) or not os.access("/srv", os.W_OK):
+        pytest.skip("needs /usr/bin/python3 of this Python version and a writable /srv")
+    root = Path(tempfile.mkdtemp(prefix="corral-test-", dir="/srv"))
     try:
-        readable.chmod(0o755)
-        (readable / "main.py").write_text("async def app(scope, receive, send):\n    pass\n")
-        options = SystemdOptions(readable, corral_executable())
-        blocked = _unreadable_part(Path(sys.executable), None)
-        if blocked is not None or Path(sys.prefix).resolve().is_relative_to("/tmp"):
-            # This machine's interpreter lives under /root (mode 0700), or this checkout's venv under /tmp (a
-            # private /tmp hides it): a dynamic user could not run it.
-            refused = "not readable by the service's dynamic user|under a temporary directory"
-            with pytest.raises(ConfigError, match=refused):
-                render(settings, options, environ={})
-            return
-        as_root = unit_entries(render(settings, options, environ={}).files[0].content)
+        root.chmod(0o755)
+        subprocess.run([python, "-m", "venv", "--without-pip", str(root / "venv")], check=True, timeout=120)
+        site = next((root / "venv/lib").glob("python3*/site-packages"))
+        here = [path for path in map(Path, sys.path) if path.name == "site-packages" and path.is_dir()]
+        # addsitedir, not a bare path: the editable install of corral is itself a .pth file there.
+        (site / "checkout.pth").write_text("".join(f"import site; site.addsitedir({str(path)!r})\n" for path in here))
+        command = root / "venv/bin/corral"
+        command.write_text(f"#!{root}/venv/bin/python\nimport sys\nfrom corral.cli import main\nsys.exit(main())\n")
+        command.chmod(0o755)
+        (root / "app").mkdir(mode=0o755)
+        (root / "app/main.py").write_text("async def app(scope, receive, send):\n    pass\n")
+        yield root
     finally:
-        shutil.rmtree(readable)
-    assert as_root["DynamicUser"] == ["yes"]
-    assert "User" not in as_root
+        shutil.rmtree(root)
+
+
+def test_root_without_sudo_runs_a_dynamic_user(readable_install: Path, tmp_path: Path) -> None:
+    """As root with no sudo caller, the service gets DynamicUser=yes, checked by systemd-analyze."""
+    if os.geteuid() != 0:
+        pytest.skip("checks what an export run by root does")
+    out = tmp_path / "units"
+    result = subprocess.run(
+        [str(readable_install / "venv/bin/corral"), "export", "systemd", "main:app", "--out", str(out)],
+        cwd=readable_install / "app", capture_output=True, text=True, timeout=120, check=False,
+        env={key: value for key, value in os.environ.items() if key not in ("SUDO_USER", "VIRTUAL_ENV")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    verify(out, "corral.service")
+    entries = unit_entries((out / "corral.service").read_text())
+    assert entries["DynamicUser"] == ["yes"]
+    assert "User" not in entries
+    assert entries["StateDirectory"] == ["corral/corral"] and entries["StateDirectoryMode"] == ["0750"]
+    assert exec_words(entries["ExecStart"][0])[0] == str(readable_install / "venv/bin/corral")
+    # This test's own interpreter, where a dynamic user cannot reach it, is refused with one line.
+    blocked = _unreadable_part(Path(sys.executable), None)
+    if blocked is not None:
+        with pytest.raises(ConfigError, match="not readable by the service's dynamic user"):
+            render(settings_from({"app": "main:app"}), SystemdOptions(readable_install / "app", corral_executable()),
+                   environ={})  # fmt: skip
+
+
+def test_https_alone_gets_the_ports_the_run_opens(project: Path, tmp_path: Path) -> None:
+    """`--https NAME` without --bind listens on 443 and 80 (HTTP-01): the unit grants the capability, and
+    `corral config` shows those binds."""
+    out = tmp_path / "units"
+    result = corral("export", "systemd", "main:app", "--https", "api.example.com", "--user", SERVICE_USER,
+                    "--out", str(out), cwd=project)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    verify(out, "corral.service")
+    entries = unit_entries((out / "corral.service").read_text())
+    assert entries["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+    assert entries["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    shown = corral("config", "main:app", "--https", "api.example.com", "--json", cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    values = json.loads(shown.stdout)
+    assert values["bind"]["value"] == ["0.0.0.0:443"] and values["http_bind"]["value"] == ["0.0.0.0:80"]
+    local = json.loads(corral("config", "main:app", "--https", "localhost", "--json", cwd=project).stdout)
+    assert local["bind"]["value"] == ["0.0.0.0:443"] and local["http_bind"]["value"] == [], "local CA: no HTTP-01"
 
 
 def test_printed_without_out(project: Path) -> None:
@@ -257,3 +319,38 @@ def test_env_files_become_environment_files(project: Path, tmp_path: Path) -> No
     entries = unit_entries(text)
     assert entries["EnvironmentFile"] == [str(project / ".env")], "systemd reads it as root: it may stay 0600"
     assert "--env-file" not in entries["ExecStart"][0] and "s3cret" not in text
+
+
+def test_admin_token_is_a_systemd_credential(project: Path, tmp_path: Path) -> None:
+    """An admin listener other machines reach gets a token (else /metrics is served to nobody), given to the
+    service by LoadCredential= from a root-only file; `corral install` writes that file once, mode 0600."""
+    out = tmp_path / "units"
+    args = ["main:app", "--name", "api", "--admin-bind", "0.0.0.0:9000", "--user", SERVICE_USER]
+    result = corral("export", "systemd", *args, "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    verify(out, "api.service")
+    entries = unit_entries((out / "api.service").read_text())
+    assert entries["LoadCredential"] == ["admin-token:/etc/corral/api.admin-token"]
+    words = exec_words(entries["ExecStart"][0])
+    assert parse_run_arguments(words[2:]).settings.admin_token_file == "%d/admin-token"
+    token_file = out / "api.admin-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600 and len(token_file.read_text().strip()) >= 40
+
+    root = tmp_path / "image"
+    installed = corral("install", *args, "--root", str(root), cwd=project)
+    assert installed.returncode == 0, installed.stderr
+    credential = root / "etc/corral/api.admin-token"
+    assert credential.stat().st_mode & 0o777 == 0o600
+    assert not (root / "etc/systemd/system/api.admin-token").exists(), "only units go into the unit directory"
+    token = credential.read_text()
+    assert corral("install", *args, "--root", str(root), cwd=project).returncode == 0
+    assert credential.read_text() == token, "kept: a Prometheus may already scrape with it"
+
+    # The user's own token file: read by systemd, whatever its mode; loopback without a token: nothing.
+    (project / "token").write_text("mine\n")
+    given = corral("export", "systemd", *args, "--admin-token-file", "token", cwd=project)
+    assert given.returncode == 0, given.stderr
+    assert f"LoadCredential=admin-token:{project / 'token'}" in given.stdout
+    local = corral("export", "systemd", "main:app", "--admin-bind", "127.0.0.1:9000", "--user", SERVICE_USER,
+                   cwd=project)  # fmt: skip
+    assert local.returncode == 0 and "LoadCredential" not in local.stdout, local.stderr

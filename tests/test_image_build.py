@@ -14,16 +14,22 @@ with only a loopback interface, so its 0.0.0.0 listeners are reachable from here
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from corral import __version__
 from harness import CORRAL, wait_for
@@ -74,10 +80,13 @@ class Podman:
     command: list[str]
     env: dict[str, str]
 
-    def __call__(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, timeout: float = 120, check: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [*self.command, *args], capture_output=True, text=True, timeout=timeout, env=self.env, check=False
-        )
+            [*self.command, *args], capture_output=True, text=True, timeout=timeout, env=self.env, check=False,
+            cwd=cwd,
+        )  # fmt: skip
         if check:
             assert result.returncode == 0, f"podman {' '.join(args[:2])}: {result.stderr[-3000:]}"
         return result
@@ -167,8 +176,70 @@ def wheelhouse(*requirements: str) -> Path:
     return wheels
 
 
+def printed_command(dockerfile: str, prefix: str) -> list[str]:
+    """The command the Dockerfile's header prints, starting with `prefix` (`podman build`, `docker run`)."""
+    line = next(line for line in dockerfile.splitlines() if line.startswith(f"#   {prefix} "))
+    return shlex.split(line.removeprefix("#   ").split("  (")[0])
+
+
+def docs_scrape_config() -> str:
+    """The Prometheus scrape configuration docs/deployment.md gives, as written there."""
+    text = (Path(__file__).parent.parent / "docs/deployment.md").read_text()
+    section = text[text.index("## Metrics scraped with a token"):]
+    block = re.search(r"```yaml\n(scrape_configs:.*?)```", section, re.DOTALL)
+    assert block, "docs/deployment.md has no scrape configuration"
+    return block.group(1)
+
+
+def image_files(podman: Podman, tag: str) -> list[str]:
+    """Every path under /app in the image, relative to it."""
+    found = podman("run", "--rm", "--network", "none", "--entrypoint", "find", tag, "/app", "-mindepth", "1").stdout
+    return [line.removeprefix("/app/") for line in found.split()]
+
+
+def scrape_with_prometheus(netns: str, tmp_path: Path, token: str, admin: str) -> dict[str, float]:
+    """Run Prometheus in the namespace with the docs' scrape configuration; the sample values it stored."""
+    credentials = tmp_path / "prometheus-token"
+    credentials.write_text(token + "\n")
+    credentials.chmod(0o400)
+    config = docs_scrape_config().replace("/etc/prometheus/corral-token", str(credentials))
+    config = config.replace("app.example.internal:9000", admin)
+    (tmp_path / "prometheus.yml").write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n" + config)
+    log = (tmp_path / "prometheus.log").open("w")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--web.listen-address=127.0.0.1:9090"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        def sample(query: str) -> float | None:
+            try:
+                url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(query)
+                answer = json.loads(in_netns(netns, url))
+            except (OSError, ValueError):
+                return None
+            result = answer["data"]["result"]
+            return float(result[0]["value"][1]) if result else None
+
+        def scraped() -> dict[str, float] | None:
+            up = sample('up{job="corral"}')
+            count = sample('count({job="corral", __name__=~"corral_.+"})')
+            return {"up": up, "series": count} if up == 1 and count else None
+
+        found: dict[str, float] = wait_for(scraped, timeout=120, what="Prometheus to scrape /metrics")
+        return found
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        log.close()
+
+
 @pytest.mark.timeout(1800)
-def test_exported_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("out", [".", "deploy"])
+def test_exported_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Path, out: str) -> None:
+    """Built with the command the Dockerfile prints, whatever --out is: nothing secret or local in the image,
+    the health check kept, the app served with its env file, and /metrics scraped by Prometheus with the
+    exported token."""
     repository = tmp_path / "repo"
     project = repository / "backend"
     project.mkdir(parents=True)
@@ -179,39 +250,93 @@ def test_exported_image_builds_and_serves(podman: Podman, netns: str, tmp_path: 
     )
     (project / "app.py").write_text(APP)
     (project / ".env").write_text("GREETING=from-the-env-file\n")
+    # What must stay out: the repository, virtual environments (one not named .venv), env files at any depth,
+    # and what the user's own .dockerignore lists (kept as it is).
+    # (a .git at the project's root would make it the repository, where the lock file is looked for last)
+    (project / "vendor/.git").mkdir(parents=True)
+    (project / "vendor/.git/config").write_text("[core]\n")
+    for venv in (".venv", "pyenv311"):
+        (project / venv).mkdir()
+        (project / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (project / "config").mkdir()
+    (project / "config/.env").write_text("GREETING=nested\n")
+    (project / "config/production.env").write_text("GREETING=production\n")
+    (project / "notes.txt").write_text("private notes\n")
+    (project / ".dockerignore").write_text("notes.txt\n")
 
     args = ["app:app", "-b", "127.0.0.1:8000", "--admin-bind", "127.0.0.1:9000", "-w", "2", "--env-file", ".env"]
     exported = subprocess.run(
-        [CORRAL, "export", "docker", *args, "--out", "."], cwd=project, capture_output=True, text=True, timeout=120
+        [CORRAL, "export", "docker", *args, "--out", out], cwd=project, capture_output=True, text=True, timeout=120
     )
     assert exported.returncode == 0, exported.stderr
-    dockerfile = (project / "Dockerfile").read_text()
+    dockerfile = (project / out / "Dockerfile").read_text()
     assert "versions pinned by ../uv.lock" in dockerfile, "the lock file one level up was found and named"
     assert "Python 3.11" in dockerfile
+    assert (project / ".dockerignore").read_text().startswith("notes.txt\n"), "the user's file is kept"
 
     tag = f"localhost/corral-image-test:{uuid.uuid4().hex[:8]}"
     images = ["--build-arg", f"BASE_IMAGE={TRUSTED}", "--build-arg", f"BUILD_IMAGE={TRUSTED}"]
-    wheels = wheelhouse(project / f"corral-{__version__}-py3-none-any.whl", "h11==0.14.0")
+    wheels = wheelhouse(str(project / out / f"corral-{__version__}-py3-none-any.whl"), "h11==0.14.0")
     (tmp_path / "pip.conf").write_text(
         "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\nno-index = true\nfind-links = /wheels\n"
     )
     mounts = ["-v", f"{wheels}:/wheels:ro", "-v", f"{tmp_path / 'pip.conf'}:/etc/pip.conf:ro"]
-    podman("build", "--network", "host", *images, *mounts, "-t", tag, str(project), timeout=1500)
+    build = printed_command(dockerfile, "podman build")
+    assert build[:4] == ["podman", "build", "--format", "docker"], "an OCI image would drop the HEALTHCHECK"
+    build = [tag if word == "IMAGE" else word for word in build[2:]]
+    podman("build", "--network", "host", *images, *mounts, *build, cwd=project, timeout=1500)
     container = f"corral-image-test-{uuid.uuid4().hex[:8]}"
     try:
-        # The app's configuration comes from the env file at run time; the image does not hold it.
-        listing = podman("run", "--rm", "--network", "none", "--entrypoint", "ls", tag, "-A", "/app").stdout.split()
-        assert ".env" not in listing and "app.py" in listing
+        files = image_files(podman, tag)
+        assert "app.py" in files
+        leaked = [path for path in files if Path(path).name in {".env", "production.env", "admin-token", "notes.txt"}
+                  or Path(path).parts[0] in {".venv", "pyenv311"} or ".git" in Path(path).parts]  # fmt: skip
+        assert leaked == [], leaked
+        inspected = json.loads(podman("image", "inspect", tag).stdout)[0]
+        health = inspected.get("Healthcheck")  # kept only in the docker format
+        assert health and "/livez" in " ".join(health["Test"]), inspected["Config"]
         version = "import h11; print(h11.__version__)"
         pinned = podman("run", "--rm", "--network", "none", "--entrypoint", "python", tag, "-c", version)
         assert pinned.stdout.strip() == "0.14.0", "installed at the version uv.lock pins"
 
+        # Compose builds the same: the project as the context, the Dockerfile of the same --out.
+        compose = subprocess.run([CORRAL, "export", "compose", *args, "--out", out], cwd=project,
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert compose.returncode == 0, compose.stderr
+        context, compose_dockerfile = build_paths(project / out / "compose.yaml")
+        printed = (project / (build[build.index("-f") + 1] if "-f" in build else "Dockerfile")).resolve()
+        assert (context, compose_dockerfile.resolve()) == (project.resolve(), printed)
+        again = podman("build", "--network", "host", "--format", "docker", *images, *mounts, "-q", "-f",
+                       str(compose_dockerfile), str(context), timeout=1500)  # fmt: skip
+        compose_tag = again.stdout.strip().splitlines()[-1]
+        try:
+            assert set(image_files(podman, compose_tag)) - set(files) == {f"{out}/compose.yaml".removeprefix("./")}
+        finally:
+            podman("rmi", "-f", compose_tag, check=False, timeout=120)
+
+        run = printed_command(dockerfile, "docker run")
+        token_mount = next(word for word in run if word.endswith(":/run/secrets/corral-admin-token:ro"))
+        token_mount = token_mount.replace("$PWD", str(project))
+        token = (project / out / "admin-token").read_text().strip()
         podman("run", "-d", "--name", container, "--network", f"ns:/run/netns/{netns}", "--env-file",
-               str(project / ".env"), tag)  # fmt: skip
+               str(project / ".env"), "-v", token_mount, tag)  # fmt: skip
         body = wait_for(lambda: in_netns(netns, "http://127.0.0.1:8000/"), timeout=120, what="the app")
         assert body == "hello from-the-env-file"
         livez = in_netns(netns, "http://127.0.0.1:9000/livez")
         assert '"ok": true' in livez
+        with pytest.raises(OSError, match="401"):
+            in_netns(netns, "http://127.0.0.1:9000/metrics")
+        logs = podman("logs", container).stderr + podman("logs", container).stdout
+        assert "/metrics, /dashboard: token required" in logs, logs
+        assert scrape_with_prometheus(netns, tmp_path, token, "127.0.0.1:9000")["up"] == 1
     finally:
         podman("rm", "-f", "-t", "5", container, check=False, timeout=120)
         podman("rmi", "-f", tag, check=False, timeout=120)
+
+
+def build_paths(compose: Path) -> tuple[Path, Path]:
+    """(context, Dockerfile) of the app's build in a Compose file, resolved as Compose does."""
+    build = yaml.safe_load(compose.read_text())["services"]["app"]["build"]
+    spec = {"context": build} if isinstance(build, str) else build
+    context = (compose.parent / spec["context"]).resolve()
+    return context, context / spec.get("dockerfile", "Dockerfile")

@@ -117,7 +117,11 @@ def expected_memory(footprint: Footprint, workers: int, preload: bool, max_memor
 
 def measure(settings: Options, cwd: Path, timeout: float = 300.0) -> Footprint:
     """Import the app of `settings` in a child interpreter; a failure is one CorralError line."""
+    from corral.envfile import app_environment
+
     target = resolve_target(settings.app, settings.app_dir, cwd)
+    # The app imports as it would under `corral run`: with its --env-file values (never printed).
+    env = app_environment([str(cwd / path) for path in settings.env_file], os.environ)
     read_fd, write_fd = os.pipe()
     command = [
         sys.executable,
@@ -135,6 +139,7 @@ def measure(settings: Options, cwd: Path, timeout: float = 300.0) -> Footprint:
             command,
             cwd=cwd,
             pass_fds=(write_fd,),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=2,
             timeout=timeout,

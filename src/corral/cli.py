@@ -248,9 +248,13 @@ def config_command(
 ) -> None:
     """Print the effective configuration of `corral run [options]` and where each value came from."""
     from corral.redact import redact_values
+    from corral.tls.plan import http_binds
 
     resolved = parse_run_arguments(ctx.args)
     values = redact_values(resolved.settings.model_dump())
+    # The listeners `corral run` opens, defaults included (--https alone: 443, and 80 for HTTP-01).
+    run = resolved.settings.options()
+    values |= {"bind": run.bind, "http_bind": http_binds(run)}
     if json_output:
         rows = {key: {"value": values[key], "source": resolved.sources[key]} for key in values}
         print(json.dumps(rows, indent=2))
@@ -540,11 +544,12 @@ def export_kubernetes_command(
     from corral.config import parse_size
     from corral.errors import ConfigError
     from corral.export import common, kubernetes
+    from corral.export.kubernetes_files import KubernetesOptions
 
     settings = parse_run_arguments(ctx.args).settings
     environment = common.app_environment(settings, Path.cwd(), tuple(secret_key or ()))
     plan = common.container_plan(settings, Path.cwd(), environment)
-    options = kubernetes.KubernetesOptions(
+    options = KubernetesOptions(
         image=image or f"{common.resource_name(settings.name)}:latest",
         memory=0,
         memory_source="",
@@ -559,6 +564,7 @@ def export_kubernetes_command(
         cluster_issuer=cluster_issuer,
         hosts=tuple(host or ()),
         secret_values=secret_values,
+        out=out,
     )
     kubernetes.validate(plan, options)
     common.refuse_loopback(plan.settings, plan.environment, "kubernetes")

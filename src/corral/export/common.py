@@ -23,6 +23,7 @@ CONTAINER_UID = 10001
 CONTAINER_WORKDIR = "/app"
 CONTAINER_STATE_DIR = "/var/lib/corral"
 DEFAULT_ADMIN_PORT = 9000
+CONTAINER_TOKEN = "/run/secrets/corral-admin-token"  # the admin token's file, mounted (export/metrics.py)
 # Options about obtaining certificates: in a cluster, TLS ends at the Ingress or Gateway instead.
 TLS_FIELDS = (
     "https",
@@ -43,7 +44,8 @@ class ExportFile:
     name: str
     content: str
     mode: int = 0o644
-    data: bytes | None = None  # a binary file (Corral's wheel), written but not printed
+    data: bytes | None = None  # a binary file (Corral's wheel) or a secret, written but not printed
+    owner: int | None = None  # uid given the new file (a token the container's user reads)
 
 
 def emit(files: list[ExportFile], out: Path | None) -> None:
@@ -65,6 +67,8 @@ def emit(files: list[ExportFile], out: Path | None) -> None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
             with os.fdopen(fd, "wb") as handle:
                 os.fchmod(fd, file.mode)
+                if file.owner is not None:
+                    os.fchown(fd, file.owner, -1)
                 handle.write(file.data if file.data is not None else file.content.encode())
             print(f"wrote {path}", file=sys.stderr)
     except OSError as exc:
@@ -171,6 +175,12 @@ class ContainerPlan:
     environment: AppEnvironment = field(default_factory=lambda: AppEnvironment([], {}))
     # Corral's own secrets, passed as environment variables (PGPASSWORD, CORRAL_ADMIN_TOKEN), never as arguments.
     secret_options: dict[str, str] = field(default_factory=dict)
+    # The admin token is a mounted file (export/metrics.py): the host's --admin-token-file, else one written.
+    token_file: str | None = None
+
+    @property
+    def token_mounted(self) -> bool:
+        return self.settings.admin_token_file is not None
 
     @property
     def health_url(self) -> str:
@@ -193,6 +203,7 @@ def container_plan(
     notes: list[str] = []
     settings = inert(settings)
     secret_options: dict[str, str] = {}
+    token_file = settings.admin_token_file
     if settings.admin_token:
         secret_options["CORRAL_ADMIN_TOKEN"] = settings.admin_token
         settings = reset(settings, "admin_token")
@@ -215,6 +226,9 @@ def container_plan(
         "state_dir": CONTAINER_STATE_DIR,
         "app_dir": _inside(settings.app_dir, project),
     }
+    if "CORRAL_ADMIN_TOKEN" not in secret_options:
+        # Off loopback the admin listener serves /metrics only with a token: one the platform mounts.
+        changes["admin_token_file"] = CONTAINER_TOKEN
     postgres = postgres_lock(settings)
     if postgres is not None:
         changes["prestart_lock"] = postgres.url
@@ -226,7 +240,7 @@ def container_plan(
     adapted = settings.model_copy(update=changes)
     ports = [parse_bind(bind).port for bind in binds + http_binds if parse_bind(bind).kind == "tcp"]
     environment = environment or AppEnvironment([], {})
-    return ContainerPlan(adapted, ports, admin.port, postgres, notes, environment, secret_options)
+    return ContainerPlan(adapted, ports, admin.port, postgres, notes, environment, secret_options, token_file)
 
 
 def _inside(path: str | None, project: Path) -> str | None:
@@ -296,12 +310,40 @@ def loopback_host(value: str) -> str | None:
     return host if host and is_loopback(host) else None
 
 
+# Schemes of the URLs the app itself connects to (databases, caches, brokers; `+driver` suffixes aside): a
+# loopback host there is the container itself, where no such server runs.
+CONNECTING_SCHEMES = frozenset(
+    {
+        *("postgres", "postgresql", "cockroachdb", "mysql", "mariadb", "mssql", "sqlserver", "oracle"),
+        *("clickhouse", "cassandra", "mongodb", "redis", "rediss", "valkey", "valkeys", "memcached", "memcache"),
+        *("amqp", "amqps", "kafka", "nats", "elasticsearch", "opensearch"),
+    }
+)
+
+
+# A bare HOST[:PORT] under such a key is a server the app connects to as well (CACHE_HOST, DB_HOST, PGHOST).
+_SERVER_KEY = re.compile(
+    r"DATABASE|(^|_)(DB|PG)|POSTGRES|MYSQL|MARIADB|MONGO|REDIS|VALKEY|CACHE|MEMCACHE|BROKER|AMQP|RABBIT|KAFKA|CELERY",
+    re.IGNORECASE,
+)
+
+
+def connects(key: str, value: str) -> bool:
+    """Whether the app connects to `value`: a database, cache or broker URL, or a bare address under a key
+    naming one."""
+    if _HOST_IN_URL.match(value):
+        return value.split("://", 1)[0].split("+", 1)[0].lower() in CONNECTING_SCHEMES
+    return bool(_SERVER_KEY.search(key))
+
+
 def refuse_loopback(
     settings: Settings, environment: AppEnvironment, target: str, *, skip: frozenset[str] = frozenset()
 ) -> None:
-    """A loopback address carried into a container is the container itself: refuse with one line.
+    """A loopback address the container connects to is the container itself: refuse with one line.
 
-    `skip` names the variables the export rewires itself (Compose's database service)."""
+    Only where the container connects: --prestart-lock and database, cache and broker URLs; any other
+    loopback value (a browser's origin, say) gets a warning from `loopback_warnings`. `skip` names the
+    variables the export rewires itself (Compose's database service)."""
     from corral.redact import mask_url
 
     where = "the pod" if target == "kubernetes" else "the container"
@@ -314,8 +356,21 @@ def refuse_loopback(
         )
     for key, value in environment.values.items():
         host = loopback_host(value)
-        if host and key not in skip:
+        if host and key not in skip and connects(key, value):
             raise ConfigError(
                 f"{key}={mask_url(value)} (--env-file) points at {host}, which in {where} is {where} itself: "
                 "give the address reached from there in an env file for the deployment (--env-file FILE)"
+            )
+
+
+def warn_loopback(environment: AppEnvironment, target: str, *, skip: frozenset[str] = frozenset()) -> None:
+    """One line on stderr per variable naming a loopback address that `refuse_loopback` lets through."""
+    where = "the pod" if target == "kubernetes" else "the container"
+    for key, value in environment.values.items():
+        host = loopback_host(value)
+        if host and key not in skip and not connects(key, value):
+            print(
+                f"corral: warning: {key} (--env-file) names {host}, which in {where} is {where} itself: right for "
+                "an address only browsers use (a CORS origin), wrong for one the app connects to",
+                file=sys.stderr,
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +19,7 @@ import yaml
 from corral.config import Settings, run_arguments
 from corral.export.common import (
     CONTAINER_STATE_DIR,
+    CONTAINER_TOKEN,
     CONTAINER_UID,
     PRESTART_FIELDS,
     ContainerPlan,
@@ -29,8 +30,10 @@ from corral.export.common import (
     parse_postgres_url,
     refuse_loopback,
     resource_name,
+    warn_loopback,
 )
 from corral.export.docker import health_command, stop_timeout
+from corral.export.metrics import TOKEN_FILE, token_files
 
 POSTGRES_SERVICE = "postgres"
 
@@ -58,6 +61,7 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
     lock = plan.postgres if plan.postgres is not None and _local_postgres(plan.settings.prestart_lock or "") else None
     skip = frozenset([*local, *(["prestart_lock"] if lock else [])])
     refuse_loopback(settings, environment, "compose", skip=skip)
+    warn_loopback(plan.environment, "compose", skip=skip)
     image = options.image or f"{resource_name(settings.name)}:latest"
     volumes: dict[str, Any] = {"state": {}}
     env: dict[str, str] = {}
@@ -75,9 +79,10 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
     base = (options.out or options.project or Path.cwd()).resolve()
     project = (options.project or base).resolve()
     env_files = [os.path.relpath(path, base) for path in environment.files]
+    build = _build(project, base)
 
     app: dict[str, Any] = {
-        **_container(image, os.path.relpath(project, base)),
+        **_container(image, build),
         **({"env_file": env_files} if env_files else {}),
         **({"environment": app_env} if app_env else {}),
         "command": ["run", *run_arguments(plan.serving())],
@@ -98,7 +103,7 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
         step_env = {**app_env, **env}
         step_env.pop("CORRAL_ADMIN_TOKEN", None)
         services["prestart"] = {
-            **_container(image, os.path.relpath(project, base)),
+            **_container(image, build),
             **({"env_file": env_files} if env_files else {}),
             "command": ["prestart", *run_arguments(only(settings, *PRESTART_FIELDS, "log_level"))],
             "restart": "no",
@@ -111,19 +116,28 @@ def render(plan: ContainerPlan, options: ComposeOptions) -> list[ExportFile]:
         app["depends_on"] = {POSTGRES_SERVICE: {"condition": "service_healthy"}}
     services.update(database)
 
-    document = {"name": resource_name(settings.name), "services": services, "volumes": volumes}
+    document: dict[str, Any] = {"name": resource_name(settings.name), "services": services, "volumes": volumes}
+    files: list[ExportFile] = []
+    notes = list(plan.notes)
+    if plan.token_mounted:
+        # A file secret, mounted at /run/secrets/NAME: where --admin-token-file points in the container.
+        name = PurePosixPath(CONTAINER_TOKEN).name
+        source = os.path.relpath(plan.token_file, base) if plan.token_file else f"./{TOKEN_FILE}"
+        document["secrets"] = {name: {"file": source}}
+        app["secrets"] = [name]
+        files = token_files(options.out, plan.token_file, notes)
     header = [
         "# Written by corral export compose. Build the image from the Dockerfile of",
-        "# `corral export docker`, then: docker compose up -d",
+        "# `corral export docker` (the same --out), then: docker compose up -d",
     ]
     if env or database or "CORRAL_ADMIN_TOKEN" in app_env:
         header.append("# Set the passwords first (POSTGRES_PASSWORD, PGPASSWORD...), in the environment or in")
         header.append("# .env beside this file; the app's own variables come from its env_file.")
     if local:
         header.append(f"# {', '.join(local)}: the database on this machine is the `{POSTGRES_SERVICE}` service here.")
-    header += [f"# Note: {note}." for note in plan.notes]
+    header += [f"# Note: {note}." for note in notes]
     text = "\n".join(header) + "\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
-    return [ExportFile("compose.yaml", text)]
+    return [ExportFile("compose.yaml", text), *files]
 
 
 def _to_service(value: str) -> str:
@@ -135,10 +149,19 @@ def _to_service(value: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _container(image: str, context: str) -> dict[str, Any]:
+def _build(project: Path, base: Path) -> str | dict[str, str]:
+    """The build of `corral export docker` given the same --out: the project as context, and the Dockerfile
+    beside this file (Compose reads `dockerfile` relative to the context)."""
+    context = os.path.relpath(project, base)
+    if base == project:
+        return context
+    return {"context": context, "dockerfile": os.path.relpath(base / "Dockerfile", project)}
+
+
+def _container(image: str, build: str | dict[str, str]) -> dict[str, Any]:
     """What the app and its one-shot step share: the image, the user, the hardening, the state volume."""
     return {
-        "build": context,
+        "build": build,
         "image": image,
         "user": f"{CONTAINER_UID}:{CONTAINER_UID}",
         "read_only": True,

@@ -20,12 +20,15 @@ from corral.config import run_arguments
 from corral.errors import ConfigError
 from corral.export.common import (
     CONTAINER_STATE_DIR,
+    CONTAINER_TOKEN,
     CONTAINER_UID,
     CONTAINER_WORKDIR,
     ContainerPlan,
     ExportFile,
     refuse_loopback,
+    warn_loopback,
 )
+from corral.export.metrics import token_files, token_source
 from corral.export.project import choose_python, find_lock, project_table, read_pins, requirement_names
 from corral.export.wheel import wheel_bytes, wheel_name
 
@@ -33,9 +36,11 @@ VENV = "/opt/venv"
 CONSTRAINTS = "constraints.txt"
 HEALTH_START_PERIOD = 120  # seconds for the first generation to import the app
 DOCKERIGNORE = """\
-# Written by corral export docker: what stays out of the build context.
+# Written by corral export docker: what stays out of the build context (patterns start at its root).
 .git
+**/.git
 .venv
+**/.venv
 venv
 **/__pycache__
 **/*.pyc
@@ -50,6 +55,13 @@ node_modules
 .env
 .env.*
 *.env
+**/.env
+**/.env.*
+**/*.env
+admin-token
+**/admin-token
+**/admin-token.yaml
+**/secret.yaml
 """
 
 
@@ -75,6 +87,7 @@ def health_command(url: str) -> list[str]:
 
 def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
     refuse_loopback(plan.settings, plan.environment, "docker")
+    warn_loopback(plan.environment, "docker")
     settings = plan.settings
     project = options.project.resolve()
     context = _context_prefix(project, options.out)
@@ -88,15 +101,22 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
     install = _dependency_steps(project, context)
     files: list[ExportFile] = []
     notes = [*plan.notes, f"Python {version}: {why}", *install.notes]
+    mount = ""
+    if plan.token_mounted:
+        files += token_files(options.out, plan.token_file, notes)
+        mount = f' -v "{token_source(options.out, plan.token_file)}:{CONTAINER_TOKEN}:ro"'
+    dockerfile = "" if context == "." else f"-f {context}/Dockerfile "
     env_hint = "".join(f" --env-file {_shown(path, project)}" for path in plan.environment.files)
     env_hint += "".join(f" -e {key}" for key in plan.secret_options)
     lines = [
         "# Written by corral export docker.",
-        f"#   docker build -t IMAGE {'' if context == '.' else f'-f {context}/Dockerfile '}.",
+        f"#   docker build -t IMAGE {dockerfile}.",
+        f"#   podman build --format docker -t IMAGE {dockerfile}.  (an OCI image would drop the HEALTHCHECK)",
         "#   (another base: --build-arg BASE_IMAGE=... --build-arg BUILD_IMAGE=..., the same Python)",
         f"#   docker run --stop-timeout {stop_timeout(plan)} -v corral-state:{CONTAINER_STATE_DIR} "
         + " ".join(f"-p {port}:{port}" for port in plan.ports)
         + env_hint
+        + mount
         + " IMAGE",
         *(f"# Note: {note}." for note in notes),
         f"ARG BUILD_IMAGE={options.build_image or build}",
@@ -134,13 +154,47 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
         'ENTRYPOINT ["corral"]',
         f"CMD {json.dumps(['run', *run_arguments(settings)])}",
     ]
-    ignore = DOCKERIGNORE + "".join(f"{_shown(path, project)}\n" for path in plan.environment.files)
-    ignore += "".join(f"!{context}/{file.name}\n" for file in install.files) if context != "." else ""
+    ours = DOCKERIGNORE.splitlines() + [_shown(path, project) for path in plan.environment.files]
+    ours += _virtual_environments(project)
+    ours += [f"!{context}/{file.name}" for file in install.files] if context != "." else []
     return [
         ExportFile("Dockerfile", "\n".join(lines) + "\n"),
-        ExportFile(".dockerignore", ignore),
+        ExportFile(ignore_file_name(context), merged_ignore(project, ours)),
         *files,
     ]
+
+
+def ignore_file_name(context: str) -> str:
+    """The context's own `.dockerignore` when the Dockerfile is at its root; else `Dockerfile.dockerignore`
+    beside the Dockerfile, which BuildKit and podman read for `-f DIR/Dockerfile` instead of the root's."""
+    return ".dockerignore" if context == "." else "Dockerfile.dockerignore"
+
+
+def merged_ignore(project: Path, rules: list[str]) -> str:
+    """The project's own `.dockerignore` kept as it is, followed by the rules it lacks: a Dockerfile's own
+    ignore file replaces the root's, and the root's is the user's, never overwritten."""
+    try:
+        existing = (project / ".dockerignore").read_text()
+    except FileNotFoundError:
+        existing = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {project / '.dockerignore'}: {getattr(exc, 'strerror', None) or exc}") from None
+    present = {line.strip() for line in existing.splitlines()}
+    missing = [rule for rule in rules if rule.strip() not in present or rule.startswith("#")]
+    if not existing:
+        return "\n".join(missing) + "\n"
+    if not [rule for rule in missing if not rule.startswith("#")]:
+        return existing
+    added = [rule for rule in missing if not rule.startswith("#")]
+    return existing.rstrip("\n") + "\n# Added by corral export docker:\n" + "\n".join(added) + "\n"
+
+
+def _virtual_environments(project: Path) -> list[str]:
+    """Top-level directories of the project that are virtual environments, whatever their name."""
+    try:
+        return sorted(entry.name for entry in project.iterdir() if (entry / "pyvenv.cfg").is_file())
+    except OSError:
+        return []
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,16 @@ def install(units: SystemdUnits, root: Path | None = None, now: bool = True) -> 
         raise CorralError("systemctl not found: is systemd installed?")
     base = root if root is not None else Path("/")
     unit_dir = base / UNIT_DIR
-    written = [_write(unit_dir / file.name, file.content, file.mode) for file in units.files]
+    unit_files = [file for file in units.files if file.name.endswith((".service", ".socket"))]
+    written = [_write(unit_dir / file.name, file.content, file.mode) for file in unit_files]
     if units.env_file and units.secrets:
         content = "".join(f"{key}={value}\n" for key, value in units.secrets.items())
         written.append(_write(base / units.env_file.lstrip("/"), content, 0o600))
+    credential = units.credential
+    if credential is not None and credential.token is not None:
+        path = base / credential.source.lstrip("/")
+        if not (path.exists() or path.is_symlink()):  # kept: a Prometheus may already scrape with it
+            written.append(_write(path, f"{credential.token}\n", 0o600))
     enable = [u for u in (units.socket, units.service) if u]
     if root is not None:
         _systemctl([systemctl, f"--root={root}", "enable", *enable])

@@ -4,7 +4,7 @@ Two files, applied in order: `prestart-job.yaml` (the pre-start steps of this re
 that takes the PostgreSQL lock; only with steps) and `app.yaml` (Deployment, Service,
 HorizontalPodAutoscaler, PodDisruptionBudget, Ingress or HTTPRoute). In a cluster TLS ends at the
 Ingress or Gateway, so the HTTPS options become its hosts and leave `corral run`; the drain delay
-becomes the preStop sleep, which the kubelet runs before SIGTERM.
+becomes the preStop sleep (an exec of `sleep`), which the kubelet runs before SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,11 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
-from dataclasses import dataclass
 from typing import Any
-
-import yaml
 
 from corral.config import Settings, run_arguments
 from corral.errors import ConfigError
@@ -31,7 +27,17 @@ from corral.export.common import (
     refuse_loopback,
     reset,
     resource_name,
+    warn_loopback,
 )
+from corral.export.kubernetes_files import (
+    KubernetesOptions,
+    dump,
+    env_from,
+    environment_files,
+    metadata,
+    metrics_files,
+)
+from corral.export.metrics import K8S_TOKEN_DIR, TOKEN_MANIFEST, kubernetes_mount
 from corral.manager.policy import parse_range
 
 MIB = 1024 * 1024
@@ -39,24 +45,6 @@ DEFAULT_PRESTOP = 5  # seconds for endpoint removal to reach every proxy before 
 STOP_MARGIN = 10
 JOB_MARGIN = 300  # seconds a Job may take beyond its steps' own timeouts (pulling, connecting)
 CPU_PER_WORKER = 500  # millicores requested per worker
-
-
-@dataclass(frozen=True)
-class KubernetesOptions:
-    image: str
-    memory: int  # bytes: the memory request and limit of a pod
-    memory_source: str  # how `memory` was found, for the header comment
-    cpu: str | None = None  # the CPU request; default 500m per worker
-    namespace: str | None = None
-    replicas: int | None = None  # a fixed count instead of the autoscaler
-    min_replicas: int = 2
-    max_replicas: int = 10
-    cpu_target: int = 70
-    ingress_class: str | None = None
-    gateway: str | None = None  # NAME or NAMESPACE/NAME of a Gateway API Gateway
-    cluster_issuer: str | None = None  # cert-manager ClusterIssuer for the Ingress certificate
-    hosts: tuple[str, ...] = ()  # host names of the Ingress or HTTPRoute (default: the --https names)
-    secret_values: bool = False  # write the values into the Secret's file (else only its keys)
 
 
 def pod_workers(settings: Settings) -> int:
@@ -107,6 +95,7 @@ def release_id(settings: Settings, image: str) -> str:
 def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     validate(plan, options)
     refuse_loopback(plan.settings, plan.environment, "kubernetes")
+    warn_loopback(plan.environment, "kubernetes")
     settings = plan.settings
     name = resource_name(settings.name)
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "web"}
@@ -114,12 +103,14 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
     serving = reset(_pod_settings(plan, options), *TLS_FIELDS, "drain_delay")
     serving = serving.model_copy(update={"workers": pod_start_workers(settings)})
     ports = _container_ports(plan)
-    environment = _environment_files(plan, options, name)
-
-    documents = [
-        _deployment(plan, options, name, labels, serving, ports, prestop),
-        _service(options, name, labels, ports),
-    ]
+    environment = environment_files(plan, options, name)
+    if plan.token_mounted:
+        serving = serving.model_copy(update={"admin_token_file": f"{K8S_TOKEN_DIR}/token"})
+    deployment = _deployment(plan, options, name, labels, serving, ports, prestop)
+    if plan.token_mounted:
+        pod = deployment["spec"]["template"]["spec"]
+        kubernetes_mount(pod["containers"][0], pod, f"{name}-admin-token")
+    documents = [deployment, _service(options, name, labels, ports)]
     target, moved = hpa_target(settings, options)
     if options.replicas is None:
         documents.append(_autoscaler(dataclasses.replace(options, cpu_target=target), name))
@@ -136,6 +127,7 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
             if environment
             else []
         ),
+        *([f"# Apply {TOKEN_MANIFEST} first: the pods read the admin token from it."] if plan.token_mounted else []),
         *(["# Apply prestart-job.yaml first and wait for it (see its header)."] if settings.prestart else []),
         f"#   kubectl apply{namespace} -f app.yaml",
         f"# Memory per pod ({workers} worker{'s' if workers != 1 else ''}): {options.memory // MIB} MiB, "
@@ -143,7 +135,7 @@ def render(plan: ContainerPlan, options: KubernetesOptions) -> list[ExportFile]:
         *(f"# Note: {note}." for note in plan.notes),
         *([f"# Note: {moved}."] if moved and options.replicas is None else []),
     ]
-    files = [ExportFile("app.yaml", _dump(header, documents))]
+    files = [ExportFile("app.yaml", dump(header, documents)), *metrics_files(plan, options, name, labels)]
     if settings.prestart:
         files.insert(0, _job_file(plan, options, name))
     return [*environment, *files]
@@ -157,67 +149,6 @@ def _pod_settings(plan: ContainerPlan, options: KubernetesOptions) -> Settings:
     if not settings.prestart or plan.postgres is None:
         return plan.serving()
     return settings.model_copy(update={"release": release_id(settings, options.image)})
-
-
-def _secret_name(name: str) -> str:
-    return f"{name}-env"
-
-
-def _environment_files(plan: ContainerPlan, options: KubernetesOptions, name: str) -> list[ExportFile]:
-    """The app's variables: a ConfigMap (config.yaml) and a Secret (secret.yaml, mode 0600, the values
-    only with --secret-values); the pods take both with envFrom."""
-    namespace = f" -n {options.namespace}" if options.namespace else ""
-    files: list[ExportFile] = []
-    config = plan.environment.config
-    if config:
-        document = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _metadata(options, name),
-            "data": dict(config),
-        }
-        header = [
-            "# Written by corral export kubernetes: the app's variables that are not secrets (--env-file).",
-            f"#   kubectl apply{namespace} -f config.yaml",
-        ]
-        files.append(ExportFile("config.yaml", _dump(header, [document])))
-    secrets = {**plan.environment.secrets, **plan.secret_options}
-    if secrets:
-        secret = _secret_name(name)
-        values = secrets if options.secret_values else dict.fromkeys(secrets, "")
-        document = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": _metadata(options, secret),
-            "type": "Opaque",
-            "stringData": values,
-        }
-        sources = " ".join(f"--from-env-file={os.path.relpath(path)}" for path in plan.environment.files)
-        if options.secret_values:
-            how = ["# It holds the values: keep it out of version control; mode 0600."]
-        else:
-            how = [
-                "# The keys only (--secret-values writes the values): fill them in, or create the Secret",
-                f"# from the env file instead: kubectl create secret generic {secret}{namespace} {sources}".rstrip(),
-            ]
-            if plan.secret_options and plan.environment.files:
-                how.append(f"# (add {', '.join(f'{key}=...' for key in plan.secret_options)} to that file first)")
-        header = [
-            f"# Written by corral export kubernetes: the secrets of the app ({', '.join(secrets)}).",
-            *how,
-            f"#   kubectl apply{namespace} -f secret.yaml",
-        ]
-        files.append(ExportFile("secret.yaml", _dump(header, [document]), mode=0o600))
-    return files
-
-
-def _env_from(plan: ContainerPlan, name: str) -> list[dict[str, Any]]:
-    sources: list[dict[str, Any]] = []
-    if plan.environment.config:
-        sources.append({"configMapRef": {"name": name}})
-    if plan.environment.secrets or plan.secret_options:
-        sources.append({"secretRef": {"name": _secret_name(name)}})
-    return sources
 
 
 def validate(plan: ContainerPlan, options: KubernetesOptions) -> None:
@@ -237,15 +168,6 @@ def validate(plan: ContainerPlan, options: KubernetesOptions) -> None:
         )
     if options.cluster_issuer and not (options.hosts or plan.settings.https):
         raise ConfigError("--cluster-issuer needs the host names to certify: give them with --host NAME")
-
-
-def _metadata(options: KubernetesOptions, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name}
-    if options.namespace:
-        metadata["namespace"] = options.namespace
-    if labels:
-        metadata["labels"] = dict(labels)
-    return metadata
 
 
 def _container_ports(plan: ContainerPlan) -> list[tuple[str, int]]:
@@ -313,7 +235,7 @@ def _deployment(
         "name": "app",
         "image": options.image,
         "args": ["run", *run_arguments(serving)],
-        **({"envFrom": _env_from(plan, name)} if _env_from(plan, name) else {}),
+        **({"envFrom": env_from(plan, name)} if env_from(plan, name) else {}),
         "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports]
         + [{"name": "admin", "containerPort": plan.admin_port}],
         "resources": _resources(options, pod_workers(settings)),
@@ -321,7 +243,8 @@ def _deployment(
         "startupProbe": _probe("/readyz", period=2, failures=150),
         "livenessProbe": _probe("/livez", period=10, failures=3),
         "readinessProbe": _probe("/readyz", period=5, failures=2),
-        "lifecycle": {"preStop": {"sleep": {"seconds": math.ceil(prestop)}}},
+        # An exec sleep, not the `sleep` action: that one needs Kubernetes 1.30 (docs/deployment.md: 1.25+).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(math.ceil(prestop))]}}},
     }
     spec: dict[str, Any] = {}
     if options.replicas is not None:
@@ -337,7 +260,7 @@ def _deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(options, name, labels),
+        "metadata": metadata(options, name, labels),
         "spec": spec,
     }
 
@@ -362,7 +285,7 @@ def _service(
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(options, name, labels),
+        "metadata": metadata(options, name, labels),
         "spec": {"type": "ClusterIP", "selector": dict(labels), "ports": service_ports},
     }
 
@@ -371,7 +294,7 @@ def _autoscaler(options: KubernetesOptions, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(options, name),
+        "metadata": metadata(options, name),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": options.min_replicas,
@@ -395,7 +318,7 @@ def _disruption_budget(options: KubernetesOptions, name: str, labels: dict[str, 
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(options, name),
+        "metadata": metadata(options, name),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(labels)}},
     }
 
@@ -408,15 +331,15 @@ def _ingress(settings: Settings, options: KubernetesOptions, name: str) -> dict[
     backend = {"service": {"name": name, "port": {"name": "http"}}}
     paths = [{"path": "/", "pathType": "Prefix", "backend": backend}]
     rules: list[dict[str, Any]] = [{"host": host, "http": {"paths": paths}} for host in _hosts(settings, options)]
-    metadata = _metadata(options, name)
+    ingress = metadata(options, name)
     spec: dict[str, Any] = {}
     if options.ingress_class:
         spec["ingressClassName"] = options.ingress_class
     spec["rules"] = rules or [{"http": {"paths": paths}}]
     if options.cluster_issuer:
-        metadata["annotations"] = {"cert-manager.io/cluster-issuer": options.cluster_issuer}
+        ingress["annotations"] = {"cert-manager.io/cluster-issuer": options.cluster_issuer}
         spec["tls"] = [{"hosts": _hosts(settings, options), "secretName": f"{name}-tls"}]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": ingress, "spec": spec}
 
 
 def _http_route(settings: Settings, options: KubernetesOptions, name: str) -> dict[str, Any]:
@@ -437,7 +360,7 @@ def _http_route(settings: Settings, options: KubernetesOptions, name: str) -> di
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
-        "metadata": _metadata(options, name),
+        "metadata": metadata(options, name),
         "spec": spec,
     }
 
@@ -462,7 +385,7 @@ def _job_file(plan: ContainerPlan, options: KubernetesOptions, name: str) -> Exp
         "image": options.image,
         # Only what `corral prestart` uses: no --bind, --workers or certificate options.
         "args": ["prestart", *run_arguments(only(steps, *PRESTART_FIELDS, "log_level"))],
-        **({"envFrom": _env_from(plan, name)} if _env_from(plan, name) else {}),
+        **({"envFrom": env_from(plan, name)} if env_from(plan, name) else {}),
         "resources": _resources(options, 1),
     }
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "prestart"}
@@ -472,7 +395,7 @@ def _job_file(plan: ContainerPlan, options: KubernetesOptions, name: str) -> Exp
     document = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(options, job, labels),
+        "metadata": metadata(options, job, labels),
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": deadline,
@@ -489,9 +412,5 @@ def _job_file(plan: ContainerPlan, options: KubernetesOptions, name: str) -> Exp
     ]
     if "envFrom" in container:
         header.insert(1, "# It takes the app's variables from config.yaml and secret.yaml: apply those before.")
-    return ExportFile("prestart-job.yaml", _dump(header, [document]))
+    return ExportFile("prestart-job.yaml", dump(header, [document]))
 
-
-def _dump(header: list[str], documents: list[dict[str, Any]]) -> str:
-    body: str = yaml.safe_dump_all(documents, sort_keys=False, width=1000)
-    return "\n".join(header) + "\n" + body

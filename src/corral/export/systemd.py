@@ -16,11 +16,13 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_urlsafe
 
-from corral.binds import Bind, parse_bind
+from corral.binds import Bind, is_loopback, parse_admin_bind, parse_bind
 from corral.config import Settings, run_arguments
 from corral.errors import ConfigError, CorralError
 from corral.export.common import ExportFile, inert, postgres_lock
+from corral.tls.plan import http_binds
 
 LIMIT_NOFILE = "65536"
 WATCHDOG_SEC = 30
@@ -28,6 +30,7 @@ RESTART_SEC = 2
 START_MARGIN = 90  # seconds to import the app and get the first generation ready
 STOP_MARGIN = 15  # seconds past drain delay + graceful timeout before systemd kills what is left
 ENV_DIR = "/etc/corral"
+CREDENTIAL = "admin-token"  # the credential's name: the file in $CREDENTIALS_DIRECTORY
 
 HARDENING = (
     ("NoNewPrivileges", "yes"),
@@ -65,6 +68,25 @@ class SystemdUnits:
     env_file: str | None  # holds PGPASSWORD / CORRAL_ADMIN_TOKEN when there are such secrets
     password: str | None
     secrets: dict[str, str] = field(default_factory=dict)  # what the env file holds, for `corral install`
+    credential: AdminCredential | None = None  # the admin token, given to the service by LoadCredential=
+
+
+@dataclass(frozen=True)
+class AdminCredential:
+    source: str  # the file systemd reads: --admin-token-file, or ENV_DIR/NAME.admin-token
+    token: str | None  # a token generated for that file (None: the user's file)
+
+
+def _admin_credential(settings: Settings, workdir: Path, name: str) -> AdminCredential | None:
+    """--admin-token-file, or a new token when --admin-bind is reachable from other machines without one (its
+    /metrics would be served to nobody): a credential systemd reads, whatever the file's mode."""
+    if not settings.admin_bind or settings.admin_token:
+        return None
+    if settings.admin_token_file:
+        return AdminCredential(str((workdir / settings.admin_token_file).resolve()), None)
+    if is_loopback(parse_admin_bind(settings.admin_bind)):
+        return None
+    return AdminCredential(f"{ENV_DIR}/{name}.admin-token", token_urlsafe(32))
 
 
 def corral_executable() -> str:
@@ -127,11 +149,13 @@ def render(
     elif lock.startswith("file:"):
         writable.append(str((workdir / lock.removeprefix("file:")).parent))
 
-    binds = [parse_bind(text) for text in settings.bind]
+    # What `corral run` listens on, defaults included (--https alone: 443, and 80 for HTTP-01).
+    run = settings.options()
+    binds = [parse_bind(text) for text in run.bind]
     if options.socket and any(bind.kind == "fd" for bind in binds):
         raise ConfigError("--socket makes systemd open the --bind addresses; fd:// cannot be one of them")
     bound_by_corral = [] if options.socket else list(binds)
-    bound_by_corral += [parse_bind(text) for text in settings.http_bind]
+    bound_by_corral += [parse_bind(text) for text in http_binds(run)]
     if settings.admin_bind:
         bound_by_corral.append(parse_bind(settings.admin_bind))
     writable += [str((workdir / bind.path).parent) for bind in bound_by_corral if bind.kind == "unix"]
@@ -139,8 +163,13 @@ def render(
 
     env_files = [str((workdir / path).resolve()) for path in settings.env_file]
     hardening = _hardening(user, settings, workdir, options.executable, env_files)
+    credential = _admin_credential(settings, workdir, name)
+    if credential is not None:
+        changes["admin_token_file"] = None  # given below as systemd's credential
     adapted = inert(settings.model_copy(update=changes))  # --env-file: EnvironmentFile= below
     exec_start = " ".join(quote(arg) for arg in [options.executable, "run", *run_arguments(adapted)])
+    if credential is not None:
+        exec_start += f" --admin-token-file %d/{CREDENTIAL}"  # %d: the service's credentials directory
     control = str(adapted.control)
     secrets = {"PGPASSWORD": postgres.password} if postgres is not None and postgres.password else {}
     if settings.admin_token:
@@ -167,6 +196,9 @@ def render(
     service += [("EnvironmentFile", quote(path)) for path in env_files]
     if env_file:
         service.append(("EnvironmentFile", env_file))
+    if credential is not None:
+        # Read by systemd as root, handed to the service in a directory only it can read.
+        service.append(("LoadCredential", f"{CREDENTIAL}:{quote(credential.source)}"))
     service += [("User", user)] if user else [("DynamicUser", "yes")]
     if settings.group:
         service.append(("Group", settings.group))
@@ -207,6 +239,8 @@ def render(
     ]
     if options.socket:
         files.append(ExportFile(f"{name}.socket", _socket_unit(name, binds)))
+    if credential is not None and credential.token is not None:
+        files.append(ExportFile(Path(credential.source).name, "", mode=0o600, data=f"{credential.token}\n".encode()))
     return SystemdUnits(
         files=files,
         service=f"{name}.service",
@@ -215,6 +249,7 @@ def render(
         env_file=env_file,
         password=postgres.password if postgres is not None else None,
         secrets=secrets,
+        credential=credential,
     )
 
 

@@ -337,14 +337,30 @@ def _banner(
     ]
     if admin_socket is not None:
         admin = _reachable(admin_socket, "http")
+        token = bool(settings.admin_token or settings.admin_token_file)
+        exposed = not is_loopback(parse_admin_bind(settings.admin_bind or ""))
         shown = [served for path in ADMIN_PATHS if (served := _served_path(path, admin_paths))]
+        if exposed and not token:  # nobody may read them: no URL for them
+            shown = [path for path in shown if path in ("/livez", "/readyz")]
         lines.append(f"  admin:     {'  '.join(admin + path for path in shown) or admin}")
+        lines.append(f"  access:    {admin_access_text(token, exposed)}")
     lines += _try_lines(settings, listeners, state_dir)
     if settings.log_format == "json":
         log.info("serving %s", target, extra={"listening": urls, "workers": pids, "control": str(control_path),
                                               "banner": lines})
         return
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def admin_access_text(token: bool, exposed: bool) -> str:
+    """Who may read what on the admin listener (manager/admin_access.py decides; this says it)."""
+    if token:
+        who = "token required (Authorization: Bearer)"
+    elif exposed:
+        who = "not served: reachable from other machines and no token (--admin-token-file)"
+    else:
+        who = "this machine only (loopback, no token)"
+    return f"/livez, /readyz: open; /metrics, /dashboard: {who}"
 
 
 def _served_path(path: str, routes: list[str]) -> str | None:
