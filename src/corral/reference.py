@@ -50,7 +50,8 @@ def options_table() -> str:
         env = f"`CORRAL_{name.upper()}`" + (f", `{spec.env_alias}`" if spec.env_alias else "")
         meaning = spec.help + (spec.details if spec.details[:1] in (";", ":", ",", " ") else f" {spec.details}")
         meaning = meaning.rstrip().replace("|", "\\|") + ("; a secret, shown as `***`" if spec.secret else "")
-        rows.append(f"| {_label(name, spec)} | {env} | {_default(name, spec)} | {meaning} | {', '.join(spec.used_by)} |")
+        used_by = ", ".join(spec.used_by)
+        rows.append(f"| {_label(name, spec)} | {env} | {_default(name, spec)} | {meaning} | {used_by} |")
     return "\n".join(rows)
 
 
