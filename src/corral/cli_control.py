@@ -1,7 +1,9 @@
 """The commands that talk to a running instance: status, events, top, scale, reload, stop.
 
-They are polled by monitors and scripts, so each imports only what it needs: no pydantic (the control socket
-comes from `corral.control_path`), rich only to draw a table, psutil only to wait for a stop.
+They are polled by monitors and scripts, so each imports only what it needs: neither typer nor pydantic (the
+control socket comes from `corral.control_path`), rich only to draw. Each command's parameters are declared
+once, in `COMMANDS`: `cli.py` parses the usual invocations with it, and `cli_app.py` makes the typer
+commands (help, and the messages for anything unusual) from it.
 """
 
 from __future__ import annotations
@@ -11,19 +13,32 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from corral.control_client import request
 from corral.control_path import control_path
 from corral.errors import ConfigError, CorralError
 
-Opt = typer.Option
-ControlOpt = Annotated[str | None, Opt("--control", help="Control socket of the instance.")]
-NameOpt = Annotated[str | None, Opt("--name", help="Instance name (default socket per name).")]
 MAX_WAIT = 86400.0
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a client command: `kind` is str, int, float or bool (a flag); no flags: an argument."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str = ""
+
+
+CONTROL = Param("control", str, None, "Control socket of the instance.", ("--control",), "PATH")
+NAME = Param("name", str, None, "Instance name (default socket per name).", ("--name",), "NAME")
 
 
 def _ask_path(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
@@ -46,11 +61,7 @@ def _seconds(option: str, value: float, low: float = 0.0) -> float:
     return value
 
 
-def status_command(
-    control: ControlOpt = None,
-    name: NameOpt = None,
-    json_output: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
-) -> None:
+def status_command(control: str | None, name: str | None, json_output: bool) -> None:
     """Show the workers of a running instance."""
     answer = _ask(control, name, {"cmd": "status"})
     answer.pop("ok", None)
@@ -64,14 +75,10 @@ def status_command(
     print_status(answer, Console(width=None if sys.stdout.isatty() else 160))  # piped: no truncated cells
 
 
-def events_command(
-    control: ControlOpt = None,
-    name: NameOpt = None,
-    follow: Annotated[bool, Opt("--follow", "-f", help="Keep printing new events.")] = False,
-    json_output: Annotated[bool, Opt("--json", help="One JSON object per line.")] = False,
-    limit: Annotated[int, Opt(min=1, max=500, help="How many of the latest events to print first.")] = 50,
-) -> None:
+def events_command(control: str | None, name: str | None, follow: bool, json_output: bool, limit: int) -> None:
     """Print what happened to the pool: starts, exits and their cause, hangs, recycles, reloads, scaling."""
+    if not 1 <= limit <= 500:
+        raise ConfigError(f"--limit must be from 1 to 500 events, got {limit}")
     from rich.console import Console
 
     from corral.top_view import event_line, follow_events
@@ -88,15 +95,11 @@ def events_command(
     follow_events(lambda message: _ask_path(path, message), limit, follow, emit)
 
 
-def top_command(
-    control: ControlOpt = None,
-    name: NameOpt = None,
-    interval: Annotated[float, Opt(min=0.2, max=60, help="Seconds between refreshes.")] = 1.0,
-) -> None:
+def top_command(control: str | None, name: str | None, interval: float) -> None:
     """A live view of the pool (keys: r reload, + / - scale, q quit)."""
     from corral.top_view import run_top
 
-    if not math.isfinite(interval):
+    if not (math.isfinite(interval) and 0.2 <= interval <= 60):
         raise ConfigError(f"--interval must be from 0.2 to 60 seconds, got {interval:g}")
     path = control_path(control, name)
 
@@ -108,11 +111,7 @@ def top_command(
     run_top(ask, interval)
 
 
-def scale_command(
-    to: Annotated[str, typer.Argument(metavar="N|+K|-K", help="Worker count, or a change of it.")],
-    control: ControlOpt = None,
-    name: NameOpt = None,
-) -> None:
+def scale_command(to: str, control: str | None, name: str | None) -> None:
     """Change the number of workers of a running instance."""
     from corral.scoreboard import MAX_WORKERS
 
@@ -127,25 +126,14 @@ def scale_command(
     print(_ask(control, name, {"cmd": "scale", "to": to})["message"])
 
 
-def reload_command(
-    control: ControlOpt = None,
-    name: NameOpt = None,
-    timeout: Annotated[
-        float, Opt(help="Seconds to wait for the reload's answer (it goes on in the instance after that).")
-    ] = 600.0,
-) -> None:
+def reload_command(control: str | None, name: str | None, timeout: float) -> None:
     """Roll out the current code: new workers first, then the old ones drain. Waits until done."""
     if not 0 < timeout <= MAX_WAIT:
         raise ConfigError(f"--timeout must be from 0 to 86,400 seconds, got {timeout:g}")
     print(_ask(control, name, {"cmd": "reload"}, timeout=timeout)["message"])
 
 
-def stop_command(
-    control: ControlOpt = None,
-    name: NameOpt = None,
-    now: Annotated[bool, Opt("--now", help="Stop at once instead of draining.")] = False,
-    wait: Annotated[float, Opt(help="Seconds to wait for the instance to exit.")] = 120.0,
-) -> None:
+def stop_command(control: str | None, name: str | None, now: bool, wait: float) -> None:
     """Stop a running instance gracefully (in-flight requests finish) and wait for it to exit."""
     _seconds("--wait", wait)
     answer = _ask(control, name, {"cmd": "stop", "now": now})
@@ -165,3 +153,30 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+JSON = "Print JSON."
+COMMANDS: dict[str, tuple[Callable[..., None], tuple[Param, ...]]] = {
+    "status": (status_command, (CONTROL, NAME, Param("json_output", bool, False, JSON, ("--json",)))),
+    "events": (events_command, (
+        CONTROL, NAME,
+        Param("follow", bool, False, "Keep printing new events.", ("--follow", "-f")),
+        Param("json_output", bool, False, "One JSON object per line.", ("--json",)),
+        Param("limit", int, 50, "How many of the latest events to print first (1 to 500).", ("--limit",), "N"),
+    )),
+    "top": (top_command, (
+        CONTROL, NAME, Param("interval", float, 1.0, "Seconds between refreshes.", ("--interval",), "SECONDS"),
+    )),
+    "scale": (scale_command, (
+        Param("to", str, ..., "Worker count, or a change of it.", metavar="N|+K|-K"), CONTROL, NAME,
+    )),
+    "reload": (reload_command, (
+        CONTROL, NAME,
+        Param("timeout", float, 600.0, "Seconds to wait for the reload's answer (it goes on in the instance after "
+              "that).", ("--timeout",), "SECONDS"),
+    )),
+    "stop": (stop_command, (
+        CONTROL, NAME, Param("now", bool, False, "Stop at once instead of draining.", ("--now",)),
+        Param("wait", float, 120.0, "Seconds to wait for the instance to exit.", ("--wait",), "SECONDS"),
+    )),
+}  # fmt: skip
