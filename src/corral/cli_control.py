@@ -79,20 +79,20 @@ def events_command(control: str | None, name: str | None, follow: bool, json_out
     """Print what happened to the pool: starts, exits and their cause, hangs, recycles, reloads, scaling."""
     if not 1 <= limit <= 500:
         raise ConfigError(f"--limit must be from 1 to 500 events, got {limit}")
-    from rich.console import Console
-
     from corral.top_view import event_line, follow_events
 
     path = control_path(control, name)
+
+    def ask(message: dict[str, Any]) -> dict[str, Any]:
+        return _ask_path(path, message)
+
+    if json_output:
+        follow_events(ask, limit, follow, lambda event: print(json.dumps(event), flush=True))
+        return
+    from rich.console import Console  # only to draw: --json needs none of it
+
     console = Console(highlight=False, soft_wrap=True)
-
-    def emit(event: dict[str, Any]) -> None:
-        if json_output:
-            print(json.dumps(event), flush=True)
-        else:
-            console.print(event_line(event))
-
-    follow_events(lambda message: _ask_path(path, message), limit, follow, emit)
+    follow_events(ask, limit, follow, lambda event: console.print(event_line(event)))
 
 
 def top_command(control: str | None, name: str | None, interval: float) -> None:

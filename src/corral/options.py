@@ -16,15 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 MANAGER, TEMPLATE, WORKER = "manager", "template", "worker"
 ALL = (MANAGER, TEMPLATE, WORKER)
 SECONDS = "SECONDS"
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(NamedTuple):
     """What an option is besides its type and default. `low`/`high`/`unit`: the range of a number (a value
     outside it, inf or nan is refused with one line); `used_by`: the processes that read it."""
 
