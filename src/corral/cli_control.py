@@ -14,9 +14,8 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral.control_client import request
 from corral.control_path import control_path
@@ -25,8 +24,7 @@ from corral.errors import ConfigError, CorralError
 MAX_WAIT = 86400.0
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """One parameter of a client command: `kind` is str, int, float or bool (a flag); no flags: an argument."""
 
     name: str

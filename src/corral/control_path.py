@@ -32,13 +32,13 @@ def _layered(
 
 
 def control_path(control: str | None, name: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    if control:
+        return Path(control)
     from corral.config_file import find_config_file, read_config_file
     from corral.control_client import check_default_dir, default_control_path
     from corral.options import specs
     from corral.validators import NAME
 
-    if control:
-        return Path(control)
     environ = os.environ if environ is None else environ
     path, is_pyproject = find_config_file(environ.get("CORRAL_CONFIG"), Path.cwd())
     file_values = read_config_file(path, is_pyproject, specs()) if path else {}

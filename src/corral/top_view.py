@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
-from corral.manager.policy import format_bytes
-from corral.status_view import _uptime
 
 if TYPE_CHECKING:  # rich is imported where it draws: `corral events --json` needs none of it
     from rich.console import Console, Group
@@ -87,6 +85,9 @@ def render(status: dict[str, Any], events: list[dict[str, Any]], rates: Rates, m
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
+
+    from corral.manager.policy import format_bytes
+    from corral.status_view import _uptime
 
     pool = status.get("pool", {})
     total_rate = sum(rates.of(w) or 0.0 for w in status["workers"])
