@@ -172,6 +172,7 @@ def test_bad_value_names_its_source(tmp_path: Path) -> None:
     env = {**os.environ, "CORRAL_TIMEOUT": "soon"}
     line = one_line_error(run_cli("config", cwd=tmp_path, env=env))
     assert "--timeout" in line and "CORRAL_TIMEOUT" in line
+    assert line.startswith("corral: invalid --timeout (env CORRAL_TIMEOUT): ")
 
 
 def test_layers_and_sources(tmp_path: Path) -> None:
@@ -291,5 +292,10 @@ def test_systemd_socket_activation(corrals: list[Corral], tmp_path: Path) -> Non
 
 
 def test_bad_forwarded_allow_ips(tmp_path: Path) -> None:
-    line = one_line_error(run_cli("run", "app.py", "--forwarded-allow-ips", "bogus", cwd=tmp_path))
-    assert "bogus" in line and "--forwarded-allow-ips" in line
+    write_app(tmp_path, APP % "x")
+    result = run_cli("run", "app.py", "--forwarded-allow-ips", "bogus", cwd=tmp_path)
+    assert one_line_error(result) == (
+        "corral: invalid --forwarded-allow-ips (command line): 'bogus' is not an IP address or CIDR "
+        "(for example 10.0.0.0/8, or *)"
+    )
+    assert result.returncode == 2

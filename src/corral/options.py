@@ -51,16 +51,17 @@ def option(default: Any, help: str, **spec: Any) -> Any:
 
 
 _T = (TEMPLATE, WORKER)
+_TLS = (MANAGER, WORKER)  # the certificate plan: the manager obtains, each worker serves
 
 
 @dataclass(frozen=True)
 class Options:
     # The app
     app: str | None = option(
-        None, "module:attr, path/to/file.py[:attr]; default: discover", metavar="APP", used_by=ALL
+        None, "module:attr, path/to/file.py[:attr]; default: discover", metavar="APP", used_by=(MANAGER,)
     )
-    factory: bool = option(False, "APP names a factory to call for the ASGI app", negatable=False, used_by=ALL)
-    app_dir: str | None = option(None, "directory added to the import path", metavar="PATH", used_by=ALL)
+    factory: bool = option(False, "APP names a factory to call for the ASGI app", negatable=False, used_by=_T)
+    app_dir: str | None = option(None, "directory added to the import path", metavar="PATH", used_by=(MANAGER,))
     name: str = option(
         "corral", "instance name; names the default control socket", metavar="NAME",
         range_text="1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit (no `/`)",
@@ -69,14 +70,14 @@ class Options:
     # Sockets and pool
     bind: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
         ["127.0.0.1:8000"], "HOST:PORT, [::1]:PORT, unix:PATH or fd://N (repeatable)", metavar="HOST:PORT",
-        short="-b",
+        short="-b", used_by=_TLS,
     )
     workers: int | Literal["auto"] = option(
         "auto", "worker processes, or auto", metavar="N|auto", short="-w", default_text="auto: from the CPUs or "
         "CPU quota", env_alias="WEB_CONCURRENCY", range_text="1 to 256, or `auto`",
     )
     control: str | None = option(None, "control socket path (default: per --name)", metavar="PATH")
-    preload: bool = option(True, "import the app once in a template and fork workers", used_by=ALL)
+    preload: bool = option(True, "import the app once in a template and fork workers", used_by=(MANAGER, TEMPLATE))
     state_dir: str | None = option(None, "state directory (certificates, locks)", metavar="PATH")
 
     # Timeouts and restarts
@@ -137,7 +138,7 @@ class Options:
 
     # HTTPS
     https: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
-        [], "domain name to serve over HTTPS (repeatable)", metavar="DOMAIN", used_by=ALL,
+        [], "domain name to serve over HTTPS (repeatable)", metavar="DOMAIN", used_by=_TLS,
         details="; localhost, IP addresses and reserved names get a local-CA certificate (see https.md)",
     )
     http_bind: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
@@ -146,22 +147,22 @@ class Options:
     acme_directory: str | None = option(
         None, "ACME directory URL (https://)", metavar="URL", default_text="Let's Encrypt",
         details="; given, it also certifies reserved names (`*.test`, `*.internal`...), never IP addresses or "
-        "localhost (see https.md)",
+        "localhost (see https.md)", used_by=_TLS,
     )
     acme_email: str | None = option(None, "contact address for the ACME account", metavar="EMAIL")
     acme_ca_bundle: str | None = option(None, "CA bundle trusted for the ACME server", metavar="PATH")
     acme_challenges: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
         ["http-01", "tls-alpn-01"], "allowed challenges, preferred first", metavar="CHALLENGE"
     )
-    certfile: str | None = option(None, "certificate chain (PEM) managed elsewhere", metavar="PATH", used_by=ALL)
-    keyfile: str | None = option(None, "private key (PEM) for --certfile", metavar="PATH", used_by=ALL)
+    certfile: str | None = option(None, "certificate chain (PEM) managed elsewhere", metavar="PATH", used_by=_TLS)
+    keyfile: str | None = option(None, "private key (PEM) for --certfile", metavar="PATH", used_by=_TLS)
     hsts: bool = option(False, "send Strict-Transport-Security", used_by=_T)
     forwarded_allow_ips: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
         [], "CIDRs whose proxy headers are trusted", metavar="CIDR", used_by=_T
     )
     proxy_protocol: bool = option(False, "expect the PROXY protocol (v1/v2)", used_by=_T)
-    user: str | None = option(None, "drop privileges to this user", metavar="USER", used_by=ALL)
-    group: str | None = option(None, "drop privileges to this group", metavar="GROUP", used_by=ALL)
+    user: str | None = option(None, "drop privileges to this user", metavar="USER", used_by=(MANAGER, TEMPLATE))
+    group: str | None = option(None, "drop privileges to this group", metavar="GROUP", used_by=(MANAGER, TEMPLATE))
 
     # Steps before starting, health
     prestart: list[str] = option([], "command run once before serving (repeatable)", metavar="COMMAND")  # noqa: RUF009
