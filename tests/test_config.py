@@ -650,3 +650,36 @@ def test_config_that_is_a_device_says_what_it_is(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_settings({}, config="/dev/null", environ={}, cwd=tmp_path)
     assert str(error.value) == "config file /dev/null is a character device, not a file"
+
+
+# --- the client commands' control socket, found without the settings model ------------------------
+
+
+def test_control_path_layers(clean_cwd: Path) -> None:
+    from corral.control_path import control_path
+
+    write(clean_cwd / "corral.toml", 'control = "/run/from-file.sock"\n')
+    assert control_path("/run/given.sock", None, environ={}) == Path("/run/given.sock")
+    assert control_path(None, None, environ={"CORRAL_CONTROL": "/run/env.sock"}) == Path("/run/env.sock")
+    assert control_path(None, "other", environ={}) == Path("/run/from-file.sock")
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "line"),
+    [
+        ('name = "a/b"\n', {}, "invalid --name ({file}): expected a plain name"),
+        ("name = 5\n", {}, "invalid --name ({file}): expected a string, got 5"),
+        ("", {"CORRAL_NAME": "../x"}, "invalid --name (env CORRAL_NAME): expected a plain name"),
+        ("control = 5\n", {}, "invalid --control ({file}): expected a path"),
+        ("workerz = 2\n", {}, "{file}: unknown option 'workerz'"),
+    ],
+)
+def test_control_path_refuses_what_run_refuses(
+    clean_cwd: Path, text: str, environ: dict[str, str], line: str
+) -> None:
+    from corral.control_path import control_path
+
+    config = write(clean_cwd / "corral.toml", text)
+    with pytest.raises(ConfigError) as error:
+        control_path(None, None, environ=environ)
+    assert_one_line_error(error, line.format(file=config))

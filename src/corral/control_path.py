@@ -37,7 +37,7 @@ def control_path(control: str | None, name: str | None, environ: Mapping[str, st
     from corral.config_file import find_config_file, read_config_file
     from corral.control_client import check_default_dir, default_control_path
     from corral.options import specs
-    from corral.validators import NAME
+    from corral.validators import check_name
 
     environ = os.environ if environ is None else environ
     path, is_pyproject = find_config_file(environ.get("CORRAL_CONFIG"), Path.cwd())
@@ -49,12 +49,12 @@ def control_path(control: str | None, name: str | None, environ: Mapping[str, st
         return Path(chosen)
     value, source = _layered("name", name, environ, file_values)
     value = _DEFAULT_NAME if value is None else value
-    if not isinstance(value, str) or not NAME.fullmatch(value):
-        where = path if source == "config file" else source
-        raise ConfigError(
-            f"invalid --name ({where}): expected a plain name: 1 to 64 letters, digits, '.', '_' or '-', "
-            f"starting with a letter or digit (no '/'), got {str(value)[:80]!r}"
-        )
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        check_name(value)
+    except ValueError as exc:
+        raise ConfigError(f"invalid --name ({path if source == 'config file' else source}): {exc}") from None
     socket_path = default_control_path(value)
     check_default_dir(socket_path)
     return socket_path

@@ -101,7 +101,7 @@ def _size(value: Any) -> Any:
     return size
 
 
-def _name(value: str) -> str:
+def check_name(value: str) -> str:
     if not NAME.fullmatch(value):
         raise ValueError(
             f"expected a plain name: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
@@ -211,7 +211,7 @@ def _directory(value: str | None) -> str | None:
 
 BEFORE: dict[str, Callable[[Any], Any]] = {"workers": _workers, "max_memory": _size}
 AFTER: dict[str, Callable[[Any], Any]] = {
-    "name": _name,
+    "name": check_name,
     "bind": _binds,
     "forwarded_allow_ips": _networks,
     "admin_bind": _admin_bind,
