@@ -36,7 +36,7 @@ def test_unknown_option(tmp_path: Path) -> None:
 @pytest.mark.parametrize("app", ["app:app:app", "not a module:app", "app:", "app", ":app", "app:1x"])
 def test_bad_app_string(tmp_path: Path, app: str) -> None:
     line = one_line_error(run_cli("run", app, cwd=tmp_path, timeout=20))
-    assert "APP" in line
+    assert line.startswith(f"corral: bad APP {app!r}: "), line  # its form, not a missing module
 
 
 def test_missing_file(tmp_path: Path) -> None:
