@@ -36,7 +36,7 @@ def test_unknown_option(tmp_path: Path) -> None:
 @pytest.mark.parametrize("app", ["app:app:app", "not a module:app", "app:", "app", ":app", "app:1x"])
 def test_bad_app_string(tmp_path: Path, app: str) -> None:
     line = one_line_error(run_cli("run", app, cwd=tmp_path, timeout=20))
-    assert "APP" in line
+    assert line.startswith(f"corral: bad APP {app!r}: "), line  # its form, not a missing module
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -62,9 +62,98 @@ def test_port_in_use(tmp_path: Path) -> None:
     assert "address already in use" in line and str(port) in line
 
 
-@pytest.mark.parametrize("bind", ["localhost", "127.0.0.1:99999", "[::1:80", "fd://x", "unix:"])
-def test_bad_bind(tmp_path: Path, bind: str) -> None:
-    one_line_error(run_cli("run", "app.py", "-b", bind, cwd=tmp_path, timeout=20))
+@pytest.mark.parametrize(
+    ("bind", "why"),
+    [
+        ("localhost", "expected HOST:PORT, [::1]:PORT, unix:PATH or fd://N"),
+        ("127.0.0.1:99999", "port must be a number from 0 to 65535"),
+        ("[::1:80", "expected [IPv6]:PORT"),
+        ("fd://x", "fd:// needs a file descriptor number"),
+        ("unix:", "unix: needs a path"),
+    ],
+)
+def test_bad_bind(tmp_path: Path, bind: str, why: str) -> None:
+    write_app(tmp_path, APP % "x")  # the app exists: only the address can be refused
+    result = run_cli("run", "app.py", "-b", bind, cwd=tmp_path, timeout=20)
+    assert one_line_error(result) == f"corral: invalid --bind (command line): {bind!r}: {why}"
+    assert result.returncode == 2
+
+
+HOST_NAME = "is not a host name (letters, digits and '-' in dot-separated labels, or an IP address)"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--https", "-"], f"invalid --https (command line): '-' {HOST_NAME}"),
+        (["--https", "a..b"], f"invalid --https (command line): 'a..b' {HOST_NAME}"),
+        (["--acme-email", "notanemail"],
+         "invalid --acme-email (command line): expected an e-mail address such as ops@example.com, got 'notanemail'"),
+        (["--acme-directory", "ftp://x"],
+         "invalid --acme-directory (command line): expected an https:// URL of an ACME directory, got 'ftp://x'"),
+        (["--admin-token-file", "token"],
+         "invalid options: --admin-token-file needs --admin-bind (the listener that asks for the token)"),
+        (["--autoscale-cooldown", "nan"],
+         "invalid --autoscale-cooldown (command line): must be from 1 to 3,600 seconds, got nan"),
+        (["--autoscale-cooldown", "inf"],
+         "invalid --autoscale-cooldown (command line): must be from 1 to 3,600 seconds, got inf"),
+        (["--config", "/dev/null"], "config file /dev/null is a character device, not a file"),
+    ],
+    ids=["https-dash", "https-empty-label", "acme-email", "acme-directory", "token-file-alone", "cooldown-nan",
+         "cooldown-inf", "config-dev-null"],
+)
+def test_inputs_refused_before_anything_starts(tmp_path: Path, args: list[str], line: str) -> None:
+    """Issue 19, item 7: each refused in one line, exit 2, before a process is forked or a CA contacted."""
+    write_app(tmp_path, APP % "x")
+    (tmp_path / "token").write_text("s3cret\n")
+    result = run_cli("run", "app.py", "-b", f"127.0.0.1:{free_port()}", *args, cwd=tmp_path, timeout=30)
+    assert one_line_error(result) == f"corral: {line}"
+    assert result.returncode == 2
+
+
+def test_missing_admin_token_file(tmp_path: Path) -> None:
+    write_app(tmp_path, APP % "x")
+    result = run_cli("run", "app.py", "-b", f"127.0.0.1:{free_port()}", "--admin-bind", f"127.0.0.1:{free_port()}",
+                     "--admin-token-file", str(tmp_path / "nope"), "--control", str(tmp_path / "c.sock"),
+                     cwd=tmp_path, timeout=30)  # fmt: skip
+    missing = tmp_path / "nope"
+    assert one_line_error(result) == f"corral: --admin-token-file {missing}: cannot read: No such file or directory"
+    assert result.returncode == 2
+
+
+def test_workers_true_in_tool_corral(tmp_path: Path) -> None:
+    write_app(tmp_path, APP % "x")
+    (tmp_path / "pyproject.toml").write_text('[tool.corral]\napp = "app.py"\nworkers = true\n')
+    result = run_cli("run", cwd=tmp_path, timeout=30)
+    pyproject = tmp_path / "pyproject.toml"
+    assert one_line_error(result) == f"corral: invalid --workers ({pyproject}): expected N|auto, got true"
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink"])
+def test_corral_toml_that_is_not_a_file(tmp_path: Path, kind: str) -> None:
+    write_app(tmp_path, APP % "x")
+    config = tmp_path / "corral.toml"
+    if kind == "directory":
+        config.mkdir()
+    else:
+        config.symlink_to(tmp_path / "gone.toml")
+    for command in (["run", "app.py"], ["config"], ["status"]):
+        result = run_cli(*command, cwd=tmp_path, timeout=30)
+        assert one_line_error(result) == f"corral: config file {config} is a {kind}, not a file", command
+        assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("count", "line"),
+    [("0", "a worker count must be from 1 to 256, got 0"), ("500", "a worker count must be from 1 to 256, got 500"),
+     ("+0", "a change of the worker count must be from 1 to 255, got +0")],
+)
+def test_scale_count_out_of_range_is_a_usage_error(tmp_path: Path, count: str, line: str) -> None:
+    """Checked before any instance is asked (there is none here): exit 2, as the docs say."""
+    result = run_cli("scale", count, "--control", str(tmp_path / "nothing.sock"), cwd=tmp_path)
+    assert one_line_error(result) == f"corral: {line}"
+    assert result.returncode == 2
 
 
 def test_malformed_config_file(tmp_path: Path) -> None:
@@ -83,6 +172,7 @@ def test_bad_value_names_its_source(tmp_path: Path) -> None:
     env = {**os.environ, "CORRAL_TIMEOUT": "soon"}
     line = one_line_error(run_cli("config", cwd=tmp_path, env=env))
     assert "--timeout" in line and "CORRAL_TIMEOUT" in line
+    assert line.startswith("corral: invalid --timeout (env CORRAL_TIMEOUT): ")
 
 
 def test_layers_and_sources(tmp_path: Path) -> None:
@@ -202,5 +292,10 @@ def test_systemd_socket_activation(corrals: list[Corral], tmp_path: Path) -> Non
 
 
 def test_bad_forwarded_allow_ips(tmp_path: Path) -> None:
-    line = one_line_error(run_cli("run", "app.py", "--forwarded-allow-ips", "bogus", cwd=tmp_path))
-    assert "bogus" in line and "--forwarded-allow-ips" in line
+    write_app(tmp_path, APP % "x")
+    result = run_cli("run", "app.py", "--forwarded-allow-ips", "bogus", cwd=tmp_path)
+    assert one_line_error(result) == (
+        "corral: invalid --forwarded-allow-ips (command line): 'bogus' is not an IP address or CIDR "
+        "(for example 10.0.0.0/8, or *)"
+    )
+    assert result.returncode == 2

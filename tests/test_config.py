@@ -601,3 +601,85 @@ def test_https_without_bind_listens_on_443() -> None:
     assert options_from({"https": ["localhost"], "bind": ["127.0.0.1:8443"]}).bind == ["127.0.0.1:8443"]
     assert options_from({"https": ["localhost"], "bind": ["127.0.0.1:8000"]}).bind == ["127.0.0.1:8000"]
     assert options_from({}).bind == ["127.0.0.1:8000"]
+
+
+# --- the reference is the declaration -------------------------------------------------------------
+
+
+def test_the_reference_tables_are_the_declaration() -> None:
+    """docs/configuration.md's option and range tables are what `corral.reference` writes from the declaration
+    (run `python -m corral.reference docs/configuration.md` after changing an option)."""
+    from corral import reference
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert reference.rewrite(page) == page
+    table = page.split(reference.BEGIN.format("options table"), 1)[1].split(reference.END.format("options table"))[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(FIELDS)  # each option once (--log-format and --metrics were listed twice)
+    for row, name in zip(rows, FIELDS, strict=True):
+        assert f"`CORRAL_{name.upper()}`" in row, name
+
+
+def test_a_bool_is_not_a_number(tmp_path: Path) -> None:
+    """`workers = true` in [tool.corral] ran one worker; every option that is not a flag refuses true/false."""
+    pyproject = write(tmp_path / "pyproject.toml", "[tool.corral]\nworkers = true\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, environ={}, cwd=tmp_path)
+    assert str(error.value) == f"invalid --workers ({pyproject}): expected N|auto, got true"
+    write(tmp_path / "pyproject.toml", "[tool.corral]\ntimeout = false\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, environ={}, cwd=tmp_path)
+    assert str(error.value) == f"invalid --timeout ({pyproject}): expected SECONDS, got false"
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"), [("directory", "is a directory, not a file"), ("dangling", "is a dangling symlink, not a file")]
+)
+def test_a_corral_toml_that_is_not_a_file_is_refused(tmp_path: Path, kind: str, words: str) -> None:
+    config = tmp_path / "corral.toml"
+    if kind == "directory":
+        config.mkdir()
+    else:
+        config.symlink_to(tmp_path / "nowhere.toml")
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, environ={}, cwd=tmp_path)
+    assert str(error.value) == f"config file {config} {words}"
+
+
+def test_config_that_is_a_device_says_what_it_is(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, config="/dev/null", environ={}, cwd=tmp_path)
+    assert str(error.value) == "config file /dev/null is a character device, not a file"
+
+
+# --- the client commands' control socket, found without the settings model ------------------------
+
+
+def test_control_path_layers(clean_cwd: Path) -> None:
+    from corral.control_path import control_path
+
+    write(clean_cwd / "corral.toml", 'control = "/run/from-file.sock"\n')
+    assert control_path("/run/given.sock", None, environ={}) == Path("/run/given.sock")
+    assert control_path(None, None, environ={"CORRAL_CONTROL": "/run/env.sock"}) == Path("/run/env.sock")
+    assert control_path(None, "other", environ={}) == Path("/run/from-file.sock")
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "line"),
+    [
+        ('name = "a/b"\n', {}, "invalid --name ({file}): expected a plain name"),
+        ("name = 5\n", {}, "invalid --name ({file}): expected a string, got 5"),
+        ("", {"CORRAL_NAME": "../x"}, "invalid --name (env CORRAL_NAME): expected a plain name"),
+        ("control = 5\n", {}, "invalid --control ({file}): expected a path"),
+        ("workerz = 2\n", {}, "{file}: unknown option 'workerz'"),
+    ],
+)
+def test_control_path_refuses_what_run_refuses(
+    clean_cwd: Path, text: str, environ: dict[str, str], line: str
+) -> None:
+    from corral.control_path import control_path
+
+    config = write(clean_cwd / "corral.toml", text)
+    with pytest.raises(ConfigError) as error:
+        control_path(None, None, environ=environ)
+    assert_one_line_error(error, line.format(file=config))

@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,5 +174,48 @@ def test_troubleshooting_messages_are_what_corral_prints(tmp_path: Path) -> None
         assert patterns["Untrusted local certificate"].search(curl.stderr), curl.stderr
         server.signal(signal.SIGTERM)
         server.wait_exit()
+    finally:
+        server.stop()
+
+
+# The client commands' cost (issue 19, item 5) ------------------------------------------------------------
+
+IMPORTS_OF = """
+import atexit, json, sys
+HEAVY = ("typer", "click", "pydantic", "pydantic_settings", "rich", "psutil")
+atexit.register(lambda: print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))),
+                              file=sys.stderr))
+from corral.cli import main
+main(sys.argv[1:])
+"""
+
+
+def heavy_imports(*args: str, cwd: Path) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    """The heavy libraries a `corral` command imported (printed at exit), and its result."""
+    result = subprocess.run([sys.executable, "-c", IMPORTS_OF, *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    return json.loads(result.stderr.strip().splitlines()[-1]), result
+
+
+def test_client_commands_import_neither_typer_nor_pydantic(tmp_path: Path) -> None:
+    """Monitors poll these: each imports only what it needs (rich only to draw a table)."""
+    write_app(tmp_path, APP)
+    server = Corral(tmp_path, "app:app", "-w", "1")
+    try:
+        server.wait_ready(1)
+        where = ("--control", str(server.control))
+        for args, allowed in [
+            (("status", "--json"), []), (("status",), ["rich"]), (("scale", "2"), []),
+            (("events", "--json", "--limit", "5"), []), (("reload",), []), (("scale", "-1"), []),
+        ]:  # fmt: skip
+            imported, result = heavy_imports(*args, *where, cwd=tmp_path)
+            assert result.returncode == 0, (args, result.stderr)
+            assert imported == allowed, args
+        imported, result = heavy_imports("status", "--help", cwd=tmp_path)  # help comes from the typer app
+        assert result.returncode == 0 and "Usage: corral status" in result.stdout and "typer" in imported
+        imported, result = heavy_imports("stop", *where, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("stopped (manager pid ") and imported == []
+        assert server.wait_exit() == 0
     finally:
         server.stop()

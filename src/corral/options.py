@@ -1,10 +1,14 @@
-"""The validated options of `corral run` as plain data.
+"""Every option of `corral run`, declared once, and the validated values as plain data.
 
-`corral.config.Settings` parses and checks the options (pydantic); `Settings.options()` turns the result
-into an `Options`. The manager, the templates and the workers read only `Options`, so none of them imports
-pydantic: the template tree of an app that does not use pydantic is about 10 MiB smaller for it (PSS, in
-the memory benchmark), and the manager is one process more than gunicorn `--preload` has, so it must stay
-small. The fields mirror `Settings` one for one (a unit test keeps them in step).
+Each field of `Options` is one option: its type and default, and in `option(...)` what the rest of Corral
+derives from it: the command line (`cli_run.py`), the config-file and `CORRAL_*` validation (`config.py`,
+pydantic), `corral config`, and the table in docs/configuration.md (`reference.py`). Checks beyond a type,
+a choice and a range are an option's behaviour: they live in `validators.py`, keyed by its name.
+
+The manager, the templates and the workers read only `Options`, so none of them imports pydantic: the template
+tree of an app that does not use pydantic is about 10 MiB smaller for it (PSS, in the memory benchmark), and
+the manager is one process more than gunicorn `--preload` has, so it must stay small. This module imports
+only the standard library.
 """
 
 from __future__ import annotations
@@ -12,62 +16,208 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+MANAGER, TEMPLATE, WORKER = "manager", "template", "worker"
+ALL = (MANAGER, TEMPLATE, WORKER)
+SECONDS = "SECONDS"
+
+
+class Spec(NamedTuple):
+    """What an option is besides its type and default. `low`/`high`/`unit`: the range of a number (a value
+    outside it, inf or nan is refused with one line); `used_by`: the processes that read it."""
+
+    help: str
+    metavar: str = ""
+    short: str = ""
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    negatable: bool = True  # a bool option: --x/--no-x, or only --x
+    secret: bool = False
+    used_by: tuple[str, ...] = (MANAGER,)
+    default_text: str = ""  # the default in words, when it is decided at run time
+    details: str = ""  # more for the reference than the command line's help
+    range_text: str = ""  # the reference's "Ranges" row, for checks that are not low-high
+    env_alias: str = ""  # another variable honoured below CORRAL_* (WEB_CONCURRENCY)
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """One option's declaration, as a dataclass field (a list default is copied for each instance)."""
+    metadata = {"spec": Spec(help, **spec)}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_T = (TEMPLATE, WORKER)
+_TLS = (MANAGER, WORKER)  # the certificate plan: the manager obtains, each worker serves
 
 
 @dataclass(frozen=True)
 class Options:
-    app: str | None
-    factory: bool
-    app_dir: str | None
-    name: str
-    bind: list[str]
-    workers: int | Literal["auto"]
-    control: str | None
-    preload: bool
-    state_dir: str | None
-    timeout: float
-    graceful_timeout: float
-    startup_timeout: float
-    crash_limit: int
-    crash_window: float
-    backoff_max: float
-    max_requests: int | None
-    max_requests_jitter: int
-    max_memory: int | None
-    http: Literal["auto", "h11", "httptools"]
-    lifespan: Literal["auto", "on", "off"]
-    log_level: Literal["critical", "error", "warning", "info", "debug"]
-    access_log: bool
-    keep_alive: float
-    https: list[str]
-    http_bind: list[str]
-    acme_directory: str | None
-    acme_email: str | None
-    acme_ca_bundle: str | None
-    acme_challenges: list[str]
-    certfile: str | None
-    keyfile: str | None
-    hsts: bool
-    forwarded_allow_ips: list[str]
-    proxy_protocol: bool
-    user: str | None
-    group: str | None
-    prestart: list[str]
-    prestart_timeout: float
-    prestart_on_reload: bool
-    prestart_lock: str | None
-    release: str | None
-    admin_bind: str | None
-    drain_delay: float
-    admin_token: str | None
-    admin_token_file: str | None
-    env_file: list[str]
-    log_format: Literal["text", "json"]
-    metrics: bool
-    autoscale: str | None
-    target_utilisation: str
-    autoscale_cooldown: float
+    # The app
+    app: str | None = option(
+        None, "module:attr, path/to/file.py[:attr]; default: discover", metavar="APP", used_by=(MANAGER,)
+    )
+    factory: bool = option(False, "APP names a factory to call for the ASGI app", negatable=False, used_by=_T)
+    app_dir: str | None = option(None, "directory added to the import path", metavar="PATH", used_by=(MANAGER,))
+    name: str = option(
+        "corral", "instance name; names the default control socket", metavar="NAME",
+        range_text="1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit (no `/`)",
+    )
+
+    # Sockets and pool
+    bind: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        ["127.0.0.1:8000"], "HOST:PORT, [::1]:PORT, unix:PATH or fd://N (repeatable)", metavar="HOST:PORT",
+        short="-b", used_by=_TLS,
+    )
+    workers: int | Literal["auto"] = option(
+        "auto", "worker processes, or auto", metavar="N|auto", short="-w", default_text="auto: from the CPUs or "
+        "CPU quota", env_alias="WEB_CONCURRENCY", range_text="1 to 256, or `auto`",
+    )
+    control: str | None = option(None, "control socket path (default: per --name)", metavar="PATH")
+    preload: bool = option(True, "import the app once in a template and fork workers", used_by=(MANAGER, TEMPLATE))
+    state_dir: str | None = option(None, "state directory (certificates, locks)", metavar="PATH")
+
+    # Timeouts and restarts
+    timeout: float = option(
+        30.0, "seconds a worker's event loop may stay blocked", metavar=SECONDS, low=0.5, high=86400,
+        unit="seconds", used_by=(MANAGER, WORKER),
+    )
+    graceful_timeout: float = option(
+        30.0, "seconds a draining worker may take", metavar=SECONDS, low=0, high=3600, unit="seconds"
+    )
+    startup_timeout: float = option(
+        120.0, "seconds the app's import, then a new worker's start, may each take", metavar=SECONDS, low=1,
+        high=86400, unit="seconds", details="(lifespan startup included)",
+    )
+    crash_limit: int = option(
+        5, "failed starts within --crash-window that stop corral (exit 4)", metavar="N", low=1, high=1_000_000,
+        unit="crashes", details="(a worker dead before it answered a request or stayed ready 1 s, a template "
+        "dead), with no worker staying ready 1 s in between; crashes of proven workers never count",
+    )
+    crash_window: float = option(
+        60.0, "seconds over which failed starts are counted", metavar=SECONDS, low=1, high=86400, unit="seconds"
+    )
+    backoff_max: float = option(
+        30.0, "longest restart delay of a slot after failed starts in a row, in seconds", metavar=SECONDS, low=0.1,
+        high=3600, unit="seconds",
+    )
+    max_requests: int | None = option(
+        None, "recycle a worker after N requests", metavar="N", low=1, high=1_000_000_000, unit="requests",
+        used_by=(MANAGER, WORKER),
+    )
+    max_requests_jitter: int = option(
+        0, "random extra requests before recycling", metavar="N", low=0, high=1_000_000_000, unit="requests"
+    )
+    max_memory: int | None = option(
+        None, "recycle a worker whose private memory passes SIZE", metavar="SIZE",
+        details="(checked every 50 ms); kill it at 1.5 × SIZE",  # noqa: RUF001
+        range_text="16MiB to 1TiB (below 16 MiB a Python worker would be recycled as soon as it starts)",
+    )
+
+    # HTTP
+    http: Literal["auto", "h11", "httptools"] = option(
+        "auto", "HTTP/1.1 implementation", metavar="auto|h11|httptools", used_by=_T
+    )
+    lifespan: Literal["auto", "on", "off"] = option(
+        "auto", "ASGI lifespan handling", metavar="auto|on|off", used_by=_T
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = option(
+        "info", "critical, error, warning, info or debug", metavar="LEVEL", used_by=ALL
+    )
+    access_log: bool = option(
+        True, "log each request", details=": client, request line, status, body bytes, latency, worker id",
+        used_by=_T,
+    )
+    keep_alive: float = option(
+        5.0, "seconds an idle keep-alive connection stays open", metavar=SECONDS, low=0.1, high=3600,
+        unit="seconds", used_by=_T,
+    )
+
+    # HTTPS
+    https: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [], "domain name to serve over HTTPS (repeatable)", metavar="DOMAIN", used_by=_TLS,
+        details="; localhost, IP addresses and reserved names get a local-CA certificate (see https.md)",
+    )
+    http_bind: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [], "plain-HTTP listener for challenges and redirects (repeatable)", metavar="HOST:PORT"
+    )
+    acme_directory: str | None = option(
+        None, "ACME directory URL (https://)", metavar="URL", default_text="Let's Encrypt",
+        details="; given, it also certifies reserved names (`*.test`, `*.internal`...), never IP addresses or "
+        "localhost (see https.md)", used_by=_TLS,
+    )
+    acme_email: str | None = option(None, "contact address for the ACME account", metavar="EMAIL")
+    acme_ca_bundle: str | None = option(None, "CA bundle trusted for the ACME server", metavar="PATH")
+    acme_challenges: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        ["http-01", "tls-alpn-01"], "allowed challenges, preferred first", metavar="CHALLENGE"
+    )
+    certfile: str | None = option(None, "certificate chain (PEM) managed elsewhere", metavar="PATH", used_by=_TLS)
+    keyfile: str | None = option(None, "private key (PEM) for --certfile", metavar="PATH", used_by=_TLS)
+    hsts: bool = option(False, "send Strict-Transport-Security", used_by=_T)
+    forwarded_allow_ips: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [], "CIDRs whose proxy headers are trusted", metavar="CIDR", used_by=_T
+    )
+    proxy_protocol: bool = option(False, "expect the PROXY protocol (v1/v2)", used_by=_T)
+    user: str | None = option(None, "drop privileges to this user", metavar="USER", used_by=(MANAGER, TEMPLATE))
+    group: str | None = option(None, "drop privileges to this group", metavar="GROUP", used_by=(MANAGER, TEMPLATE))
+
+    # Steps before starting, health
+    prestart: list[str] = option([], "command run once before serving (repeatable)", metavar="COMMAND")  # noqa: RUF009
+    prestart_timeout: float = option(
+        600.0, "seconds a pre-start step may take", metavar=SECONDS, low=1, high=86400, unit="seconds"
+    )
+    prestart_on_reload: bool = option(False, "rerun the pre-start steps on reload")
+    prestart_lock: str | None = option(
+        None, "file:PATH or postgresql:// URL", metavar="file:PATH|postgresql://URL",
+        details=" (a URL's password is shown as `***`)",
+    )
+    release: str | None = option(None, "release id: run the pre-start steps once per release", metavar="ID")
+    admin_bind: str | None = option(
+        None, "address of /livez, /readyz, /metrics and the dashboard (:PORT: loopback)", metavar="HOST:PORT",
+        details="; off loopback a token is required ([monitoring.md](monitoring.md#access-to-the-admin-listener))",
+    )
+    drain_delay: float = option(
+        0.0, "seconds to keep serving after SIGTERM", metavar=SECONDS, low=0, high=3600, unit="seconds"
+    )
+    admin_token: str | None = option(
+        None, "token the admin listener requires off loopback", metavar="TOKEN", secret=True,
+        details=" (`Authorization: Bearer`)",
+    )
+    admin_token_file: str | None = option(
+        None, "file whose first line is the admin token", metavar="PATH", details=" (preferred: not visible in `ps`)"
+    )
+
+    # The app's environment, logs
+    env_file: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [], "dotenv file loaded into the app's processes (repeatable)", metavar="PATH",
+        details="; the environment wins, a later file wins; `CORRAL_*` in it configure Corral; see deployment.md",
+    )
+    log_format: Literal["text", "json"] = option(
+        "text", "text or json, for every log line", metavar="text|json", used_by=ALL,
+        details=" of the manager, templates and workers (uvicorn's own lines included)",
+    )
+    metrics: bool = option(
+        True, "count requests and latency, and gather the app's metrics", used_by=ALL,
+        details=" (prometheus_client); `/metrics` on `--admin-bind`",
+    )
+
+    # Autoscaling
+    autoscale: str | None = option(
+        None, "MIN:MAX: grow and shrink the pool within this range", metavar="MIN:MAX",
+        details="; `--workers` is then the starting size ([autoscaling.md](autoscaling.md))",
+        range_text="1 ≤ MIN ≤ MAX ≤ 256",
+    )
+    target_utilisation: str = option(
+        "50:90", "LOW:HIGH percent band of the workers' busy time the autoscaler keeps", metavar="LOW:HIGH",
+        range_text="1 ≤ LOW < HIGH ≤ 100",
+    )
+    autoscale_cooldown: float = option(
+        30.0, "seconds of low use after a growth before the autoscaler shrinks the pool", metavar=SECONDS, low=1,
+        high=3600, unit="seconds",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,3 +229,8 @@ class Options:
     def loads(cls, text: str) -> Options:
         """Options written by `dumps` in the same version of Corral (already validated, so not checked again)."""
         return cls(**json.loads(text))
+
+
+def specs() -> dict[str, Spec]:
+    """Each option's name and `Spec`, in declaration order."""
+    return {field.name: field.metadata["spec"] for field in dataclasses.fields(Options)}

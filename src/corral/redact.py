@@ -11,9 +11,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from corral.options import specs
+
 MASK = "***"
-# Options whose whole value is a secret.
-SECRET_OPTIONS = ("admin_token",)
+# Options whose whole value is a secret (declared `secret=True`).
+SECRET_OPTIONS = tuple(name for name, spec in specs().items() if spec.secret)
 # user:password@ in any scheme://user:password@host URL.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:)(?P<password>[^@/?#\s]*)(?=@)")
 

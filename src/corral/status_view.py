@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from corral.manager.policy import format_bytes
 from corral.text import plural
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _uptime(started_at: float) -> str:
@@ -24,6 +24,8 @@ def _uptime(started_at: float) -> str:
 
 
 def print_status(status: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
     table = Table(
         title=(
             f"manager pid {status['manager_pid']} · generation {status['generation']} · "

@@ -18,16 +18,13 @@ import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
-from typing import Any
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
-from corral.manager.policy import format_bytes
-from corral.status_view import _uptime
+
+if TYPE_CHECKING:  # rich is imported where it draws: `corral events --json` needs none of it
+    from rich.console import Console, Group
+    from rich.text import Text
 
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
 EVENT_STYLE = {"crash": "red", "hang": "red", "backoff": "red", "recycle": "yellow", "reload": "cyan",
@@ -65,6 +62,8 @@ class Rates:
 
 
 def event_line(event: dict[str, Any]) -> Text:
+    from rich.text import Text
+
     when = dt.datetime.fromtimestamp(float(event["time"])).strftime("%H:%M:%S")
     line = Text(f"{when} ")
     line.append(f"{event['kind']:<11}", style=EVENT_STYLE.get(str(event["kind"]), "green"))
@@ -83,6 +82,13 @@ def _rate(value: float | None) -> str:
 
 
 def render(status: dict[str, Any], events: list[dict[str, Any]], rates: Rates, message: str = "") -> Group:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from corral.manager.policy import format_bytes
+    from corral.status_view import _uptime
+
     pool = status.get("pool", {})
     total_rate = sum(rates.of(w) or 0.0 for w in status["workers"])
     quota = float(pool.get("cpu_quota") or 0)
@@ -143,6 +149,9 @@ def _cbreak(fd: int | None) -> Iterator[None]:
 
 
 def run_top(ask: Ask, interval: float = 1.0, console: Console | None = None) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
     console = console or Console()
     fd = sys.stdin.fileno() if sys.stdin.isatty() else None
     rates = Rates()
