@@ -152,14 +152,15 @@ def open_dir(
     trusted: Collection[int] | None = None,
     others: int = 0o022,
     sticky_ok: bool = False,
+    mode: int = 0o700,
 ) -> int:
-    """A descriptor of the directory `path`, created 0700 (its missing parents as `mkdir -p` makes them) and
-    given to `owner` when missing; an existing one must pass `unsafe_dir` and is never changed."""
+    """A descriptor of the directory `path`, created with `mode` (its missing parents as `mkdir -p` makes them)
+    and given to `owner` when missing; an existing one must pass `unsafe_dir` and is never changed."""
     trusted = trusted_owners(None) if trusted is None else trusted
     created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(path, 0o700)
+        os.mkdir(path, mode)
         created = True
     except FileExistsError:
         pass
