@@ -58,24 +58,25 @@ class Store:
             os.close(fd)
 
     def prepare(self) -> None:
-        """Create the directories that are missing; an existing one is used as it is, or refused (ConfigError)."""
+        """Create the directories that are missing; an existing one is used as it is, or refused (ConfigError).
+
+        With `owner`, the workers (running as that user) read certs/current and challenges: a state directory
+        they could not enter, or such a directory of another owner, is refused rather than changed."""
+        if self.owner is not None:
+            root = os.stat(self.root)
+            if root.st_uid != self.owner[0] and not root.st_mode & stat.S_IXOTH:
+                raise ConfigError(f"--state-dir {self.root}: its mode {stat.S_IMODE(root.st_mode):04o} keeps the "
+                                  f"workers (uid {self.owner[0]}) out; corral changes no existing mode: use a new "
+                                  "--state-dir or chmod o+x it")
         for sub in ("certs/current", "challenges/http-01", "challenges/tls-alpn-01", "locks"):
             with self._directory(Path(sub)):
                 pass
-        if self.owner is None:
-            return
-        # The workers (running as `owner`) read these; an existing one of another owner stays as it is.
         for sub in ("certs", "certs/current", "challenges", "challenges/http-01", "challenges/tls-alpn-01"):
-            info = os.lstat(self.root / sub)
-            if info.st_uid != self.owner[0]:
-                raise ConfigError(f"--state-dir {self.root}: {sub} belongs to uid {info.st_uid}, so the workers "
+            uid = os.lstat(self.root / sub).st_uid
+            if self.owner is not None and uid != self.owner[0]:
+                raise ConfigError(f"--state-dir {self.root}: {sub} belongs to uid {uid}, so the workers "
                                   f"(uid {self.owner[0]}) cannot read it; corral changes no existing owner: "
                                   "use a new --state-dir or chown it")
-        root = os.stat(self.root)
-        if root.st_uid != self.owner[0] and not root.st_mode & stat.S_IXOTH:
-            raise ConfigError(f"--state-dir {self.root}: its mode {stat.S_IMODE(root.st_mode):04o} keeps the workers "
-                              f"(uid {self.owner[0]}) out; corral changes no existing mode: use a new --state-dir "
-                              "or chmod o+x it")
 
     def write(self, path: Path, data: bytes, private: bool = False) -> None:
         """Atomically replace `path` (below the root); private files are 0600 from the start."""
