@@ -153,15 +153,18 @@ def open_dir(
     others: int = 0o022,
     sticky_ok: bool = False,
     mode: int = 0o700,
+    create: bool = True,
 ) -> int:
     """A descriptor of the directory `path`, created with `mode` (its missing parents as `mkdir -p` makes them)
-    and given to `owner` when missing; an existing one must pass `unsafe_dir` and is never changed."""
+    and given to `owner` when missing; an existing one must pass `unsafe_dir` and is never changed. Without
+    `create`, a missing one is the OSError of opening it."""
     trusted = trusted_owners(None) if trusted is None else trusted
     created = False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(path, mode)
-        created = True
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(path, mode)
+            created = True
     except FileExistsError:
         pass
     except OSError as exc:
@@ -170,6 +173,8 @@ def open_dir(
         fd = os.open(path, _DIR_FLAGS)
     except OSError as exc:
         info = _lstat(path)
+        if info is None and not create:
+            raise
         problem = unsafe_dir(info, trusted) if info is not None else None
         raise ConfigError(f"{option} {path}: {problem or exc.strerror or exc}; refusing it") from None
     try:

@@ -229,7 +229,7 @@ class FileLock(PrestartLock):
         from corral import paths
 
         try:
-            directory = paths.open_dir(path.parent, "--prestart-lock", others=0o002, sticky_ok=True, mode=0o755)
+            directory = paths.open_dir(path.parent, "--prestart-lock", others=0o002, sticky_ok=True, create=False)
             try:
                 return paths.open_file(directory, path.name, flags | os.O_CREAT, path)
             finally:
