@@ -147,3 +147,36 @@ def test_a_reload_without_file_descriptors_is_refused_and_answered(tmp_path: Pat
     assert corral.get().text == "ok" and generation(corral) == 1
     assert run_cli("reload", "--control", str(corral.control)).returncode == 0
     assert generation(corral) == 2
+
+
+def test_no_file_descriptor_left_at_start_is_one_line(tmp_path: Path) -> None:
+    """`corral run` under ever higher RLIMIT_NOFILE (soft and hard, so the manager cannot raise it): every run
+    that fails says so in one line with a documented code, never a traceback, up to the one whose template
+    could not be started (exit 3)."""
+    write_app(tmp_path, OK_APP)
+    seen: list[tuple[int, int, str]] = []
+    for limit in range(6, 64):
+        def low_nofile(limit: int = limit) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        process = subprocess.Popen(
+            corral_command("run", "app.py", "-b", f"127.0.0.1:{free_port()}", "-w", "1",
+                           "--control", str(tmp_path / f"c{limit}.sock")),
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=low_nofile,
+            start_new_session=True,
+        )
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.communicate()
+            break  # it started: the limits below were all tried
+        assert "Traceback" not in stderr, (limit, stderr)
+        errors = [line for line in stderr.splitlines() if "ERROR" in line or line.startswith("corral: ")]
+        assert len(errors) == 1, (limit, stderr)
+        seen.append((limit, process.returncode, errors[0]))
+        if "cannot start a template process" in errors[0]:
+            assert process.returncode == 3 and "Too many open files" in errors[0], (limit, stderr)
+            return
+        assert process.returncode == 1 and "no file descriptor left" in errors[0], (limit, stderr)
+    raise AssertionError(f"no run failed to start its template for want of file descriptors: {seen}")
