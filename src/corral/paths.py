@@ -178,7 +178,8 @@ def open_dir(
         problem = unsafe_dir(info, trusted) if info is not None else None
         raise ConfigError(f"{option} {path}: {problem or exc.strerror or exc}; refusing it") from None
     try:
-        problem = unsafe_dir(os.fstat(fd), {os.geteuid()} if created else trusted, others, sticky_ok)
+        info = os.fstat(fd)  # one we made is ours whatever the umask left of its mode
+        problem = unsafe_dir(info, {os.geteuid()}, 0) if created else unsafe_dir(info, trusted, others, sticky_ok)
         if problem:
             raise ConfigError(f"{option} {path}: {problem}; refusing it")
         if created and owner is not None:
