@@ -14,9 +14,16 @@ import time
 from dataclasses import dataclass, field
 
 from corral import channel
-from corral.envfile import app_environment
+from corral.envfile import app_environment, check_exec_size
+from corral.errors import ConfigError, CorralError, ExitCode
 from corral.process import TREE_VAR, become_subreaper, kill_adopted
 from corral.worker.spec import ENV_VAR, TemplateSpec
+
+
+class LaunchError(CorralError):
+    """A template that could not be started: at start one line and its exit code, on reload a refusal."""
+
+    exit_code = ExitCode.APP_FAILED_TO_START
 
 
 class Phase(enum.Enum):
@@ -42,22 +49,40 @@ class Generation:
 
     @classmethod
     def start(cls, spec: TemplateSpec) -> Generation:
-        """Start the template with the listening sockets, the scoreboard and its end of the channel."""
-        manager_end, template_end = channel.pair()
-        spec.channel_fd = template_end.fileno()
-        fds = [template_end.fileno(), spec.scoreboard_fd, *(listener.fd for listener in spec.listeners)]
-        env = app_environment(spec.settings.get("env_file") or [], os.environ)
-        env[ENV_VAR] = spec.dumps()
-        env[TREE_VAR] = str(spec.manager_pid)
-        become_subreaper()  # a template that dies leaves the app's processes to us, not to init
-        process = subprocess.Popen(
-            [sys.executable, "-m", "corral.worker.template"],
-            pass_fds=fds,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches only the manager, which drains the workers itself
-        )
-        template_end.close()
+        """Start the template with the listening sockets, the scoreboard and its end of the channel.
+
+        Raises LaunchError (one line) when it cannot: an environment over the kernel's limits, no file
+        descriptor left, fork or exec failing. Nothing is left open then."""
+        argv = [sys.executable, "-m", "corral.worker.template"]
+        files = spec.settings.get("env_file") or []
+        try:
+            manager_end, template_end = channel.pair()
+        except OSError as exc:
+            raise LaunchError(f"cannot start a template process: {exc.strerror or exc}") from None
+        try:
+            spec.channel_fd = template_end.fileno()
+            env = app_environment(files, os.environ)
+            env[ENV_VAR] = spec.dumps()
+            env[TREE_VAR] = str(spec.manager_pid)
+            check_exec_size(argv, env, files)
+            fds = [template_end.fileno(), spec.scoreboard_fd, *(listener.fd for listener in spec.listeners)]
+            become_subreaper()  # a template that dies leaves the app's processes to us, not to init
+            process = subprocess.Popen(
+                argv,
+                pass_fds=fds,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches only the manager, which drains the workers itself
+            )
+        except ConfigError as exc:
+            manager_end.close()
+            raise LaunchError(str(exc), ExitCode.USAGE) from None
+        except (OSError, subprocess.SubprocessError) as exc:
+            manager_end.close()
+            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LaunchError(f"cannot start a template process: {cause}") from None
+        finally:
+            template_end.close()
         manager_end.setblocking(False)
         _sessions.add(process.pid)
         return cls(spec.generation, process, manager_end)

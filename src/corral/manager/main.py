@@ -107,7 +107,7 @@ def run(settings: Options) -> int:
 def _check_startup(settings: Options, state_dir: Path | None) -> None:
     """Everything that can be checked before a process is started: one line and exit 2 for what is wrong."""
     from corral import paths
-    from corral.privileges import check_owner
+    from corral.privileges import check_owner, resolve_owner
 
     check_owner(settings.user, settings.group)
     paths.check_directory("--app-dir", settings.app_dir)
@@ -115,7 +115,7 @@ def _check_startup(settings: Options, state_dir: Path | None) -> None:
     paths.check_readable_file("--keyfile", settings.keyfile)
     paths.check_readable_file("--acme-ca-bundle", settings.acme_ca_bundle)
     if state_dir is not None:
-        paths.check_state_dir(state_dir)
+        paths.check_state_dir(state_dir, owner=resolve_owner(settings.user, settings.group))
 
 
 def _open(bind: Bind, opened: list[tuple[socket.socket, Bind | None]]) -> tuple[socket.socket, Bind | None]:

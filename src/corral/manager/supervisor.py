@@ -21,7 +21,7 @@ from corral import channel
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
 from corral.manager.events import EventLog, stalled_frame, wait_channel
-from corral.manager.generation import Generation, Phase, kill_orphans
+from corral.manager.generation import Generation, LaunchError, Phase, kill_orphans
 from corral.manager.restarts import Restarts, Slot
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
@@ -108,7 +108,10 @@ class Supervisor:
     # --- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> ExitCode:
-        self._start_generation()
+        try:
+            self._start_generation()
+        except LaunchError as exc:
+            self._fail(str(exc), exc.exit_code)
         while True:
             try:
                 self._tick()
@@ -148,10 +151,14 @@ class Supervisor:
     # --- generations ----------------------------------------------------------------------------
 
     def _start_generation(self) -> Generation:
-        self._generations_started += 1
-        number = self._generations_started  # never reused, even after a refused reload
-        self.spec.generation = number
-        generation = Generation.start(self.spec)
+        number = self._generations_started + 1  # never reused, even after a refused reload
+        previous, self.spec.generation = self.spec.generation, number
+        try:
+            generation = Generation.start(self.spec)
+        except LaunchError:
+            self.spec.generation = previous  # the number stays free for the next start
+            raise
+        self._generations_started = number
         self.generations[number] = generation
         loop = asyncio.get_running_loop()
         loop.add_reader(generation.channel, self._on_readable, generation)
@@ -187,7 +194,14 @@ class Supervisor:
 
     def _begin_reload(self, future: asyncio.Future[int]) -> None:
         pending = [g for g in self.generations.values() if g.phase in (Phase.LOADING, Phase.PROVING)]
-        generation = pending[0] if pending else self._start_generation()
+        try:
+            generation = pending[0] if pending else self._start_generation()
+        except LaunchError as exc:
+            log.error("reload refused: %s; generation %d keeps serving", exc, self.spec.generation)
+            self.reloads["refused"] += 1
+            self.events.record("reload", f"reload refused: {exc}", outcome="refused", cause=str(exc))
+            future.set_exception(RuntimeError(str(exc)))
+            return
         generation.reload_waiters.append(future)
         log.info("reload: generation %d is starting", generation.number)
         self.events.record("reload", f"reload started: generation {generation.number}", generation=generation.number)
@@ -294,7 +308,11 @@ class Supervisor:
             self.book.template_died(time.monotonic())
             self._check_crash_loop(time.monotonic(), f"the template {describe_status_code(code)}")
             self.current = None
-            replacement = self._start_generation()
+            try:
+                replacement = self._start_generation()
+            except LaunchError as exc:
+                raise Fatal(f"a new template cannot start after the last one died: {exc}", ExitCode.CRASH_LOOP
+                            ) from None
             replacement.reload_waiters.extend(generation.reload_waiters)
 
     def _watch_imports(self, now: float) -> None:
