@@ -377,6 +377,7 @@ class Supervisor:
         self._announce_if_ready()
 
     def _on_worker_exit(self, worker: Worker, status: int) -> None:
+        answered = self._answered(worker)
         self._forget(worker)
         what = describe_status(status)
         if worker.stop_reason is not None and worker.fault is None:
@@ -396,9 +397,10 @@ class Supervisor:
         log.warning("worker %d (pid %s) %s%s", worker.slot, worker.pid, cause, hint)
         now = time.monotonic()
         ready_for = None if worker.ready_at is None else now - worker.ready_at
-        verdict = self.book.worker_died(worker.slot, ready_for, now)
+        verdict = self.book.worker_died(worker.slot, ready_for, answered, now)
         self.restarts += 1
-        fields = {"worker": worker.slot, "pid": worker.pid, "cause": cause, "ready_for": ready_for}
+        fields = {"worker": worker.slot, "pid": worker.pid, "cause": cause, "ready_for": ready_for,
+                  "requests": answered}
         if verdict.crash:
             self.events.record("crash", f"worker {worker.slot} {cause}; replaced at once", **fields)
             return
@@ -412,14 +414,21 @@ class Supervisor:
 
     def _check_crash_loop(self, now: float, last: str) -> None:
         """Exit 4 once more than --crash-limit starts failed in --crash-window with no worker proving itself."""
-        self.book.saw_ready([w.ready_at for w in self.workers.values() if w.ready_at and w.state == "ready"], now)
+        ready = [(w.ready_at, self._answered(w)) for w in self.workers.values() if w.ready_at and w.state == "ready"]
+        self.book.saw_ready(ready, now)
         if self.book.crash_loop(now):
             raise Fatal(
                 f"crash loop: {self.book.recent_failed_starts(now)} workers failed to start within "
-                f"{self.settings.crash_window:g} s and none stayed ready {self.book.backoff.proving_time:g} s "
+                f"{self.settings.crash_window:g} s and none answered a request or stayed ready "
+                f"{self.book.backoff.proving_time:g} s "
                 f"(--crash-limit {self.settings.crash_limit}; last: {last}); stopping",
                 ExitCode.CRASH_LOOP,
             )
+
+    def _answered(self, worker: Worker) -> int:
+        """The requests a worker has answered, as its scoreboard cell counts them (0 for a cell not yet its)."""
+        cell = self.scoreboard.read(worker.cell)
+        return cell.requests if worker.pid and cell.pid == worker.pid else 0
 
     def _forget(self, worker: Worker) -> None:
         if self.workers.pop(worker.cell, None) is not None:
