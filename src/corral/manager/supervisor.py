@@ -10,22 +10,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from corral import channel
 from corral.errors import CorralError, ExitCode
 from corral.manager import policy, resources
-from corral.manager.events import EventLog, stalled_frame, wait_channel
+from corral.manager.events import EventLog
 from corral.manager.generation import Generation, Phase, kill_orphans
-from corral.manager.restarts import Restarts, Slot
+from corral.manager.pool import STACK_DUMP_WAIT, Pool, Worker, send_signal
+from corral.manager.restarts import Restarts
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
-from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
+from corral.scoreboard import MAX_WORKERS, CellState, Scoreboard
 from corral.text import plural
 from corral.worker.spec import TemplateSpec
 
@@ -35,26 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral")
 
 TICK = policy.TICK
-STACK_DUMP_WAIT = 1.0
-
-
-@dataclass
-class Worker:
-    slot: int
-    cell: int
-    generation: int
-    forked_at: float
-    pid: int | None = None
-    state: str = "starting"  # starting, ready, draining
-    started_at: float = field(default_factory=time.time)
-    ready_at: float | None = None
-    stop_reason: str | None = None  # set when the manager asked it to stop: its exit is not a crash
-    kill_at: float | None = None
-    fault: str | None = None  # why the manager killed it (hung, never ready): its exit counts as a crash
-    replacing: str | None = None  # why a replacement was started; drain once the replacement is ready
-    request_limit: int | None = None
-    memory_uss: int | None = None
-    memory_killed: bool = False
 
 
 class Fatal(Exception):
@@ -80,8 +59,6 @@ class Supervisor:
         self.book = Restarts(policy.Backoff(maximum=settings.backoff_max), settings.crash_limit, settings.crash_window)
         self.generations: dict[int, Generation] = {}
         self.current: Generation | None = None
-        self.workers: dict[int, Worker] = {}  # by scoreboard cell
-        self.slots: dict[int, Slot] = self.book.slots
         self.restarts = 0
         self.started = False  # the first generation has proven itself
         self.stopping = False
@@ -90,10 +67,12 @@ class Supervisor:
         self.fatal_message: str | None = None
         self.sampler = resources.ProcessSampler()
         self.events = EventLog()
+        self.pool = Pool(settings, scoreboard, self.events)
+        self.workers = self.pool.workers  # by scoreboard cell
         self.on_ready: list[Callable[[], object]] = []
         self.on_status: list[Callable[[str], object]] = []
-        self.on_worker_forked: list[Callable[[Worker], object]] = []  # before the template is asked to fork
-        self.on_worker_gone: list[Callable[[Worker], object]] = []
+        self.on_worker_forked = self.pool.on_worker_forked  # before the template is asked to fork
+        self.on_worker_gone = self.pool.on_worker_gone
         self.reloads = {"done": 0, "refused": 0}
         self._wakeup = asyncio.Event()
         self._next_cpu_sample = 0.0
@@ -130,7 +109,7 @@ class Supervisor:
         now = time.monotonic()
         self._watch_templates()
         self._watch_imports(now)
-        self._watchdog(now)
+        self.pool.watchdog(now)
         self._enforce_deadlines(now)
         if now >= self._next_cpu_sample:
             self._next_cpu_sample = now + 1.0
@@ -243,7 +222,7 @@ class Supervisor:
         generation.phase = Phase.FAILED
         generation.kill()
         for worker in [w for w in self.workers.values() if w.generation == generation.number]:
-            self._forget(worker)
+            self.pool.forget(worker)
         if not self.started:
             self.fatal_message = f"the app failed to start: {cause}"
             log.error("%s", self.fatal_message)  # the one line first, then the traceback, once
@@ -308,7 +287,7 @@ class Supervisor:
                     f"importing the app took longer than --startup-timeout {self.settings.startup_timeout:g} s"
                 )
                 log.error("generation %d: %s; stack of the template:", generation.number, generation.boot_error)
-                _signal(generation.process.pid, DUMP_STACKS)
+                send_signal(generation.process.pid, DUMP_STACKS)
                 generation.kill_at = now + STACK_DUMP_WAIT
             elif generation.kill_at is not None and now >= generation.kill_at:
                 generation.kill()
@@ -318,7 +297,7 @@ class Supervisor:
         asyncio.get_running_loop().remove_reader(generation.channel)
         generation.channel.close()
         for worker in [w for w in self.workers.values() if w.generation == generation.number]:
-            self._forget(worker)
+            self.pool.forget(worker)
 
     def _retire_generations(self) -> None:
         for generation in list(self.generations.values()):
@@ -348,37 +327,21 @@ class Supervisor:
     # --- workers --------------------------------------------------------------------------------
 
     def _fork(self, slot: int, generation: Generation) -> Worker:
-        used = set(self.workers)
-        cell = next(i for i in range(CELLS) if i not in used)
-        self.scoreboard.reset(cell, generation.number)
-        limit = policy.request_limit(
-            self.settings.max_requests, self.settings.max_requests_jitter, random.random()
-        )
-        worker = Worker(slot, cell, generation.number, time.monotonic(), request_limit=limit)
-        self.workers[cell] = worker
-        self.slots.setdefault(slot, Slot())
-        for hook in self.on_worker_forked:
-            hook(worker)
-        generation.send({"op": "fork", "cell": cell})
-        return worker
+        self.book.slot(slot)
+        return self.pool.fork(slot, generation)
 
     def _on_worker_ready(self, worker: Worker) -> None:
-        if worker.state != "starting":
+        if not self.pool.became_ready(worker):
             return
-        worker.state = "ready"
-        worker.ready_at = time.monotonic()
-        log.info("worker %d (pid %s, generation %d) ready", worker.slot, worker.pid, worker.generation)
-        self.events.record("start", f"worker {worker.slot} (pid {worker.pid}) ready, generation {worker.generation}",
-                           worker=worker.slot, pid=worker.pid, generation=worker.generation)
         generation = self.generations.get(worker.generation)
         if generation is not None and generation.phase is Phase.PROVING:
             self._promote(generation)
-        self._drain_replaced(worker.slot)
+        self.pool.drain_replaced(worker.slot, self.current.number if self.current else None)
         self._announce_if_ready()
 
     def _on_worker_exit(self, worker: Worker, status: int) -> None:
-        answered = self._answered(worker)
-        self._forget(worker)
+        answered = self.pool.answered(worker)
+        self.pool.forget(worker)
         what = describe_status(status)
         if worker.stop_reason is not None and worker.fault is None:
             log.debug("worker %d (pid %s) %s after: %s", worker.slot, worker.pid, what, worker.stop_reason)
@@ -414,8 +377,8 @@ class Supervisor:
 
     def _check_crash_loop(self, now: float, last: str) -> None:
         """Exit 4 once more than --crash-limit starts failed in --crash-window with no worker proving itself."""
-        ready = [(w.ready_at, self._answered(w)) for w in self.workers.values() if w.ready_at and w.state == "ready"]
-        self.book.saw_ready(ready, now)
+        ready = [w for w in self.workers.values() if w.ready_at and w.state == "ready"]
+        self.book.saw_ready([(w.ready_at or now, self.pool.answered(w)) for w in ready], now)
         if self.book.crash_loop(now):
             raise Fatal(
                 f"crash loop: {self.book.recent_failed_starts(now)} workers failed to start within "
@@ -425,80 +388,8 @@ class Supervisor:
                 ExitCode.CRASH_LOOP,
             )
 
-    def _answered(self, worker: Worker) -> int:
-        """The requests a worker has answered, as its scoreboard cell counts them (0 for a cell not yet its)."""
-        cell = self.scoreboard.read(worker.cell)
-        return cell.requests if worker.pid and cell.pid == worker.pid else 0
-
-    def _forget(self, worker: Worker) -> None:
-        if self.workers.pop(worker.cell, None) is not None:
-            for hook in self.on_worker_gone:
-                hook(worker)
-
-    def _drain(self, worker: Worker, reason: str) -> None:
-        if worker.stop_reason is not None:
-            return
-        worker.stop_reason = reason
-        worker.state = "draining"
-        worker.kill_at = time.monotonic() + self.settings.graceful_timeout
-        log.info("worker %d (pid %s) draining: %s", worker.slot, worker.pid, reason)
-        if worker.pid:
-            _signal(worker.pid, signal.SIGTERM)
-
-    def _drain_replaced(self, slot: int) -> None:
-        """Once a slot has a ready worker of the current generation, its replaced workers drain."""
-        current = self.current
-        if current is None:
-            return
-        fresh = [
-            w for w in self.workers.values()
-            if w.slot == slot and w.generation == current.number and w.state == "ready" and not w.replacing
-        ]
-        if not fresh:
-            return
-        for worker in list(self.workers.values()):
-            outdated = worker.replacing or worker.generation != current.number
-            if worker.slot == slot and worker not in fresh and outdated:
-                self._drain(worker, worker.replacing or "replaced")
-
-    def _watchdog(self, now: float) -> None:
-        for worker in self.workers.values():
-            if worker.pid is None or worker.fault or worker.state == "draining":
-                continue
-            cell = self.scoreboard.read(worker.cell)
-            if cell.pid != worker.pid:
-                continue
-            if policy.is_hung(now, cell.heartbeat, self.settings.timeout, cell.state is CellState.IMPORTING):
-                blocked = now - cell.heartbeat
-                self._kill_for_fault(worker, now, f"its event loop hung (blocked {blocked:.1f} s, --timeout "
-                                     f"{self.settings.timeout:g})")
-            elif worker.state == "starting" and now - worker.forked_at > self.settings.startup_timeout:
-                self._kill_for_fault(worker, now, f"it was not ready within --startup-timeout "
-                                     f"{self.settings.startup_timeout:g} s")
-
-    def _kill_for_fault(self, worker: Worker, now: float, fault: str) -> None:
-        """Log every thread's stack (faulthandler, in the worker), then kill: the blocking line is in the log."""
-        log.error("worker %d (pid %s): %s; stack of every thread:", worker.slot, worker.pid, fault)
-        frame = stalled_frame(worker.pid)
-        self.events.record("hang", f"worker {worker.slot} (pid {worker.pid}): {fault}"
-                           + (f" at {frame.rpartition('/')[2]}" if frame else ""), worker=worker.slot,
-                           pid=worker.pid, cause=fault, waiting_in=wait_channel(worker.pid), frame=frame)
-        worker.fault = fault
-        worker.stop_reason = fault
-        if worker.pid:
-            _signal(worker.pid, DUMP_STACKS)
-        worker.kill_at = now + STACK_DUMP_WAIT
-
     def _enforce_deadlines(self, now: float) -> None:
-        for worker in self.workers.values():
-            if worker.kill_at is not None and now >= worker.kill_at and worker.pid:
-                if worker.fault is None:
-                    log.warning(
-                        "worker %d (pid %d) still busy after --graceful-timeout %g s: killed",
-                        worker.slot, worker.pid, self.settings.graceful_timeout,
-                    )
-                _signal(worker.pid, signal.SIGKILL)
-                worker.kill_at = None
+        self.pool.enforce_deadlines(now)
         if self._stop_deadline is not None and now >= self._stop_deadline:
             for generation in self.generations.values():
                 generation.kill()
@@ -523,7 +414,7 @@ class Supervisor:
             self._fork(slot_number, current)
         for worker in list(self.workers.values()):
             if worker.slot > self.target:
-                self._drain(worker, "scaled down")
+                self.pool.drain(worker, "scaled down")
 
     def _recycle(self) -> None:
         if self.settings.max_requests is None and self.settings.max_memory is None:
@@ -562,7 +453,7 @@ class Supervisor:
                 worker.memory_killed = True
                 worker.replacing = worker.replacing or f"killed: {reason}"
                 worker.stop_reason = worker.stop_reason or f"killed: {reason}"
-                _signal(worker.pid, signal.SIGKILL)
+                send_signal(worker.pid, signal.SIGKILL)
 
     # --- scale, memory budget -------------------------------------------------------------------
 
@@ -637,17 +528,15 @@ class Supervisor:
         if not self.draining_instance:  # request_stop() has told already
             self._report("stopping")
         if not graceful:
-            for worker in self.workers.values():
-                if worker.pid:
-                    _signal(worker.pid, signal.SIGQUIT)
+            self.pool.signal_all(signal.SIGQUIT)
             for generation in self.generations.values():
                 generation.kill()
             self._stop_deadline = time.monotonic()
             return
         for worker in list(self.workers.values()):
-            self._drain(worker, "stopping")
+            self.pool.drain(worker, "stopping")
             if worker.pid is None:
-                self._forget(worker)
+                self.pool.forget(worker)
         for generation in self.generations.values():
             if generation.phase is Phase.LOADING:  # still importing: no worker to drain, nobody reads the channel
                 generation.kill()
@@ -761,12 +650,10 @@ class Supervisor:
 
     def reload_certificates(self) -> None:
         """New certificate material is in the state directory: every worker loads it for new handshakes."""
-        for worker in self.workers.values():
-            if worker.pid:
-                _signal(worker.pid, RELOAD_CERTIFICATES)
+        self.pool.signal_all(RELOAD_CERTIFICATES)
 
     def ready_workers(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state == "ready")
+        return self.pool.ready_workers()
 
 
 def describe_status_code(code: int) -> str:
@@ -784,7 +671,3 @@ def _log_traceback(generation: Generation) -> None:
         log.error("traceback of the failed start:\n%s", generation.boot_traceback.rstrip())
         generation.boot_traceback = ""
 
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
