@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from corral import channel
 from corral.errors import CorralError, ExitCode
-from corral.manager import policy, resources
+from corral.manager import policy, resources, scaling, status_report
 from corral.manager.events import EventLog
 from corral.manager.generation import Generation, Phase, kill_orphans
 from corral.manager.pool import STACK_DUMP_WAIT, Pool, Worker, send_signal
+from corral.manager.recycling import Recycler
 from corral.manager.restarts import Restarts
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
-from corral.scoreboard import MAX_WORKERS, CellState, Scoreboard
+from corral.scoreboard import MAX_WORKERS, Scoreboard
 from corral.text import plural
 from corral.worker.spec import TemplateSpec
 
@@ -69,6 +69,7 @@ class Supervisor:
         self.events = EventLog()
         self.pool = Pool(settings, scoreboard, self.events)
         self.workers = self.pool.workers  # by scoreboard cell
+        self.recycler = Recycler(self.pool, self.sampler, settings, self.events)
         self.on_ready: list[Callable[[], object]] = []
         self.on_status: list[Callable[[str], object]] = []
         self.on_worker_forked = self.pool.on_worker_forked  # before the template is asked to fork
@@ -116,9 +117,7 @@ class Supervisor:
             self.sampler.sample_cpu([w.pid for w in self.workers.values() if w.pid])
             kill_orphans(list(self.generations.values()))
         if not self.stopping:
-            if self.settings.max_memory:
-                self._measure_memory()
-            self._recycle()
+            self.recycler.tick()
             if self.autoscaler is not None and self.started:
                 self.autoscaler.tick(now)
             self._reconcile(now)
@@ -396,64 +395,8 @@ class Supervisor:
 
     def _reconcile(self, now: float) -> None:
         current = self.current
-        if current is None or current.phase is not Phase.CURRENT:
-            return
-        for slot_number in range(1, self.target + 1):
-            active = [
-                w for w in self.workers.values()
-                if w.slot == slot_number and w.generation == current.number
-                and not w.replacing and w.stop_reason is None
-            ]
-            if not active and now >= self.book.slot(slot_number).next_start:
-                self._fork(slot_number, current)
-        waiting = self.book.waiting(range(1, self.target + 1), now)
-        serving = sum(1 for w in self.workers.values() if w.state != "draining" and w.stop_reason is None)
-        if policy.start_despite_backoff(serving, len(waiting)):
-            slot_number = min(waiting, key=lambda n: self.book.slot(n).next_start)
-            log.warning("worker %d: starting before its backoff ends: no worker is ready", slot_number)
-            self._fork(slot_number, current)
-        for worker in list(self.workers.values()):
-            if worker.slot > self.target:
-                self.pool.drain(worker, "scaled down")
-
-    def _recycle(self) -> None:
-        if self.settings.max_requests is None and self.settings.max_memory is None:
-            return
-        for worker in self.workers.values():
-            if worker.state != "ready" or worker.replacing or worker.stop_reason:
-                continue
-            requests = self.scoreboard.read(worker.cell).requests
-            reason = policy.recycle_reason(
-                requests, worker.request_limit, worker.memory_uss, self.settings.max_memory
-            )
-            if reason:
-                log.info("worker %d (pid %s) recycled: %s; starting its replacement", worker.slot, worker.pid, reason)
-                self.events.record("recycle", f"worker {worker.slot} (pid {worker.pid}) recycled: {reason}",
-                                   worker=worker.slot, pid=worker.pid, cause=reason)
-                worker.replacing = reason
-
-    def _measure_memory(self) -> None:
-        """Every tick: RSS (one small read) as a pre-filter, USS only above the limit, a kill far above it
-        (draining workers too: keep-alive clients still reach them)."""
-        limit = self.settings.max_memory
-        for worker in self.workers.values():
-            if not worker.pid or worker.state == "starting" or worker.memory_killed or worker.fault:
-                continue
-            if not policy.memory_check(resources.rss(worker.pid), limit):
-                worker.memory_uss = None
-                continue
-            memory = self.sampler.memory(worker.pid)
-            worker.memory_uss = memory.uss if memory else None
-            if policy.memory_kill(worker.memory_uss, limit):
-                reason = policy.recycle_reason(0, None, worker.memory_uss, limit) or "memory"
-                log.warning("worker %d (pid %s) killed: %s, over %g times the limit", worker.slot, worker.pid, reason,
-                            policy.KILL_FACTOR)
-                self.events.record("recycle", f"worker {worker.slot} killed: {reason}", worker=worker.slot,
-                                   pid=worker.pid, memory_uss=worker.memory_uss)
-                worker.memory_killed = True
-                worker.replacing = worker.replacing or f"killed: {reason}"
-                worker.stop_reason = worker.stop_reason or f"killed: {reason}"
-                send_signal(worker.pid, signal.SIGKILL)
+        if current is not None and current.phase is Phase.CURRENT:
+            scaling.reconcile(self.pool, self.book, self.target, current, now, self._fork)
 
     # --- scale, memory budget -------------------------------------------------------------------
 
@@ -463,7 +406,7 @@ class Supervisor:
         if self.autoscaler is not None and not by_autoscaler:
             self.autoscaler.check_manual(target)
         if target > self.target:
-            plan = self._memory_plan(target, explicit=True)
+            plan = scaling.memory_plan(self.pool, self.sampler, self.current, target, explicit=True)
             if plan is not None and not plan.fits:
                 raise ValueError(f"not enough memory: {plan.explanation}")
         if self.autoscaler is not None and not by_autoscaler:
@@ -475,20 +418,8 @@ class Supervisor:
         self._wakeup.set()
         return f"scaled from {previous} to {plural(target, 'worker')}"
 
-    def _memory_plan(self, wanted: int, explicit: bool) -> policy.MemoryPlan | None:
-        ready = [w for w in self.workers.values() if w.state == "ready" and w.pid]
-        if not ready or self.current is None:
-            return None
-        measured = [self.sampler.memory(w.pid) for w in ready if w.pid]
-        private = [m.uss for m in measured if m is not None]
-        template = self.sampler.memory(self.current.process.pid)
-        shared = template.rss if template else 0
-        pool = shared + sum(private)
-        available = resources.memory_available() + pool
-        return policy.plan_memory(wanted, explicit, max(private, default=0), shared, available)
-
     def _plan_memory_at_start(self) -> None:
-        plan = self._memory_plan(self.target, self.explicit_workers)
+        plan = scaling.memory_plan(self.pool, self.sampler, self.current, self.target, self.explicit_workers)
         if plan is None:
             return
         if not plan.fits:
@@ -572,74 +503,16 @@ class Supervisor:
             callback()
 
     def status(self) -> dict[str, Any]:
-        workers = []
-        for worker in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation)):
-            cell = self.scoreboard.read(worker.cell)
-            memory = self.sampler.memory(worker.pid) if worker.pid else None
-            workers.append(
-                {
-                    "id": worker.slot,
-                    "pid": worker.pid,
-                    "state": worker.state,
-                    "generation": worker.generation,
-                    "requests": cell.requests if cell.pid == worker.pid else 0,
-                    "connections": cell.connections if cell.pid == worker.pid else 0,
-                    "busy": cell.busy if cell.pid == worker.pid else None,  # utilisation: worker/busy.py
-                    "restarts": self.book.slot(worker.slot).restarts,
-                    "cpu_percent": self.sampler.cpu.get(worker.pid or -1, 0.0),
-                    "memory_uss": memory.uss if memory else None,
-                    "memory_pss": memory.pss if memory else None,
-                    "memory_rss": memory.rss if memory else None,
-                    "started_at": worker.started_at,
-                    "ready_for": None if worker.ready_at is None else time.monotonic() - worker.ready_at,
-                    "heartbeat_age": max(0.0, time.monotonic() - cell.heartbeat) if cell.pid == worker.pid else None,
-                    "ready": cell.state is CellState.READY,
-                }
-            )
-        templates = [
-            {"generation": g.number, "pid": g.process.pid, "phase": g.phase.value, **self._memory_of(g.process.pid)}
-            for g in self.generations.values()
-        ]
-        manager: dict[str, Any] = {"pid": os.getpid(), **self._memory_of(os.getpid())}
-        tree = resources.tree_pss(os.getpid())
-        listed = {p["pid"] for p in [manager, *templates, *workers]}
-        return {
-            "manager_pid": os.getpid(),
-            "manager": manager,
-            # the whole tree; "other" is what the app's processes started (not listed above)
-            "memory_pss_total": sum(tree.values()),
-            "memory_pss_other": sum(pss for pid, pss in tree.items() if pid not in listed),
-            "generation": self.current.number if self.current else 0,
-            "target_workers": self.target,
-            "restarts": self.restarts,
-            "crashes": self.book.crashes,
-            "failed_starts": self.book.failed,
-            "backoff": self.book.status(range(1, self.target + 1), time.monotonic()),
-            "stopping": self.stopping,
-            "templates": templates,
-            "workers": workers,
-            "certificates": self.certificate_status() if self.certificate_status else [],
-            "autoscaler": self.autoscaler.status() if self.autoscaler else None,
-        }
-
-    def _memory_of(self, pid: int) -> dict[str, int | None]:
-        memory = self.sampler.memory(pid)
-        return {
-            "memory_uss": memory.uss if memory else None,
-            "memory_pss": memory.pss if memory else None,
-            "memory_rss": memory.rss if memory else None,
-        }
+        return status_report.pool_status(
+            self.pool, self.sampler, self.book, self.generations.values(),
+            current=self.current, target=self.target, restarts=self.restarts, stopping=self.stopping,
+            certificates=self.certificate_status() if self.certificate_status else [],
+            autoscaler=self.autoscaler.status() if self.autoscaler else None,
+        )
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """Alive: this loop answers, and no serving worker's heartbeat is older than --timeout."""
-        now = time.monotonic()
-        stale = [
-            worker.slot
-            for worker in self.workers.values()
-            if worker.pid
-            and worker.state == "ready"
-            and policy.is_hung(now, self.scoreboard.read(worker.cell).heartbeat, self.settings.timeout)
-        ]
+        stale = status_report.stale_workers(self.pool, self.settings.timeout, time.monotonic())
         return not stale, {"stale_workers": stale}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
