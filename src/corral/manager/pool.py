@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 
 from corral.manager import policy
 from corral.manager.events import EventLog, stalled_frame, wait_channel
-from corral.manager.generation import Generation
+from corral.manager.generation import STACK_DUMP_WAIT, Generation
 from corral.options import Options
 from corral.process import DUMP_STACKS
 from corral.scoreboard import CELLS, CellState, Scoreboard
 
 log = logging.getLogger("corral")
-
-STACK_DUMP_WAIT = 1.0  # seconds between asking a process for its stacks and killing it
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """The manager's loop: gather facts (channel messages, scoreboard, process figures), ask the policy, act.
 
-It owns the generations (templates), the workers they fork, the slots the workers fill, and the
-decisions taken on them: replace the dead, kill the hung, recycle, scale, roll a reload, stop.
+It owns the generations (templates: start, promote, retire, replace a dead one), reads their channels, and
+drives the pieces that each own one job: the worker slots (`pool`), deaths and the crash-loop verdict
+(`crashes`, over the `restarts` book), recycling, scaling, reload requests (`reloads`) and `status_report`.
+Its public methods (run, scale, reload, status, stop, request_stop, liveness, readiness, reload_certificates,
+ready_workers) are what the rest of the manager calls.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from corral import channel
-from corral.errors import CorralError, ExitCode
+from corral.errors import ExitCode
 from corral.manager import policy, resources, scaling, status_report
+from corral.manager.crashes import Crashes, Fatal, describe_status_code
 from corral.manager.events import EventLog
 from corral.manager.generation import Generation, Phase, kill_orphans
-from corral.manager.pool import STACK_DUMP_WAIT, Pool, Worker, send_signal
+from corral.manager.pool import Pool, Worker
 from corral.manager.recycling import Recycler
+from corral.manager.reloads import Reloads
 from corral.manager.restarts import Restarts
 from corral.options import Options
-from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
+from corral.process import RELOAD_CERTIFICATES, describe_status
 from corral.scoreboard import MAX_WORKERS, Scoreboard
 from corral.text import plural
 from corral.worker.spec import TemplateSpec
@@ -34,12 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral")
 
 TICK = policy.TICK
-
-
-class Fatal(Exception):
-    def __init__(self, message: str, code: ExitCode) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Supervisor:
@@ -69,19 +68,19 @@ class Supervisor:
         self.events = EventLog()
         self.pool = Pool(settings, scoreboard, self.events)
         self.workers = self.pool.workers  # by scoreboard cell
+        self.crashes = Crashes(self.book, self.pool, self.events, settings)
         self.recycler = Recycler(self.pool, self.sampler, settings, self.events)
         self.on_ready: list[Callable[[], object]] = []
         self.on_status: list[Callable[[str], object]] = []
         self.on_worker_forked = self.pool.on_worker_forked  # before the template is asked to fork
         self.on_worker_gone = self.pool.on_worker_gone
-        self.reloads = {"done": 0, "refused": 0}
+        self.reloading = Reloads(settings, self.events, self._generation_for_reload)
+        self.reloads = self.reloading.counts  # done, refused
         self._wakeup = asyncio.Event()
         self._next_cpu_sample = 0.0
         self._stop_deadline: float | None = None
         self._announced = False
         self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
-        # Reloads whose pre-start steps run (--prestart-on-reload): their answer, and the task that holds it.
-        self._reloads_in_prestart: dict[asyncio.Future[int], asyncio.Task[None]] = {}
         self._generations_started = 0
         self.autoscaler: Autoscaler | None = None
 
@@ -109,7 +108,8 @@ class Supervisor:
     def _tick(self) -> None:
         now = time.monotonic()
         self._watch_templates()
-        self._watch_imports(now)
+        for generation in self.generations.values():
+            generation.watch_import(now, self.settings.startup_timeout)
         self.pool.watchdog(now)
         self._enforce_deadlines(now)
         if now >= self._next_cpu_sample:
@@ -138,37 +138,11 @@ class Supervisor:
 
     def reload(self) -> asyncio.Future[int]:
         """Start a rolling reload; the future ends with the new generation number or a RuntimeError."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if self.stopping:
-            future.set_exception(RuntimeError("corral is stopping"))
-        elif self.settings.prestart and self.settings.prestart_on_reload:
-            self._reloads_in_prestart[future] = asyncio.create_task(self._prestart_then_reload(future))
-        else:
-            self._begin_reload(future)
-        return future
+        return self.reloading.request(self.stopping)
 
-    async def _prestart_then_reload(self, future: asyncio.Future[int]) -> None:
-        from corral.prestart import run_prestart_for_reload
-
-        try:
-            await run_prestart_for_reload(self.settings)
-        except CorralError as exc:
-            if not future.done():
-                log.error("reload refused: %s", exc)
-                self.reloads["refused"] += 1
-                future.set_exception(RuntimeError(str(exc)))
-            return
-        finally:
-            self._reloads_in_prestart.pop(future, None)
-        if not future.done():  # stop() answers the reloads whose steps were still running
-            self._begin_reload(future)
-
-    def _begin_reload(self, future: asyncio.Future[int]) -> None:
+    def _generation_for_reload(self) -> Generation:
         pending = [g for g in self.generations.values() if g.phase in (Phase.LOADING, Phase.PROVING)]
-        generation = pending[0] if pending else self._start_generation()
-        generation.reload_waiters.append(future)
-        log.info("reload: generation %d is starting", generation.number)
-        self.events.record("reload", f"reload started: generation {generation.number}", generation=generation.number)
+        return pending[0] if pending else self._start_generation()
 
     def _on_readable(self, generation: Generation) -> None:
         while True:
@@ -225,22 +199,17 @@ class Supervisor:
         if not self.started:
             self.fatal_message = f"the app failed to start: {cause}"
             log.error("%s", self.fatal_message)  # the one line first, then the traceback, once
-            _log_traceback(generation)
+            generation.log_traceback()
             raise Fatal(self.fatal_message, ExitCode.APP_FAILED_TO_START)
         if self.current is None:  # its template died and no generation serves
             self.fatal_message = f"a new template cannot start after the last one died: {cause}"
             log.error("%s", self.fatal_message)
-            _log_traceback(generation)
+            generation.log_traceback()
             raise Fatal(self.fatal_message, ExitCode.CRASH_LOOP)
         log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
-        self.reloads["refused"] += 1
-        _log_traceback(generation)
-        self.events.record("reload", f"reload refused: generation {generation.number} failed to start: {cause}",
-                           generation=generation.number, outcome="refused", cause=cause)
+        generation.log_traceback()
+        self.reloading.refused(generation, cause)
         log.error("generation %d keeps serving", self.current.number if self.current else 0)
-        for waiter in generation.reload_waiters:
-            if not waiter.done():
-                waiter.set_exception(RuntimeError(f"the new code failed to start: {cause}"))
 
     def _promote(self, generation: Generation) -> None:
         previous = self.current
@@ -269,27 +238,10 @@ class Supervisor:
                 continue
             log.error("generation %d: %s; starting a new template", generation.number, cause)
             self.restarts += 1
-            self.book.template_died(time.monotonic())
-            self._check_crash_loop(time.monotonic(), f"the template {describe_status_code(code)}")
+            self.crashes.template_died(code)
             self.current = None
             replacement = self._start_generation()
             replacement.reload_waiters.extend(generation.reload_waiters)
-
-    def _watch_imports(self, now: float) -> None:
-        """A template whose import of the app overruns --startup-timeout logs its stack, then is killed: the
-        generation fails (exit 3 at start, a refused reload later) instead of waiting forever."""
-        for generation in self.generations.values():
-            if generation.phase is not Phase.LOADING or not generation.alive:
-                continue
-            if generation.kill_at is None and now - generation.started_at > self.settings.startup_timeout:
-                generation.boot_error = (
-                    f"importing the app took longer than --startup-timeout {self.settings.startup_timeout:g} s"
-                )
-                log.error("generation %d: %s; stack of the template:", generation.number, generation.boot_error)
-                send_signal(generation.process.pid, DUMP_STACKS)
-                generation.kill_at = now + STACK_DUMP_WAIT
-            elif generation.kill_at is not None and now >= generation.kill_at:
-                generation.kill()
 
     def _drop_generation(self, generation: Generation) -> None:
         del self.generations[generation.number]
@@ -303,25 +255,9 @@ class Supervisor:
             has_workers = any(w.generation == generation.number for w in self.workers.values())
             if (generation.phase in (Phase.RETIRING, Phase.FAILED) or self.stopping) and not has_workers:
                 generation.ask_to_exit()
-        self._finish_reloads()
-
-    def _finish_reloads(self) -> None:
         current = self.current
-        if current is None or not current.reload_waiters:
-            return
-        older = any(w.generation != current.number for w in self.workers.values())
-        ready = {w.slot for w in self.workers.values() if w.generation == current.number and w.state == "ready"}
-        if older or not all(slot in ready for slot in range(1, self.target + 1)):
-            return
-        for waiter in current.reload_waiters:
-            if not waiter.done():
-                waiter.set_result(current.number)
-        current.reload_waiters.clear()
-        self.reloads["done"] += 1
-        log.info("reload finished: generation %d serves with %d workers", current.number, self.target)
-        self.events.record("reload", f"reload finished: generation {current.number} serves",
-                           generation=current.number, outcome="finished")
-        self._report(f"{plural(self.target, 'worker')}, generation {current.number}")
+        if self.reloading.finish(current, self.workers.values(), self.target) and current is not None:
+            self._report(f"{plural(self.target, 'worker')}, generation {current.number}")
 
     # --- workers --------------------------------------------------------------------------------
 
@@ -352,40 +288,8 @@ class Supervisor:
             cause = f"the first worker was killed: {worker.fault}" if worker.fault else f"the first worker {what}"
             self._generation_failed(generation, generation.boot_error or cause)
             return
-        hint = ""
-        if killed_by(status) == signal.SIGKILL and worker.fault is None:
-            hint = " (SIGKILL usually comes from the kernel's out-of-memory killer: check `dmesg`)"
-        cause = f"killed because {worker.fault}" if worker.fault else what
-        log.warning("worker %d (pid %s) %s%s", worker.slot, worker.pid, cause, hint)
-        now = time.monotonic()
-        ready_for = None if worker.ready_at is None else now - worker.ready_at
-        verdict = self.book.worker_died(worker.slot, ready_for, answered, now)
         self.restarts += 1
-        fields = {"worker": worker.slot, "pid": worker.pid, "cause": cause, "ready_for": ready_for,
-                  "requests": answered}
-        if verdict.crash:
-            self.events.record("crash", f"worker {worker.slot} {cause}; replaced at once", **fields)
-            return
-        self.events.record("crash", f"worker {worker.slot} {cause} before proving itself", failed_start=True, **fields)
-        if verdict.delay > 0:
-            log.warning("worker %d: %d failed starts in a row; next start in %.1f s", worker.slot, verdict.failures,
-                        verdict.delay)
-            self.events.record("backoff", f"worker {worker.slot} waits {verdict.delay:.1f} s", worker=worker.slot,
-                               seconds=verdict.delay, failures=verdict.failures)
-        self._check_crash_loop(now, f"worker {worker.slot} {cause}")
-
-    def _check_crash_loop(self, now: float, last: str) -> None:
-        """Exit 4 once more than --crash-limit starts failed in --crash-window with no worker proving itself."""
-        ready = [w for w in self.workers.values() if w.ready_at and w.state == "ready"]
-        self.book.saw_ready([(w.ready_at or now, self.pool.answered(w)) for w in ready], now)
-        if self.book.crash_loop(now):
-            raise Fatal(
-                f"crash loop: {self.book.recent_failed_starts(now)} workers failed to start within "
-                f"{self.settings.crash_window:g} s and none answered a request or stayed ready "
-                f"{self.book.backoff.proving_time:g} s "
-                f"(--crash-limit {self.settings.crash_limit}; last: {last}); stopping",
-                ExitCode.CRASH_LOOP,
-            )
+        self.crashes.worker_died(worker, status, what, answered)
 
     def _enforce_deadlines(self, now: float) -> None:
         self.pool.enforce_deadlines(now)
@@ -449,13 +353,7 @@ class Supervisor:
         if self.exit_code is None:
             self.exit_code = code
         self.events.record("stop", "stopping" + ("" if graceful else " now"), code=int(code))
-        waiting = [*self._reloads_in_prestart]
-        for generation in self.generations.values():
-            waiting += generation.reload_waiters
-            generation.reload_waiters.clear()
-        for waiter in waiting:  # a waiting `corral reload` gets its answer now
-            if not waiter.done():
-                waiter.set_exception(RuntimeError("corral is stopping"))
+        self.reloading.answer_stopping(self.generations.values())
         if not self.draining_instance:  # request_stop() has told already
             self._report("stopping")
         if not graceful:
@@ -527,20 +425,4 @@ class Supervisor:
 
     def ready_workers(self) -> int:
         return self.pool.ready_workers()
-
-
-def describe_status_code(code: int) -> str:
-    """Popen.returncode in words (negative: killed by that signal)."""
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def _log_traceback(generation: Generation) -> None:
-    if generation.boot_traceback:
-        log.error("traceback of the failed start:\n%s", generation.boot_traceback.rstrip())
-        generation.boot_traceback = ""
 
