@@ -194,7 +194,7 @@ class Supervisor:
         """A generation that cannot get one worker ready: fatal at start, refused on reload."""
         generation.phase = Phase.FAILED
         generation.kill()
-        for worker in [w for w in self.workers.values() if w.generation == generation.number]:
+        for worker in self.pool.of_generation(generation.number):
             self.pool.forget(worker)
         if not self.started:
             self.fatal_message = f"the app failed to start: {cause}"
@@ -247,12 +247,12 @@ class Supervisor:
         del self.generations[generation.number]
         asyncio.get_running_loop().remove_reader(generation.channel)
         generation.channel.close()
-        for worker in [w for w in self.workers.values() if w.generation == generation.number]:
+        for worker in self.pool.of_generation(generation.number):
             self.pool.forget(worker)
 
     def _retire_generations(self) -> None:
         for generation in list(self.generations.values()):
-            has_workers = any(w.generation == generation.number for w in self.workers.values())
+            has_workers = bool(self.pool.of_generation(generation.number))
             if (generation.phase in (Phase.RETIRING, Phase.FAILED) or self.stopping) and not has_workers:
                 generation.ask_to_exit()
         current = self.current
