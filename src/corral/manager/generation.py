@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import os
 import signal
 import socket
@@ -16,8 +17,13 @@ from dataclasses import dataclass, field
 from corral import channel
 from corral.envfile import app_environment, check_exec_size
 from corral.errors import ConfigError, CorralError, ExitCode
-from corral.process import TREE_VAR, become_subreaper, kill_adopted
+from corral.process import DUMP_STACKS, TREE_VAR, become_subreaper, kill_adopted
 from corral.worker.spec import ENV_VAR, TemplateSpec
+
+log = logging.getLogger("corral")
+
+# Seconds between asking a process for its stacks and killing it: a loaded host may take a while to write them.
+STACK_DUMP_WAIT = 3.0
 
 
 class LaunchError(CorralError):
@@ -103,6 +109,26 @@ class Generation:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def watch_import(self, now: float, startup_timeout: float) -> None:
+        """A template whose import of the app overruns --startup-timeout logs its stack, then is killed: the
+        generation fails (exit 3 at start, a refused reload later) instead of waiting forever."""
+        if self.phase is not Phase.LOADING or not self.alive:
+            return
+        if self.kill_at is None and now - self.started_at > startup_timeout:
+            self.boot_error = f"importing the app took longer than --startup-timeout {startup_timeout:g} s"
+            log.error("generation %d: %s; stack of the template:", self.number, self.boot_error)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, DUMP_STACKS)
+            self.kill_at = now + STACK_DUMP_WAIT
+        elif self.kill_at is not None and now >= self.kill_at:
+            self.kill()
+
+    def log_traceback(self) -> None:
+        """The full traceback of the failed start, once, after its one-line cause."""
+        if self.boot_traceback:
+            log.error("traceback of the failed start:\n%s", self.boot_traceback.rstrip())
+            self.boot_traceback = ""
 
 
 _sessions: set[int] = set()  # every template leads a session: its workers and their children are in it

@@ -34,7 +34,8 @@ from corral.manager.admin import Request, Response, Route
 from corral.metrics_shm import BOUNDS, STATUS_CLASSES, Figures, RequestFigures, quantile
 
 if TYPE_CHECKING:
-    from corral.manager.supervisor import Supervisor, Worker
+    from corral.manager.pool import Worker
+    from corral.manager.supervisor import Supervisor
 
 log = logging.getLogger("corral")
 
