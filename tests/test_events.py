@@ -201,8 +201,10 @@ def test_scale_reload_refusal_stop_and_follow(corrals: list[Corral], tmp_path: P
     seqs = [e["seq"] for e in followed]
     assert seqs == sorted(set(seqs)) and seqs[0] == 1  # in order, each once, from the latest one on
     assert {"scale", "start", "reload", "exit", "stop"} <= {e["kind"] for e in followed}
-    # when the instance has gone, the follower ends with one line and exit code 7
-    assert follower.returncode == 7
+    # the instance stopped as asked: the follower prints its final event and ends with exit code 0
+    assert followed[-1]["kind"] == "stopped" and followed[-1]["code"] == 0
+    assert followed[-1]["message"].startswith("stopped after ")
+    assert follower.returncode == 0
 
 
 def test_certificate_reload_is_an_event(corrals: list[Corral], tmp_path: Path) -> None:

@@ -346,7 +346,10 @@ def events_command(
         else:
             console.print(event_line(event))
 
-    follow_events(lambda message: _ask_path(path, message), limit, follow, emit)
+    from corral.control_client import stream
+
+    follow_events(lambda message: _ask_path(path, message), lambda message: stream(path, message), limit, follow,
+                  emit)
 
 
 @app.command("top")

@@ -17,7 +17,7 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rich.console import Console, Group
@@ -25,13 +25,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from corral.errors import CorralError
+from corral.errors import CorralError, ExitCode
 from corral.manager.policy import format_bytes
 from corral.status_view import _uptime
 
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
+Stream = Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
 EVENT_STYLE = {"crash": "red", "hang": "red", "backoff": "red", "recycle": "yellow", "reload": "cyan",
-               "scale": "cyan", "autoscale": "cyan", "certificate": "blue", "stop": "magenta"}
+               "scale": "cyan", "autoscale": "cyan", "certificate": "blue", "stop": "magenta", "stopped": "magenta"}
 KEYS = "r reload · + add a worker · - remove a worker · q quit"
 
 
@@ -196,18 +197,20 @@ def run_top(ask: Ask, interval: float = 1.0, console: Console | None = None) -> 
                 break  # redraw at once to show the action's notice
 
 
-def follow_events(ask: Ask, limit: int, follow: bool, emit: Callable[[dict[str, Any]], None],
-                  interval: float = 0.5) -> None:
-    """Print the latest `limit` events; with `follow`, keep printing new ones as they come (polls with since)."""
-    answer = ask({"cmd": "events", "since": 0, "limit": limit})
-    seq = 0
-    for event in answer["events"]:
-        emit(event)
-        seq = int(event["seq"])
-    seq = max(seq, int(answer.get("last_seq", seq)))
-    while follow:
-        time.sleep(interval)
-        answer = ask({"cmd": "events", "since": seq, "limit": 500})
+def follow_events(ask: Ask, stream: Stream, limit: int, follow: bool, emit: Callable[[dict[str, Any]], None]
+                  ) -> None:
+    """Print the latest `limit` events; with `follow`, keep printing new ones as the instance records them, on one
+    connection, until its final event (`stopped`). An instance that vanishes before it (killed) is exit 7."""
+    message: dict[str, Any] = {"cmd": "events", "since": 0, "limit": limit}
+    if not follow:
+        for event in ask(message)["events"]:
+            emit(event)
+        return
+    for answer in stream({**message, "follow": True}):
+        if not answer.get("ok"):
+            raise CorralError(str(answer.get("error", "the request failed")))
         for event in answer["events"]:
             emit(event)
-            seq = int(event["seq"])
+        if answer.get("end"):
+            return
+    raise CorralError("the corral instance went away before its final event (was it killed?)", ExitCode.NOT_RUNNING)
