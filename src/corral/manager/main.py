@@ -28,7 +28,7 @@ from corral.manager.startup import Startup
 from corral.manager.supervisor import Supervisor
 from corral.metrics_shm import RequestFigures
 from corral.options import Options
-from corral.process import release_free_memory
+from corral.process import MANAGER_SIGNALS, release_free_memory
 from corral.scoreboard import Scoreboard
 from corral.text import plural
 from corral.tls.plan import http_binds, https_enabled
@@ -118,6 +118,9 @@ async def _run(
     loop.add_signal_handler(signal.SIGHUP, startup.on_signal_reload)
     for signum in (signal.SIGTTIN, signal.SIGTTOU):
         loop.add_signal_handler(signum, startup.on_signal_scale)
+    # Blocked since `corral run` exec'd the manager (entry.py): one that came meanwhile is handled now. Before any
+    # thread or child exists, as they would inherit the mask.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MANAGER_SIGNALS)
     try:
         code: int = ExitCode.OK
         if await startup.run_prestart():
