@@ -25,7 +25,7 @@ def _uptime(started_at: float) -> str:
 
 def print_status(status: dict[str, Any], console: Console) -> None:
     if "prestart" in status:  # before the first workers
-        console.print(startup_line(status), highlight=False)
+        console.print(startup_line(status), highlight=False, soft_wrap=True)
         return
     table = Table(
         title=(
