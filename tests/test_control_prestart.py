@@ -4,12 +4,14 @@ stop (the final log line, the final event, exit code 0)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +92,7 @@ def test_status_reload_and_stop_answer_while_a_step_runs(corrals: list[Corral], 
     step = first["prestart"]
     assert (step["step"], step["steps"], step["waiting_for"]) == (1, 1, None)
     assert step["command"].endswith("step-pids") and step["seconds"] >= 0
-    wait_for(lambda: status_json(corral)["prestart"]["seconds"] >= step["seconds"] + 1, DEADLINE,
+    wait_for(lambda: corral.status()["prestart"]["seconds"] >= step["seconds"] + 1, DEADLINE,
              "the step's running time to grow")
 
     table = run_cli("status", "--control", str(corral.control))
@@ -129,7 +131,7 @@ def test_sigterm_during_a_step_ends_like_a_stop(corrals: list[Corral], tmp_path:
     corrals.append(corral)
     wait_for(lambda: "prestart[1]: running:" in corral.log, DEADLINE, "the log to show the step running")
     events = follower(corral)
-    wait_for(lambda: status_json(corral)["phase"] == "prestart", DEADLINE, "the status of the step")
+    wait_for(lambda: corral.status()["phase"] == "prestart", DEADLINE, "the status of the step")
     corral.signal(signal.SIGTERM)
     assert corral.wait_exit(DEADLINE) == 0, corral.log
     assert "stopped after" in last_line(corral) and last_line(corral).endswith("exit code 0")
@@ -196,3 +198,24 @@ def test_a_steps_signals_are_not_blocked(corrals: list[Corral], tmp_path: Path) 
         assert not int(blocked.split()[1], 16) & term, (pid, blocked)
     os.kill(step_pid, signal.SIGTERM)  # the step ends (a failure): the start stops with exit code 6
     assert corral.wait_exit(DEADLINE) == 6, corral.log
+
+
+def test_a_stop_while_another_instance_holds_the_lock(corrals: list[Corral], tmp_path: Path) -> None:
+    """The status says what the steps wait for; a stop does not wait for the lock."""
+    write_app(tmp_path, LIFESPAN_APP)
+    lock = tmp_path / "prestart.lock"
+    with lock.open("w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another instance runs its steps
+        corral = Corral(tmp_path, "app:app", "--prestart", f"touch {tmp_path / 'ran'}", "--prestart-lock",
+                        f"file:{lock}")
+        corrals.append(corral)
+        waiting = wait_for(lambda: corral.status()["prestart"]["waiting_for"], DEADLINE, "the wait for the lock")
+        assert waiting == f"lock file {lock}"
+        table = run_cli("status", "--control", str(corral.control)).stdout
+        assert "waiting for" in table and "(another instance holds it)" in table
+        began = time.monotonic()
+        corral.signal(signal.SIGTERM)
+        assert corral.wait_exit(DEADLINE) == 0, corral.log
+        assert time.monotonic() - began < 5, "the stop waited for the lock"
+        assert "stopped after" in last_line(corral) and last_line(corral).endswith("exit code 0")
+    assert not (tmp_path / "ran").exists()

@@ -27,7 +27,7 @@ from rich.text import Text
 
 from corral.errors import CorralError, ExitCode
 from corral.manager.policy import format_bytes
-from corral.status_view import _uptime
+from corral.status_view import _uptime, startup_line
 
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
 Stream = Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
@@ -120,6 +120,8 @@ def render(status: dict[str, Any], events: list[dict[str, Any]], rates: Rates, m
         used, budget = int(pool.get("memory_used") or 0), int(pool["memory_budget"])
         share = 100 * used / budget if budget else 0
         totals.append(f" · memory {format_bytes(used)} of {format_bytes(budget)} budget ({share:.0f}%)")
+    if "prestart" in status:  # before the first workers: what the instance is doing instead
+        totals = Text(startup_line(status), style="yellow")
     latest = Table.grid()
     for event in events[-8:]:
         latest.add_row(event_line(event))

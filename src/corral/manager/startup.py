@@ -72,8 +72,8 @@ class Startup:
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait([steps, stop], return_when=asyncio.FIRST_COMPLETED)
-            if not steps.done():  # stopped: the step is being killed; its guard and output end within moments
-                await asyncio.wait({steps}, timeout=STEP_END_GRACE)
+            if not steps.done() and self.progress.snapshot()["waiting_for"] is None:
+                await asyncio.wait({steps}, timeout=STEP_END_GRACE)  # a killed step's guard and output end soon
         finally:
             stop.cancel()
         if not steps.done():
