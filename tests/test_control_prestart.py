@@ -219,3 +219,21 @@ def test_a_stop_while_another_instance_holds_the_lock(corrals: list[Corral], tmp
         assert time.monotonic() - began < 5, "the stop waited for the lock"
         assert "stopped after" in last_line(corral) and last_line(corral).endswith("exit code 0")
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_failed_step_is_the_final_event(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, LIFESPAN_APP)
+    go = tmp_path / "go"
+    corral = Corral(tmp_path, "app:app", "--prestart", f"while [ ! -e {go} ]; do sleep 0.1; done; exit 3")
+    corrals.append(corral)
+    wait_for(lambda: corral.status()["phase"] == "prestart", DEADLINE, "the status of the step")
+    events = follower(corral)
+    assert events.stdout is not None
+    assert json.loads(events.stdout.readline())["kind"] == "prestart"  # connected
+    go.touch()
+    assert corral.wait_exit(DEADLINE) == 6, corral.log
+    assert last_line(corral).startswith("corral: pre-start step 1 failed with exit code 3")
+    code, seen, err = followed(events)
+    assert code == 0, err
+    assert seen[-1]["kind"] == "stopped" and seen[-1]["code"] == 6
+    assert seen[-1]["message"].startswith("not started: pre-start step 1 failed with exit code 3")

@@ -133,7 +133,7 @@ async def _run(
             code = await _serve(settings, target, listeners, plain, admin, control_path, state_dir, notifier,
                                 startup, handlers)
     except CorralError as exc:
-        events.record(FINAL, f"{exc} (exit code {int(exc.exit_code)})", code=int(exc.exit_code))
+        events.record(FINAL, f"not started: {exc}; exit code {int(exc.exit_code)}", code=int(exc.exit_code))
         raise
     else:
         message = f"stopped after {_duration(time.monotonic() - started)}, exit code {code}"
@@ -248,6 +248,8 @@ async def _serve(
     if startup.stopping:  # a stop came while the certificates were prepared: nothing was started
         figures.close()
         scoreboard.close()
+        if app_metrics:
+            app_metrics.remove()
         return ExitCode.OK
 
     loop = asyncio.get_running_loop()
