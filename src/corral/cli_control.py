@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,6 +77,7 @@ def events_command(control: str | None, name: str | None, follow: bool, json_out
     """Print what happened to the pool: starts, exits and their cause, hangs, recycles, reloads, scaling."""
     if not 1 <= limit <= 500:
         raise ConfigError(f"--limit must be from 1 to 500 events, got {limit}")
+    from corral.control_client import stream
     from corral.top_view import event_line, follow_events
 
     path = control_path(control, name)
@@ -84,13 +85,16 @@ def events_command(control: str | None, name: str | None, follow: bool, json_out
     def ask(message: dict[str, Any]) -> dict[str, Any]:
         return _ask_path(path, message)
 
+    def follow_stream(message: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        return stream(path, message)
+
     if json_output:
-        follow_events(ask, limit, follow, lambda event: print(json.dumps(event), flush=True))
+        follow_events(ask, follow_stream, limit, follow, lambda event: print(json.dumps(event), flush=True))
         return
     from rich.console import Console  # only to draw: --json needs none of it
 
     console = Console(highlight=False, soft_wrap=True)
-    follow_events(ask, limit, follow, lambda event: console.print(event_line(event)))
+    follow_events(ask, follow_stream, limit, follow, lambda event: console.print(event_line(event)))
 
 
 def top_command(control: str | None, name: str | None, interval: float) -> None:

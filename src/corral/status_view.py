@@ -24,6 +24,9 @@ def _uptime(started_at: float) -> str:
 
 
 def print_status(status: dict[str, Any], console: Console) -> None:
+    if "prestart" in status:  # before the first workers
+        console.print(startup_line(status), highlight=False, soft_wrap=True)
+        return
     from rich.table import Table
 
     table = Table(
@@ -71,6 +74,21 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         )
     if status.get("autoscaler"):
         console.print(autoscaler_line(status["autoscaler"]), highlight=False)
+
+
+def startup_line(status: dict[str, Any]) -> str:
+    """`manager pid 42 · pre-start step 1 of 2 running for 12s: alembic upgrade head · 2 workers wanted`."""
+    step = status.get("prestart") or {}
+    since = _uptime(time.time() - float(step.get("seconds") or 0))
+    if status.get("phase") == "stopping":
+        doing = "stopping before serving"
+    elif step.get("waiting_for"):
+        doing = f"pre-start steps waiting for {since} for the {step['waiting_for']} (another instance holds it)"
+    elif step.get("step"):
+        doing = f"pre-start step {step['step']} of {step['steps']} running for {since}: {step['command']}"
+    else:
+        doing = "starting"
+    return f"manager pid {status['manager_pid']} · {doing} · {plural(status['target_workers'], 'worker')} wanted"
 
 
 def autoscaler_line(scaler: dict[str, Any]) -> str:

@@ -49,6 +49,7 @@ class Supervisor:
         scoreboard: Scoreboard,
         target_workers: int,
         explicit_workers: bool,
+        events: EventLog,
     ) -> None:
         self.settings = settings
         self.spec = spec
@@ -65,7 +66,7 @@ class Supervisor:
         self.exit_code: ExitCode | None = None
         self.fatal_message: str | None = None
         self.sampler = resources.ProcessSampler()
-        self.events = EventLog()
+        self.events = events
         self.pool = Pool(settings, scoreboard, self.events)
         self.workers = self.pool.workers  # by scoreboard cell
         self.crashes = Crashes(self.book, self.pool, self.events, settings)
