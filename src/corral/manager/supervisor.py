@@ -26,6 +26,7 @@ from corral.manager.restarts import Restarts, Slot
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, describe_status, killed_by
 from corral.scoreboard import CELLS, MAX_WORKERS, CellState, Scoreboard
+from corral.shed_orders import ShedOrders
 from corral.text import plural
 from corral.worker.spec import TemplateSpec
 
@@ -104,6 +105,7 @@ class Supervisor:
         self._reloads_in_prestart: dict[asyncio.Future[int], asyncio.Task[None]] = {}
         self._generations_started = 0
         self.autoscaler: Autoscaler | None = None
+        self.shed_orders = ShedOrders.create(scoreboard.fd) if settings.autoscale else None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -140,10 +142,30 @@ class Supervisor:
             if self.settings.max_memory:
                 self._measure_memory()
             self._recycle()
-            if self.autoscaler is not None and self.started:
-                self.autoscaler.tick(now)
+            if self.autoscaler is not None and self.started and self.autoscaler.due(now):
+                self._autoscale(self.autoscaler, now)
             self._reconcile(now)
         self._retire_generations()
+
+    def _autoscale(self, autoscaler: Autoscaler, now: float) -> None:
+        """The autoscaler decides from the pool's facts; here its decision is carried out: a resize, and orders
+        to workers to let some keep-alive clients go (in shared memory, read with their heartbeat)."""
+        from corral.manager.autoscaler import pool_facts  # imported with --autoscale only
+
+        facts = pool_facts(now, self.target, self.workers.values(), self.scoreboard, self.generations.values(),
+                           self.current)
+        decision = autoscaler.decide(facts)
+        if decision.target != self.target:
+            previous = self.target
+            try:
+                self.scale(decision.target, by_autoscaler=True)
+            except ValueError as exc:  # the memory check here disagreed: hold
+                autoscaler.resized(now, previous, refused=str(exc))
+            else:
+                autoscaler.resized(now, previous)
+        if self.shed_orders is not None:
+            for order in decision.shed:
+                self.shed_orders.order(order.cell, order.count)
 
     # --- generations ----------------------------------------------------------------------------
 
