@@ -63,12 +63,13 @@ def shed_plan(looks: Mapping[int, Sequence[Look]], now: float, last_order: float
         excess = math.floor(connections[cell] - fair)
         if excess < 1 or seen[-1].at - seen[0].at < WINDOW * 0.7:
             continue
+        lowest = min(look.busy for look in seen)  # "stays": in every look of the window
         others = [other for other in recent if other != cell]
         others_busy = sum(busy[other] for other in others) / len(others)
         others_connections = sum(connections[other] for other in others) / len(others)
-        if busy[cell] - others_busy >= SPREAD:
+        if lowest - others_busy >= SPREAD:
             reason = f"{busy[cell] * 100:.0f} % busy, the others {others_busy * 100:.0f} %"
-        elif busy[cell] >= SATURATED and excess >= 2 and connections[cell] >= CROWDED * others_connections:
+        elif lowest >= SATURATED and excess >= 2 and connections[cell] >= CROWDED * others_connections:
             reason = (f"{busy[cell] * 100:.0f} % busy with {connections[cell]} connections, the others "
                       f"{others_connections:.0f} on average")
         else:
