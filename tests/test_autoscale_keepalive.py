@@ -126,6 +126,8 @@ def test_keep_alive_clients_of_a_cpu_bound_endpoint_spread_when_the_pool_grows(
     assert "keep-alive connections go" in corral.log, corral.log
     shed = corral.status()["autoscaler"]["shed"]
     assert shed["orders"] >= 1, shed
+    table = run_cli("status", "--control", str(corral.control))
+    assert "keep-alive connections go" in table.stdout, table.stdout
     assert corral.process.poll() is None
 
 
