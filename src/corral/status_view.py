@@ -109,6 +109,11 @@ def autoscaler_line(scaler: dict[str, Any]) -> str:
     if last:
         when = time.strftime("%H:%M:%S", time.localtime(last["time"]))
         lines += f"\nlast change at {when}: {last['action']} {last['from']} → {last['to']}: {last['reason']}"
+    shed = (scaler.get("shed") or {}).get("last")
+    if shed:
+        when = time.strftime("%H:%M:%S", time.localtime(shed["time"]))
+        lines += (f"\nlast spread at {when}: worker {shed['worker']} let {shed['count']} of its {shed['connections']} "
+                  f"keep-alive connections go ({shed['reason']})")
     return lines
 
 

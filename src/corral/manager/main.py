@@ -224,7 +224,7 @@ async def _serve(
     if settings.autoscale:
         from corral.manager.autoscaler import Autoscaler
 
-        supervisor.autoscaler = Autoscaler(supervisor, autoscale_limits(settings))
+        supervisor.autoscaler = Autoscaler(autoscale_limits(settings), spec.listeners, supervisor.events, count)
     pool_metrics = PoolMetrics(supervisor, figures, [sock for sock, _ in listeners], app_metrics)
     supervisor.on_ready.append(
         lambda: _banner(
