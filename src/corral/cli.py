@@ -397,7 +397,7 @@ def reload_command(
 ) -> None:
     """Roll out the current code: new workers first, then the old ones drain. Waits until done."""
     if not 0 < timeout <= 86400:
-        raise ConfigError(f"--timeout must be from 0 to 86,400 seconds, got {timeout:g}")
+        raise ConfigError(f"--timeout must be more than 0 and at most 86,400 seconds, got {timeout:g}")
     print(_ask(control, name, {"cmd": "reload"}, timeout=timeout)["message"])
 
 
