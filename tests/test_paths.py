@@ -311,3 +311,28 @@ def test_runtime_dir_modes(tmp_path: Path, mode: int, accepted: bool) -> None:
                                       "write in it (0700 is expected); remove it, or give --control PATH")
     check_private_dir(tmp_path / "new", create=True)
     assert stat.S_IMODE(os.lstat(tmp_path / "new").st_mode) == 0o700
+
+
+@ROOT_ONLY
+def test_a_client_refuses_a_control_socket_served_by_another_user(shared_dir: Path) -> None:
+    """The same-user check (SO_PEERCRED) from a client that is not root: a socket another user (`daemon`) listens
+    on, open to all, is refused in one line, and the command is never sent to it."""
+    other = pwd.getpwnam("daemon").pw_uid
+    path = shared_dir / "other.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        path.chmod(0o777)
+        os.seteuid(other)  # the kernel records the listening process's credentials at listen()
+        try:
+            listener.listen()
+        finally:
+            os.seteuid(0)
+        result = as_nobody(shared_dir, "status", "--control", str(path))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (f"corral: the control socket {path} belongs to a process of uid {other}, not yours; "
+                                 "refusing it\n"), result.stderr
+        listener.settimeout(10)
+        connection, _ = listener.accept()  # the client connected, checked, and closed without a word
+        with connection:
+            connection.settimeout(10)
+            assert connection.recv(1024) == b""
