@@ -92,3 +92,4 @@ def test_admin_port_in_use_is_one_line(tmp_path: Path) -> None:
                          "--control", str(tmp_path / "c.sock"), cwd=tmp_path)
     assert result.returncode == 5
     assert len(result.stderr.strip().splitlines()) == 1
+    assert "address already in use" in result.stderr and str(port) in result.stderr, result.stderr
