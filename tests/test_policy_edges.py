@@ -1,0 +1,95 @@
+"""Edges the mutation run found untested (policy, paths, redact): each assertion here failed on a mutant that
+the other unit tests let through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.errors import ConfigError
+from corral.manager import policy
+from corral.paths import check_private_dir
+from corral.redact import has_password, redact_arguments, redact_values
+
+MIB, GIB = policy.MIB, policy.GIB
+
+
+def test_start_despite_backoff_with_one_waiting_slot() -> None:
+    assert policy.start_despite_backoff(0, 1)  # the only slot waits and nothing serves: start it now
+    assert not policy.start_despite_backoff(1, 1)
+    assert not policy.start_despite_backoff(0, 0)
+
+
+def test_parse_scale_edges() -> None:
+    assert policy.parse_scale("1", 4) == 1  # one worker is allowed
+    assert policy.parse_scale("-3", 4) == 1
+    assert policy.parse_scale(" +2 ", 4) == 6
+    for text in ("-4", "0", "X2", "+", "2x", "--1"):
+        with pytest.raises(ValueError):
+            policy.parse_scale(text, 4)
+
+
+def test_parse_range_edges() -> None:
+    assert policy.parse_range(" 2 : 8 ", "MIN:MAX") == (2, 8)
+    for text in ("1:2:3", "a:8", "2:b", "28", ":"):
+        with pytest.raises(ValueError) as refused:
+            policy.parse_range(text, "MIN:MAX")
+        assert str(refused.value) == f"expected MIN:MAX, got {text!r}"
+    with pytest.raises(ValueError, match="expected LOW:HIGH, got '50'"):
+        policy.parse_autoscale("1:4", "50", 30.0)
+    with pytest.raises(ValueError, match="expected MIN:MAX, got '4'"):
+        policy.parse_autoscale("4", "50:90", 30.0)
+
+
+def test_plan_memory_explicit_refusal_and_per_worker_division() -> None:
+    refused = policy.plan_memory(4, True, 100 * MIB, 50 * MIB, 300 * MIB)
+    assert refused.fits is False and refused.workers == 4 and "> 270 MiB available" in refused.explanation
+    # auto: (budget - shared) // private; a private size of 1 byte must not be read as 2
+    lowered = policy.plan_memory(10**9, False, 1, 0, 1000, margin=0.0)
+    assert lowered.workers == 1000 and lowered.fits
+
+
+def test_memory_ceiling_when_the_maximum_just_fits() -> None:
+    limits = policy.AutoscaleLimits(1, 4, 0.5, 0.9)
+    exactly = policy.MemoryFigures(private_per_worker=100 * MIB, shared=0, available=400 * MIB)  # 360 budget: 3
+    assert policy.memory_ceiling(limits, exactly)[0] == 3
+    roomy = policy.MemoryFigures(private_per_worker=90 * MIB, shared=0, available=400 * MIB)  # 4 x 90 = 360
+    assert policy.memory_ceiling(limits, roomy) == (4, None)
+
+
+def test_format_bytes_boundaries() -> None:
+    assert policy.format_bytes(MIB) == "1 MiB"
+    assert policy.format_bytes(MIB - 1) == "1024 KiB"
+    assert policy.format_bytes(GIB) == "1.0 GiB"
+
+
+def test_a_secret_option_given_with_equals_is_masked_whole() -> None:
+    assert redact_arguments(["--admin-token=tok=en"]) == ["--admin-token=***"]
+
+
+def test_redact_values_and_has_password() -> None:
+    shown = redact_values({
+        "admin_token": "t0k", "prestart_lock": "postgresql://u:pw@h/d", "env_file": ["a.env", "redis://:pw@r/0"],
+        "workers": 3, "name": "api",
+    })  # fmt: skip
+    assert shown == {
+        "admin_token": "***", "prestart_lock": "postgresql://u:***@h/d", "env_file": ["a.env", "redis://:***@r/0"],
+        "workers": 3, "name": "api",
+    }  # fmt: skip
+    assert redact_values({"admin_token": None}) == {"admin_token": None}  # nothing to hide
+    assert has_password("postgresql://u:pw@h/d") and not has_password("postgresql://u@h/d")
+    assert not has_password("postgresql://u:@h/d") and not has_password("no url")
+
+
+def test_runtime_dir_refusals_say_why(tmp_path: Path) -> None:
+    file = tmp_path / "runtime"
+    file.write_text("")
+    with pytest.raises(ConfigError) as refused:
+        check_private_dir(file, create=False)
+    assert str(refused.value) == (f"refusing the runtime directory {file}: it is not a directory; remove it, or give "
+                                  "--control PATH")
+    under_a_file = file / "corral"
+    with pytest.raises(ConfigError) as refused:
+        check_private_dir(under_a_file, create=True)
+    assert str(refused.value) == f"cannot create the runtime directory {under_a_file}: Not a directory"
