@@ -32,6 +32,7 @@ def test_systemd_quote_escapes_specifiers_variables_and_spaces() -> None:
 
 def test_systemd_unit_name() -> None:
     assert systemd.unit_name(settings_from({"name": "api-1.blue_x"})) == "api-1.blue_x"
+    assert systemd.unit_name(settings_from({"name": "Api"})) == "Api"  # capitals are fine in a unit name
     for bad in (".hidden",):
         with pytest.raises(ConfigError, match="cannot name a systemd unit"):
             systemd.unit_name(settings_from({}).model_copy(update={"name": bad}))
@@ -43,6 +44,7 @@ def test_kubernetes_pod_workers() -> None:
     assert kubernetes.pod_workers(settings_from({"workers": 2, "autoscale": "2:6"})) == 6  # sized for the most
     assert kubernetes.pod_start_workers(settings_from({"workers": 2, "autoscale": "2:6"})) == 2
     assert kubernetes.pod_start_workers(settings_from({"workers": 3})) == 3
+    assert kubernetes.pod_start_workers(settings_from({})) == 1  # auto without --autoscale: one, not "auto"
 
 
 def test_kubernetes_hpa_target_stays_inside_the_in_pod_band() -> None:
@@ -64,8 +66,10 @@ def test_kubernetes_release_id() -> None:
     digest = "sha256:" + "ab" * 32
     assert kubernetes.release_id(settings_from({}), f"registry.example/app@{digest}") == "ab" * 6
     for image in ("registry.example/app:latest", "registry.example:5000/app", "app"):
-        with pytest.raises(ConfigError, match="give --release ID"):
+        with pytest.raises(ConfigError) as refused:
             kubernetes.release_id(settings_from({}), image)
+        assert str(refused.value) == ("the pre-start Job is named per release: give --release ID, or an --image "
+                                      "tagged other than latest")
 
 
 def test_kubernetes_job_name_is_a_dns_label_unique_per_release() -> None:
@@ -76,6 +80,8 @@ def test_kubernetes_job_name_is_a_dns_label_unique_per_release() -> None:
     assert long_a.startswith("api-prestart-aaaa") and long_a[-9] == "-"
     exact = "x" * (63 - len("api-prestart-"))
     assert kubernetes.job_name("api", exact) == f"api-prestart-{exact}"  # 63: kept whole
+    cut = kubernetes.job_name("api", exact + "y")  # 64: cut, with the hash
+    assert len(cut) <= 63 and cut != f"api-prestart-{exact}y"[:63]
 
 
 def test_docker_stop_timeout_and_health_command() -> None:
