@@ -93,3 +93,21 @@ def test_runtime_dir_refusals_say_why(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         check_private_dir(under_a_file, create=True)
     assert str(refused.value) == f"cannot create the runtime directory {under_a_file}: Not a directory"
+
+
+def test_parse_scale_says_what_it_expects() -> None:
+    with pytest.raises(ValueError) as refused:
+        policy.parse_scale("X2", 4)
+    assert str(refused.value) == "expected N, +K or -K, got 'X2'"
+
+
+def test_parse_autoscale_keeps_the_cooldown_and_paces_growth_from_it() -> None:
+    assert policy.parse_autoscale("1:4", "50:90", 30.0) == policy.AutoscaleLimits(1, 4, 0.5, 0.9, 30.0, 2.0)
+    assert policy.parse_autoscale("1:4", "50:90", 4.0).grow_after == 1.0
+    assert policy.parse_autoscale("1:4", "50:90", 1.0).grow_after == 0.5
+
+
+def test_utilisation_of_nothing_and_the_cpu_phrase() -> None:
+    assert policy.utilisation([]) == 0.0
+    assert policy.cpu_phrase(0.5, 1) == "50 % of 1 CPU"
+    assert policy.cpu_phrase(0.25, 2) == "25 % of 2 CPUs"
