@@ -111,3 +111,36 @@ def test_utilisation_of_nothing_and_the_cpu_phrase() -> None:
     assert policy.utilisation([]) == 0.0
     assert policy.cpu_phrase(0.5, 1) == "50 % of 1 CPU"
     assert policy.cpu_phrase(0.25, 2) == "25 % of 2 CPUs"
+
+
+def test_prepare_control_path_in_process(tmp_path: Path) -> None:
+    import socket
+
+    from corral.errors import CorralError
+    from corral.paths import prepare_control_path
+
+    precious = tmp_path / "precious.sock"
+    precious.write_text("keep me")
+    with pytest.raises(ConfigError) as refused:
+        prepare_control_path(precious, default=False)
+    assert str(refused.value) == f"--control {precious}: exists and is not a socket; corral never replaces other files"
+    assert precious.read_text() == "keep me"
+    nested = tmp_path / "a" / "b" / "c.sock"
+    prepare_control_path(nested, default=False)  # its directory is made, 0700
+    assert nested.parent.is_dir() and (nested.parent.stat().st_mode & 0o777) == 0o700
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(stale))  # bound, never listening: what a killed instance leaves
+    prepare_control_path(stale, default=False)
+    assert not stale.exists()
+    live = tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(live))
+        listener.listen()
+        with pytest.raises(CorralError) as taken:
+            prepare_control_path(live, default=False)
+        assert str(taken.value) == (f"another corral instance is running with control socket {live} (use --name or "
+                                    "--control)")
+    private = tmp_path / "runtime" / "corral.sock"
+    prepare_control_path(private, default=True)
+    assert (private.parent.stat().st_mode & 0o777) == 0o700
