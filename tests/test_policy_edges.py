@@ -128,7 +128,7 @@ def test_prepare_control_path_in_process(tmp_path: Path) -> None:
     under_a_file = precious / "c.sock"
     with pytest.raises(ConfigError) as refused:
         prepare_control_path(under_a_file, default=False)
-    assert str(refused.value) == f"--control {under_a_file}: Not a directory"
+    assert str(refused.value) == f"--control {under_a_file}: File exists"  # the kernel's word for it
     nested = tmp_path / "a" / "b" / "c.sock"
     prepare_control_path(nested, default=False)  # its directory is made, 0700
     assert nested.parent.is_dir() and (nested.parent.stat().st_mode & 0o777) == 0o700
