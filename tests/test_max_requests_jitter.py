@@ -44,5 +44,5 @@ def test_recycled_workers_have_limits_spread_over_the_jitter(corrals: list[Corra
     seen = wait_for(lambda: (r := recycles(corral)) and len(r) >= RECYCLES and r, what=f"{RECYCLES} recycles")
     limits = [limit for _, limit in seen]
     assert all(MAX <= limit <= MAX + JITTER for limit in limits), seen
-    assert all(limit <= served <= limit + 2 for served, limit in seen), seen
+    assert all(limit <= served <= limit + 10 for served, limit in seen), seen  # + what a slow manager lets by
     assert len(set(limits)) >= 2, f"every worker had the same limit: {seen}"
