@@ -55,7 +55,7 @@ def _ask(
 def _seconds(option: str, value: float, low: float = 0.0) -> float:
     """A wait given on the command line: finite, more than `low`, at most a day."""
     if not (math.isfinite(value) and low < value <= MAX_WAIT):
-        raise ConfigError(f"{option} must be from {low:g} to 86,400 seconds, got {value:g}")
+        raise ConfigError(f"{option} must be more than {low:g} and at most 86,400 seconds, got {value:g}")
     return value
 
 
@@ -131,7 +131,7 @@ def scale_command(to: str, control: str | None, name: str | None) -> None:
 def reload_command(control: str | None, name: str | None, timeout: float) -> None:
     """Roll out the current code: new workers first, then the old ones drain. Waits until done."""
     if not 0 < timeout <= MAX_WAIT:
-        raise ConfigError(f"--timeout must be from 0 to 86,400 seconds, got {timeout:g}")
+        raise ConfigError(f"--timeout must be more than 0 and at most 86,400 seconds, got {timeout:g}")
     print(_ask(control, name, {"cmd": "reload"}, timeout=timeout)["message"])
 
 

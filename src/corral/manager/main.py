@@ -73,7 +73,8 @@ def run(settings: Options) -> int:
     if after != before:
         log.debug("open files limit raised from %d to %d", before, after)
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
-    os.environ.pop("CORRAL_ADMIN_TOKEN", None)  # read already; the app's processes inherit this environment
+    for name in ("CORRAL_ADMIN_TOKEN", "CORRAL_PRESTART_LOCK"):
+        os.environ.pop(name, None)  # read already; the app's processes inherit this environment
     if settings.admin_bind:
         from corral.manager.admin_access import load_token
 
@@ -205,7 +206,9 @@ async def _serve(
     figures = RequestFigures.create(scoreboard.fd)
     app_metrics = AppMetricsDirectory(settings.user, settings.group) if settings.metrics else None
     spec = TemplateSpec(
-        settings={**settings.to_dict(), "admin_token": None},  # the app's processes never see the token
+        # The app's processes never see the manager's secrets: a forked worker's /proc/PID/environ still holds
+        # the spec the template was started with, even after the template took it out of os.environ.
+        settings={**settings.to_dict(), "admin_token": None, "prestart_lock": None},
         module=target.module,
         attr=target.attr,
         path=target.path,
