@@ -57,6 +57,8 @@ def run_options(
         str | None, typer.Argument(metavar="[APP]", help="module:attr, path/to/file.py[:attr]; default: discover")
     ] = None,
     factory: Annotated[bool | None, Opt("--factory", help="APP is a factory returning the ASGI app")] = None,
+    interface: Annotated[str | None, Opt(help="App interface: auto, asgi, wsgi.")] = None,
+    threads: Annotated[int | None, Opt(help="Threads per worker running a WSGI app's requests.")] = None,
     app_dir: Annotated[str | None, Opt(help="Directory added to the import path.")] = None,
     name: Annotated[str | None, Opt(help="Instance name (names the default control socket).")] = None,
     bind: Annotated[
@@ -149,6 +151,7 @@ METAVARS = {
     "state_dir": "PATH", "timeout": SECONDS, "graceful_timeout": SECONDS, "startup_timeout": SECONDS,
     "crash_limit": "N", "crash_window": SECONDS, "backoff_max": SECONDS, "max_requests": "N",
     "max_requests_jitter": "N", "max_memory": "SIZE", "http": "auto|h11|httptools", "lifespan": "auto|on|off",
+    "interface": "auto|asgi|wsgi", "threads": "N",
     "log_level": "LEVEL", "keep_alive": SECONDS, "https": "DOMAIN", "http_bind": "HOST:PORT",
     "acme_directory": "URL", "acme_email": "EMAIL", "acme_ca_bundle": "PATH", "acme_challenges": "CHALLENGE",
     "certfile": "PATH", "keyfile": "PATH", "forwarded_allow_ips": "CIDR", "user": "USER", "group": "GROUP",

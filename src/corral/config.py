@@ -68,6 +68,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "backoff_max": (0.1, 3600, "seconds"),
     "max_requests": (1, 1_000_000_000, "requests"),
     "max_requests_jitter": (0, 1_000_000_000, "requests"),
+    "threads": (1, 1024, "threads"),
     "keep_alive": (0.1, 3600, "seconds"),
     "prestart_timeout": (1, 86400, "seconds"),
     "drain_delay": (0, 3600, "seconds"),
@@ -122,6 +123,8 @@ class Settings(BaseSettings):
     # The app
     app: str | None = Field(None, description="APP: module:attr, path/to/file.py[:attr], or discovered")
     factory: bool = Field(False, description="APP names a factory to call for the ASGI app")
+    interface: Literal["auto", "asgi", "wsgi"] = Field("auto", description="ASGI or WSGI app (auto: detected)")
+    threads: int = Field(8, ge=1, description="threads per worker that run a WSGI app's requests")
     app_dir: str | None = Field(None, description="directory added to the import path")
     name: str = Field("corral", description="instance name; names the default control socket")
 

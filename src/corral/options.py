@@ -19,6 +19,8 @@ from typing import Any, Literal
 class Options:
     app: str | None
     factory: bool
+    interface: Literal["auto", "asgi", "wsgi"]
+    threads: int
     app_dir: str | None
     name: str
     bind: list[str]
