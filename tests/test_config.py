@@ -445,6 +445,8 @@ def every_option_changed() -> dict[str, Any]:
     return {
         "app": "pkg.main:make",
         "factory": True,
+        "interface": "wsgi",
+        "threads": 3,
         "app_dir": "src",
         "name": "shop",
         "bind": ["127.0.0.1:9000", "[::1]:9001", "unix:/run/shop.sock", "fd://3"],
