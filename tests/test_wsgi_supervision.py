@@ -80,3 +80,34 @@ def test_a_full_thread_pool_grows_the_pool(corrals: list[Corral], tmp_path: Path
     busy = int(decision["reason"].split("workers ")[1].split(" %")[0])
     assert busy >= 90, decision
     wait_for(lambda: pool(corral)[:2] == (1, 1), 60, "the pool to shrink back to one worker once idle")
+
+
+SCHEME_APP = """
+    import os
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{environ['wsgi.url_scheme']} {os.getpid()}".encode()]
+"""
+
+
+def test_https_recycling_and_access_log(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, SCHEME_APP)
+    corral = Corral(tmp_path, "app:app", "-w", "1", "--https", "localhost", "--state-dir", str(tmp_path / "state"),
+                    "--max-requests", "5")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    url = f"https://127.0.0.1:{corral.port}/"
+    pids: set[str] = set()
+
+    def served() -> bool:
+        with httpx.Client(verify=False, timeout=10) as client:  # the local CA: the scheme is what is checked
+            scheme, pid = client.get(url, headers={"connection": "close"}).text.split()
+        assert scheme == "https"
+        pids.add(pid)
+        return len(pids) >= 2
+
+    wait_for(served, what="a recycled worker's replacement serving")  # --max-requests 5
+    assert '"GET / HTTP/1.1" 200' in corral.log  # the access log
+    recycled = kinds(corral, "recycle")
+    assert recycled and "requests" in recycled[0]["cause"], recycled
