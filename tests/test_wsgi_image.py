@@ -35,7 +35,7 @@ def test_django_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Pa
                    capture_output=True)  # a build step: the image carries the collected files
     (project / "requirements.txt").write_text("django\nwhitenoise\n")
     args = ["mysite.wsgi:application", "-b", "0.0.0.0:8000", "-w", "2", "--threads", "4"]
-    exported = subprocess.run([CORRAL, "export", "docker", *args], cwd=project, capture_output=True, text=True,
+    exported = subprocess.run([CORRAL, "export", "docker", *args, "--out", "."], cwd=project, capture_output=True, text=True,
                               timeout=120)
     assert exported.returncode == 0, exported.stderr
     dockerfile = (project / "Dockerfile").read_text()
@@ -54,7 +54,10 @@ def test_django_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Pa
     podman("build", "--network", "host", *images, *mounts, *build, cwd=project, timeout=1500)
     container = f"corral-django-test-{uuid.uuid4().hex[:8]}"
     try:
-        podman("run", "-d", "--name", container, "--network", f"ns:/run/netns/{netns}", tag)
+        run = printed_command(dockerfile, "docker run")
+        token = next(word for word in run if word.endswith(":/run/secrets/corral-admin-token:ro"))
+        podman("run", "-d", "--name", container, "--network", f"ns:/run/netns/{netns}",
+               "-v", token.replace("$PWD", str(project)), tag)
         page = wait_for(lambda: in_netns(netns, "http://127.0.0.1:8000/admin/login/"), timeout=120,
                         what="the admin login page")
         assert "Django administration" in page
