@@ -35,8 +35,8 @@ def test_django_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Pa
                    capture_output=True)  # a build step: the image carries the collected files
     (project / "requirements.txt").write_text("django\nwhitenoise\n")
     args = ["mysite.wsgi:application", "-b", "0.0.0.0:8000", "-w", "2", "--threads", "4"]
-    exported = subprocess.run([CORRAL, "export", "docker", *args, "--out", "."], cwd=project, capture_output=True, text=True,
-                              timeout=120)
+    exported = subprocess.run([CORRAL, "export", "docker", *args, "--out", "."], cwd=project,
+                              capture_output=True, text=True, timeout=120)
     assert exported.returncode == 0, exported.stderr
     dockerfile = (project / "Dockerfile").read_text()
     import django
