@@ -177,3 +177,22 @@ def test_django_project_end_to_end(corrals: list[Corral], tmp_path: Path, postgr
     assert len((project / "ready.log").read_text().split()) == 3  # one per generation's template
     # the release's steps ran once: the reloads did not run them again
     assert corral.log.count("python manage.py migrate --noinput") >= 1
+
+
+def test_apps_discovery_in_a_django_project_picks_asgi_and_says_so(corrals: list[Corral], tmp_path: Path) -> None:
+    """APP omitted beside manage.py: `startproject` wrote asgi.py and wsgi.py; ASGI is served, and the banner
+    says which file was picked and how to ask for the other."""
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run([str(Path(sys.executable).with_name("django-admin")), "startproject", "mysite", str(project)],
+                   check=True)
+    corral = Corral(project, "", "-w", "1")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    wait_for(lambda: "  try:" in corral.log, what="the banner")
+    assert "serving mysite.asgi:application" in corral.log
+    assert "app:       Django project: mysite/asgi.py picked over wsgi.py (ASGI preferred; APP " \
+           "mysite.wsgi:application for WSGI)" in corral.log
+    assert "is a WSGI app" not in corral.log
+    login = corral.get("/admin/login/")
+    assert login.status_code == 200 and "Django administration" in login.text

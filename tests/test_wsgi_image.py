@@ -39,11 +39,10 @@ def test_django_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Pa
                               capture_output=True, text=True, timeout=120)
     assert exported.returncode == 0, exported.stderr
     dockerfile = (project / "Dockerfile").read_text()
-    import django
-    import whitenoise
+    from importlib.metadata import version
 
-    wheels = wheelhouse(str(project / f"corral-{__version__}-py3-none-any.whl"), f"django=={django.__version__}",
-                        f"whitenoise=={whitenoise.__version__}")
+    wheels = wheelhouse(str(project / f"corral-{__version__}-py3-none-any.whl"), f"django=={version('django')}",
+                        f"whitenoise=={version('whitenoise')}")
     (tmp_path / "pip.conf").write_text(
         "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\nno-index = true\nfind-links = /wheels\n"
     )
