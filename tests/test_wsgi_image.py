@@ -57,8 +57,12 @@ def test_django_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Pa
         token = next(word for word in run if word.endswith(":/run/secrets/corral-admin-token:ro"))
         podman("run", "-d", "--name", container, "--network", f"ns:/run/netns/{netns}",
                "-v", token.replace("$PWD", str(project)), tag)
-        page = wait_for(lambda: in_netns(netns, "http://127.0.0.1:8000/admin/login/"), timeout=120,
-                        what="the admin login page")
+        try:
+            page = wait_for(lambda: in_netns(netns, "http://127.0.0.1:8000/admin/login/"), timeout=120,
+                            what="the admin login page")
+        except AssertionError as exc:
+            logs = podman("logs", container, check=False)
+            raise AssertionError(f"{exc}\n{logs.stdout}{logs.stderr}") from None
         assert "Django administration" in page
         css = in_netns(netns, "http://127.0.0.1:8000/static/admin/css/base.css")
         assert "body" in css  # served by WhiteNoise from the image's collected files

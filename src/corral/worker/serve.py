@@ -330,8 +330,9 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             wsgi.reported.add(ident)
             text, frames = thread_stack(ident)
             stall.record_thread(ident, frames)
-            log.error("a request has run for %.1f s in thread %#x, more than --timeout %g s: the worker will be "
-                      "replaced; the thread's stack:\n%s", time.monotonic() - since, ident, settings.timeout, text)
+            log.error("a request has sent nothing for %.1f s in thread %#x, more than --timeout %g s: the worker "
+                      "will be replaced; the thread's stack:\n%s", time.monotonic() - since, ident, settings.timeout,
+                      text)
         return since
 
     def started() -> None:
