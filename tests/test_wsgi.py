@@ -209,13 +209,15 @@ def test_neither_wsgi_nor_asgi_is_one_line_and_exit_3(tmp_path: Path, source: st
 
 
 def test_interface_forces_wsgi(corrals: list[Corral], tmp_path: Path) -> None:
-    """A WSGI callable that takes *args cannot be told apart: --interface wsgi says what it is."""
+    """A WSGI callable that takes *args cannot be told apart: --interface wsgi says what it is (here without
+    preload: the worker detects and says it)."""
     write_app(tmp_path, "def app(*args):\n    environ, start_response = args\n"
                         "    start_response('200 OK', [])\n    return [b'forced']\n")
-    corral = Corral(tmp_path, "app.py", "-w", "1", "--interface", "wsgi")
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--interface", "wsgi", "--no-preload")
     corrals.append(corral)
     corral.wait_ready(1)
     assert corral.get().text == "forced"
+    assert "app:app is a WSGI app: this worker runs it in 8 threads" in corral.log
 
 
 def test_django_discovery_prefers_asgi_and_says_so(tmp_path: Path) -> None:

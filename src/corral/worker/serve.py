@@ -271,6 +271,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             from corral.worker.wsgi import WSGIApp
 
             app = wsgi = WSGIApp(app, settings.threads)
+            if not settings.preload:  # else the template said it
+                log.info("%s is a WSGI app: this worker runs it in %d threads", target, settings.threads)
     except AppLoadError as exc:
         report("boot_failed", error=str(exc), traceback=clip(exc.details))
         return ExitCode.APP_FAILED_TO_START
