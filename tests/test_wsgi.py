@@ -97,6 +97,13 @@ RAW = """
         if path == "/file":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return environ["wsgi.file_wrapper"](open(__file__, "rb"), 7)
+        if path == "/replace":  # headers not sent yet: an error may still replace them (PEP 3333)
+            start_response("200 OK", [])
+            try:
+                raise ValueError("late")
+            except ValueError:
+                start_response("500 Internal Server Error", [("X-Replaced", "1")], sys.exc_info())
+            return [b"", b"replaced"]
         if path == "/closed":
             start_response("200 OK", [])
             return [str(len(closed)).encode()]
@@ -128,6 +135,8 @@ def test_environ_is_complete(corrals: list[Corral], tmp_path: Path) -> None:
     assert seen["SERVER_PORT"] == str(corral.port)
     wait_for(lambda: "to wsgi.errors" in corral.log, what="wsgi.errors in the log")
     assert httpx.get(corral.url + "/closed", timeout=10).text == "1"  # the iterable was closed
+    replaced = httpx.get(corral.url + "/replace", timeout=10)
+    assert (replaced.status_code, replaced.headers.get("x-replaced"), replaced.text) == (500, "1", "replaced")
     wrapped = httpx.get(corral.url + "/file", timeout=10)
     assert wrapped.text == (tmp_path / "app.py").read_text()
 
