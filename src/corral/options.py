@@ -61,6 +61,13 @@ class Options:
         None, "module:attr, path/to/file.py[:attr]; default: discover", metavar="APP", used_by=(MANAGER,)
     )
     factory: bool = option(False, "APP names a factory to call for the ASGI app", negatable=False, used_by=_T)
+    interface: Literal["auto", "asgi", "wsgi"] = option(
+        "auto", "ASGI or WSGI app (auto: detected from the callable)", metavar="auto|asgi|wsgi", used_by=_T
+    )
+    threads: int = option(
+        8, "threads per worker that run a WSGI app's requests", metavar="N", low=1, high=1024, unit="threads",
+        used_by=_T,
+    )
     app_dir: str | None = option(None, "directory added to the import path", metavar="PATH", used_by=(MANAGER,))
     name: str = option(
         "corral", "instance name; names the default control socket", metavar="NAME",

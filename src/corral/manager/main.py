@@ -382,6 +382,8 @@ def _banner(
         f"  workers:   {len(pids)} ({mode}), pids {', '.join(map(str, pids))}",
         f"  control:   {control_path}  (corral status --control {control_path})",
     ]
+    if target.note:
+        lines.insert(1, f"  app:       {target.note}")
     if admin_socket is not None:
         admin = _reachable(admin_socket, "http")
         token = bool(settings.admin_token or settings.admin_token_file)

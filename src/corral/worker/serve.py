@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from corral import channel, logs
-from corral.discovery import AppLoadError, Target, clip, format_traceback, import_app
+from corral.discovery import AppLoadError, Target, app_interface, clip, format_traceback, import_app
 from corral.errors import ExitCode
 from corral.manager.policy import heartbeat_interval
 from corral.metrics_shm import RequestFigures
@@ -42,6 +42,7 @@ from corral.worker.stall import StallRecorder
 
 if TYPE_CHECKING:
     from corral.tls.worker import WorkerTLS
+    from corral.worker.wsgi import WSGIApp
 
 log = logging.getLogger("corral.worker")
 
@@ -264,12 +265,20 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         with contextlib.suppress(OSError):
             channel.send(channel_sock, {"ev": event, "cell": cell, "pid": pid, **fields})
 
-    if app is None:
-        try:
-            app = import_app(Target(spec.module, spec.attr, spec.path), settings.factory)
-        except AppLoadError as exc:
-            report("boot_failed", error=str(exc), traceback=clip(exc.details))
-            return ExitCode.APP_FAILED_TO_START
+    target = Target(spec.module, spec.attr, spec.path)
+    wsgi: WSGIApp | None = None
+    try:
+        if app is None:
+            app = import_app(target, settings.factory)
+        if app_interface(app, settings.interface, target) == "wsgi":
+            from corral.worker.wsgi import WSGIApp
+
+            app = wsgi = WSGIApp(app, settings.threads)
+            if not settings.preload:  # else the template said it
+                log.info("%s is a WSGI app: this worker runs it in %d threads", target, settings.threads)
+    except AppLoadError as exc:
+        report("boot_failed", error=str(exc), traceback=clip(exc.details))
+        return ExitCode.APP_FAILED_TO_START
 
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
     figures = RequestFigures(spec.scoreboard_fd)
@@ -310,18 +319,36 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         busy = load.sample()
         if settings.metrics:
             stamp_in_flight(figures, cell, len(server.server_state.tasks))
-        scoreboard.write(
-            cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections, busy)
-        )
+        heartbeat = time.monotonic() if wsgi is None else stuck_since(wsgi)
+        scoreboard.write(cell, Cell(pid, spec.generation, state, heartbeat, started_at, requests, connections, busy))
         stall.arm()
         if orders is not None:
             orders.poll(time.monotonic())
 
     stamp_on_first_answer(stamp)
 
+    def stuck_since(wsgi: WSGIApp) -> float:
+        """The heartbeat of a WSGI worker: the start of a request stuck past --timeout, if any, so that the
+        manager's watchdog replaces the worker as hung; its thread's stack is logged and kept for the manager."""
+        stuck = wsgi.stuck(settings.timeout)
+        if stuck is None:
+            return time.monotonic()
+        ident, since = stuck
+        if ident not in wsgi.reported:
+            from corral.worker.wsgi import thread_stack
+
+            wsgi.reported.add(ident)
+            text, frames = thread_stack(ident)
+            stall.record_thread(ident, frames)
+            log.error("a request has sent nothing for %.1f s in thread %#x, more than --timeout %g s: the worker "
+                      "will be replaced; the thread's stack:\n%s", time.monotonic() - since, ident, settings.timeout,
+                      text)
+        return since
+
     def started() -> None:
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)
-        load.threadpool.start()  # in the server's task: AnyIO's thread limiter is per loop
+        # in the server's task: AnyIO's thread limiter is per loop
+        load.threadpool.start(None if wsgi is None else wsgi.occupancy)
         stamp()
         report("ready")
 
