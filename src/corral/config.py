@@ -69,6 +69,10 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "max_requests": (1, 1_000_000_000, "requests"),
     "max_requests_jitter": (0, 1_000_000_000, "requests"),
     "keep_alive": (0.1, 3600, "seconds"),
+    "header_timeout": (0.5, 3600, "seconds"),
+    "max_request_line": (256, 1024**2, "bytes"),
+    "max_request_head": (1024, 16 * 1024**2, "bytes"),
+    "max_headers": (10, 10_000, "header fields"),
     "prestart_timeout": (1, 86400, "seconds"),
     "drain_delay": (0, 3600, "seconds"),
 }
@@ -154,6 +158,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info")
     access_log: bool = Field(True, description="log each request")
     keep_alive: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a request head may take to arrive (--http auto)")
+    max_request_line: int = Field(8192, ge=1, description="longest request target in bytes, 414 beyond (--http auto)")
+    max_request_head: int = Field(65536, ge=1, description="largest request head in bytes, 431 beyond (--http auto)")
+    max_headers: int = Field(100, ge=1, description="most request header fields, 431 beyond (--http auto)")
 
     # HTTPS
     https: StrList = Field(default_factory=list, description="domain names to serve over HTTPS")

@@ -40,6 +40,10 @@ class Options:
     log_level: Literal["critical", "error", "warning", "info", "debug"]
     access_log: bool
     keep_alive: float
+    header_timeout: float
+    max_request_line: int
+    max_request_head: int
+    max_headers: int
     https: list[str]
     http_bind: list[str]
     acme_directory: str | None
