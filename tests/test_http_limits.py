@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.harness import DEADLINE, Corral, write_app
 
 ECHO_APP = """
@@ -45,10 +45,8 @@ def exchange(port: int, data: bytes, timeout: float = DEADLINE) -> tuple[bytes, 
     """Send `data`, read until the server closes: what came back, and whether it closed (not our timeout)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     with sock:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         received = b""
         try:
             while chunk := sock.recv(65536):
@@ -65,7 +63,8 @@ def status_of(response: bytes) -> int:
 
 
 def get(path: bytes = b"/", *headers: bytes) -> bytes:
-    return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n"
+    fields = b"".join(field + b"\r\n" for field in headers)
+    return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + fields + b"\r\n"
 
 
 def still_serves(server: Corral) -> None:
@@ -110,7 +109,8 @@ def test_a_one_megabyte_header_is_refused_without_being_buffered(server: Corral)
 SMUGGLING = {
     "content-length-and-chunked": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "two-different-content-lengths": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    "two-different-content-lengths": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+    b"Content-Length: 5\r\n\r\nabcde",
     "content-length-list": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 5\r\n\r\nabcde",
     "last-coding-not-chunked": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
     "identity-coding": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\nabc",
