@@ -225,7 +225,7 @@ class Cycle:
         lines = len(fields) >> 2
         if block.count(b"\n") != lines or block.count(b"\r") != lines:  # what would split the response
             raise RuntimeError("Invalid HTTP header: CR or LF in a name or value.")
-        extra = b""
+        chunks = b""
         if framing == -1:
             if self.head_only or status == 204 or status == 304:
                 framing = LENGTH
@@ -234,11 +234,10 @@ class Cycle:
                 keep_alive = False
             else:
                 framing = CHUNKED
-                extra = b"transfer-encoding: chunked\r\n"
+                chunks = b"transfer-encoding: chunked\r\n"
         if keep_alive and shedding.pending and shedding.take():
             keep_alive = False
-        if not keep_alive and not close_given:
-            extra += b"connection: close\r\n"
+        extra = chunks if keep_alive or close_given else b"connection: close\r\n" + chunks
         self.head = b"".join((STATUS_LINE[status], self.protocol.default_headers(), block, extra, b"\r\n"))
         self.status = status
         self.framing = framing
