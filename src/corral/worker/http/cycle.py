@@ -61,9 +61,9 @@ class Cycle:
         "read_at",
         "remaining",
         "scope",
-        "sent",
         "started",
         "status",
+        "task",
         "transport",
         "waiter",
     )
@@ -91,8 +91,8 @@ class Cycle:
         self.remaining = 0
         self.status = 0
         self.head: bytes | None = None  # written with the first body message
-        self.sent = 0  # body bytes, for the access log
         self.read_at = 0.0
+        self.task: asyncio.Task[None] | None = None
 
     @property
     def response_complete(self) -> bool:  # the name `_Draining` knows from uvicorn's cycles
@@ -133,6 +133,8 @@ class Cycle:
             elif not self.complete and not self.disconnected:
                 log.error("ASGI callable returned without completing response.")
                 self.transport.close()
+        finally:
+            self.protocol.tasks.discard(self.task)
 
     async def _send_500(self) -> None:
         await self.send({
@@ -265,7 +267,6 @@ class Cycle:
                 data = b"" if more_body else b"0\r\n\r\n"
         else:
             data = body
-        self.sent += len(body)
         head = self.head
         if head is not None:
             self.head = None

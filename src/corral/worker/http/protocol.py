@@ -31,6 +31,7 @@ from corral.worker.http.limits import Limits, Refused, head_size
 from corral.worker.protocols import _Draining
 
 log = logging.getLogger("uvicorn.error")
+PATHSEND: dict[str, Any] = {}  # the extension has no parameters
 METHODS: dict[bytes, str] = {}  # method names as bytes and as str, made once each
 
 
@@ -180,7 +181,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             "headers": headers,
             "state": self.app_state.copy(),
             "method": method,
-            "extensions": {"http.response.pathsend": {}},
+            "extensions": {"http.response.pathsend": PATHSEND},
         }
         if parser.should_upgrade() and self._websocket(headers):
             return  # `data_received` hands the connection over
@@ -224,9 +225,9 @@ class HttpProtocol(_Draining, asyncio.Protocol):
 
     # Requests and responses
     def _run(self, cycle: Cycle) -> None:
-        task = self.loop.create_task(cycle.run(self.app))
+        """The app's task; it takes itself out of the in-flight set as it ends (no done-callback to schedule)."""
+        task = cycle.task = self.loop.create_task(cycle.run(self.app))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     def default_headers(self) -> bytes:
         return self._defaults.get(self.server_state.default_headers)
