@@ -103,6 +103,10 @@ async def app(scope, receive, send):
     elif path.startswith("/long"):
         await send({**start, "headers": [(b"content-length", b"3")]})
         await send({"type": "http.response.body", "body": b"12345"})
+    elif path.startswith("/events"):
+        await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+        await asyncio.sleep(30)  # the first event comes late: the client holds the head by then
+        await send({"type": "http.response.body", "body": b""})
     elif path.startswith("/extensions"):
         body = json.dumps(scope.get("extensions")).encode()
         await send({**start, "headers": [(b"content-length", str(len(body)).encode())]})
@@ -381,3 +385,19 @@ def test_a_websocket_client(servers: tuple[Corral, Corral]) -> None:
             return str(await ws.recv())
 
     assert asyncio.run(talk()) == "echo hi"
+
+
+def test_a_streamed_head_goes_out_before_its_first_body(servers: tuple[Corral, Corral]) -> None:
+    """A server-sent-events stream: the app starts the response, then waits for its first event. The client
+    sees the head (Corral joins a head to its body only within the same pass of the loop)."""
+    corral, _ = servers
+    with socket.create_connection(("127.0.0.1", corral.port), timeout=10) as sock:  # the event comes at 30 s
+        sock.sendall(request("GET", "/events"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, "closed before the head"
+            head += chunk
+        assert b"\r\n\r\n0\r\n\r\n" not in head  # the head came alone, before the stream's end
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head
+    assert exchange(corral.port, request("GET", "/cl")).endswith(b"hello")

@@ -1,8 +1,10 @@
 """One request-response cycle: the ASGI `receive` and `send` of a request, on its connection's protocol.
 
 The response head is not written when the app sends `http.response.start`: it is joined to the first body
-message, so a response sent whole takes one `write` (one system call). The response is counted (status class,
-latency from the head's parsing to the response's end) where it completes, in `_finish`: no layer around `send`.
+message, so a response sent whole takes one `write` (one system call); a streamed response's head goes out by the
+end of the loop's pass when its first body does not come with it. The response is counted (status class,
+latency from the request head's parsing to the response's start, as docs/metrics.md defines them) where the
+protocol makes its head, in `_start`: no layer around `send`, no closure per request.
 `send` is a plain method returning a finished awaitable, not a coroutine, except when it has to wait (the client
 reads slowly, or a file is sent).
 """
@@ -242,10 +244,20 @@ class Cycle:
         extra = chunks if keep_alive or close_given else b"connection: close\r\n" + chunks
         self.head = b"".join((STATUS_LINE[status], self.protocol.default_headers(), block, extra, b"\r\n"))
         self.status = status
+        if self.protocol.timed:
+            metrics.record(status, perf_counter() - self.read_at)
         self.framing = framing
         self.keep_alive = keep_alive
         self.started = True
         self.expect_continue = False
+        if framing != LENGTH:  # a stream: its head goes out now if its first body does not come in this step
+            self.protocol.loop.call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        head = self.head
+        if head is not None and not self.disconnected:
+            self.head = None
+            self.transport.write(head)
 
     def _body(self, body: bytes, more_body: bool) -> None:
         framing = self.framing
@@ -301,8 +313,6 @@ class Cycle:
 
     def _finish(self) -> None:
         self.complete = True
-        if self.protocol.timed:
-            metrics.record(self.status, perf_counter() - self.read_at)
         self.wake()
         if not self.keep_alive:
             self.transport.close()
