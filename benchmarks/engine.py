@@ -10,6 +10,7 @@ fair share of the CPUs, and Corral's template starts one anyway, so every server
     .venv/bin/python benchmarks/engine.py                      # 5 rounds of 6 s, both apps
     .venv/bin/python benchmarks/engine.py --rounds 7 --seconds 8 --app raw
     .venv/bin/python benchmarks/engine.py --servers corral,corral-no-metrics   # metrics on against off
+    .venv/bin/python benchmarks/engine.py --together           # all servers loaded at once, each round
 
 Servers: corral (`--http auto`, metrics on, the default), corral-no-metrics, corral-uvicorn (Corral on uvicorn's
 httptools protocol, `--http httptools`), uvicorn (`--http httptools --loop uvloop`), granian (`--interface asgi`).
@@ -19,6 +20,7 @@ All without access logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import socket
@@ -29,7 +31,6 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -52,8 +53,9 @@ def command(server: str, app: str, port: int, scratch: Path) -> list[str]:
         "corral": corral,
         "corral-no-metrics": [*corral, "--no-metrics"],
         "corral-uvicorn": [*corral, "--http", "httptools"],
-        "uvicorn": [str(BIN / "uvicorn"), app, "--workers", "2", "--host", HOST, "--port", str(port), "--no-access-log",
-                    "--log-level", "warning", "--http", "httptools", "--loop", "uvloop", "--app-dir", str(HERE / "apps")],
+        "uvicorn": [str(BIN / "uvicorn"), app, "--workers", "2", "--host", HOST, "--port", str(port),
+                    "--no-access-log", "--log-level", "warning", "--http", "httptools", "--loop", "uvloop",
+                    "--app-dir", str(HERE / "apps")],
         "granian": [str(BIN / "granian"), "--interface", "asgi", "--workers", "2", "--host", HOST, "--port", str(port),
                     "--no-access-log", "--log-level", "warning", "--working-dir", str(HERE / "apps"), app],
     }[server]
@@ -91,15 +93,13 @@ def worker_pss(processes: list[psutil.Process]) -> float:
     """The largest PSS among the processes that serve (each server's workers), MiB."""
     values = []
     for process in processes[1:]:
-        try:
+        with contextlib.suppress(psutil.Error):
             values.append(process.memory_full_info().pss / 2**20)
-        except psutil.Error:
-            pass
     return max(values, default=0.0)
 
 
 def wrk(port: int, seconds: float, connections: int) -> tuple[int, float]:
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency",
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "--timeout", "10s", "-d", f"{max(1, round(seconds))}s", "--latency",
                           f"http://{HOST}:{port}/"], capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     if "Non-2xx" in out or "Socket errors" in out:
@@ -118,6 +118,26 @@ def measure(pid: int, port: int, seconds: float, connections: int) -> dict[str, 
     return {"rps": requests / seconds, "per_cpu": requests / used, "p99": p99, "pss": worker_pss(processes)}
 
 
+def measure_together(running: dict[str, tuple[subprocess.Popen[bytes], int]], seconds: float,
+                     connections: int) -> dict[str, dict[str, float]]:
+    """Every server loaded at once, for the same seconds on the same CPUs: whatever else the machine does
+    disturbs them alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(running)) as pool:
+        list(pool.map(lambda item: wrk(item[1], 1.0, connections), running.values()))  # warm-up
+        trees = {server: tree(process.pid) for server, (process, _) in running.items()}
+        before = {server: cpu(processes) for server, processes in trees.items()}
+        loads = {server: pool.submit(wrk, port, seconds, connections) for server, (_, port) in running.items()}
+        done = {server: future.result() for server, future in loads.items()}
+    results = {}
+    for server, (requests, p99) in done.items():
+        used = cpu(trees[server]) - before[server]
+        results[server] = {"rps": requests / seconds, "per_cpu": requests / used, "p99": p99,
+                           "pss": worker_pss(trees[server])}
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default="corral,uvicorn,granian,corral-uvicorn")
@@ -125,6 +145,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--together", action="store_true", help="load every server at once in each round")
     args = parser.parse_args()
     servers = args.servers.split(",")
     if "granian" in servers and shutil.which("granian", path=str(BIN)) is None:
@@ -142,7 +163,10 @@ def main() -> int:
                                                         start_new_session=True), port)
                 for _, port in running.values():
                     wait_served(port)
-                for round_ in range(args.rounds):
+                for _ in range(args.rounds if args.together else 0):
+                    for server, result in measure_together(running, args.seconds, args.connections).items():
+                        results[server].append(result)
+                for round_ in range(0 if args.together else args.rounds):
                     order = servers[round_ % len(servers):] + servers[: round_ % len(servers)]
                     for server in order:
                         process, port = running[server]

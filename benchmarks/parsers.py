@@ -21,7 +21,10 @@ BROWSER = (
     b"Cookie: session=abcdef0123456789; theme=dark\r\nConnection: keep-alive\r\nCache-Control: no-cache\r\n"
     b"Referer: https://shop.example/items\r\nSec-Fetch-Mode: navigate\r\n\r\n"
 )
-POST = b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"a\": \"bcd\"}\n"
+POST = (
+    b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n"
+    b'{"a": "bcd"}\n'
+)
 
 
 class Callbacks:

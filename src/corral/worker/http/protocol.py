@@ -52,7 +52,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.app_state = app_state
         self.root_path: str = config.root_path
         self.raw_root = self.root_path.encode("ascii")
-        self.asgi_version: str = config.asgi_version
+        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}  # one per connection
         self.timeout_keep_alive: float = config.timeout_keep_alive
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # answer the request before a close
@@ -79,6 +79,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_continue = False
+        self._upgrade_header = False  # an Upgrade header came: llhttp's verdict is asked only then
 
     # Connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -140,6 +141,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.expect_continue = False
+        self._upgrade_header = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -151,41 +153,30 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which is not part of the value
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
+        elif name == b"upgrade":
+            self._upgrade_header = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         limits = self.limits
         headers = self.headers
+        url = self.url
         self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        raw_method = parser.get_method()
         if len(headers) > limits.max_headers:
             raise Refused(431, "Request Header Fields Too Large")
         big = self._head_fed + self._fed > limits.max_request_head  # else the exact size need not be summed
-        if big and head_size(raw_method, self.url, headers) > limits.max_request_head:
+        if big and head_size(parser.get_method(), url, headers) > limits.max_request_head:
             raise Refused(431, "Request Header Fields Too Large")
         self._head_fed = 0
+        if self._upgrade_header and parser.should_upgrade() and self._websocket(headers):
+            return  # `data_received` hands the connection over
+        raw_method = parser.get_method()
         method = METHODS.get(raw_method) or METHODS.setdefault(raw_method, raw_method.decode("ascii"))
         version = parser.get_http_version()
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-            "http_version": version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "root_path": self.root_path,
-            "headers": headers,
-            "state": self.app_state.copy(),
-            "method": method,
-            "extensions": {"http.response.pathsend": PATHSEND},
-        }
-        if parser.should_upgrade() and self._websocket(headers):
-            return  # `data_received` hands the connection over
-        url = self.url
         if url[:1] == b"/" and b"#" not in url:
             raw_path, _, query = url.partition(b"?")
         else:
@@ -194,9 +185,23 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
-        scope["path"] = self.root_path + path
-        scope["raw_path"] = self.raw_root + raw_path
-        scope["query_string"] = query
+        root_path = self.root_path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": self.asgi,
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": root_path,
+            "headers": headers,
+            "state": self.app_state.copy(),
+            "method": method,
+            "path": root_path + path if root_path else path,
+            "raw_path": self.raw_root + raw_path if root_path else raw_path,
+            "query_string": query,
+            "extensions": {"http.response.pathsend": PATHSEND},
+        }
         http10 = version == "1.0"
         cycle = Cycle(
             scope, self, not http10 and parser.should_keep_alive() and not self.draining, self.expect_continue,
