@@ -99,7 +99,8 @@ def worker_pss(processes: list[psutil.Process]) -> float:
 
 
 def wrk(port: int, seconds: float, connections: int) -> tuple[int, float]:
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "--timeout", "10s", "-d", f"{max(1, round(seconds))}s", "--latency",
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "--timeout", "10s",
+                          "-d", f"{max(1, round(seconds))}s", "--latency",
                           f"http://{HOST}:{port}/"], capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     if "Non-2xx" in out or "Socket errors" in out:

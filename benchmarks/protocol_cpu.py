@@ -113,7 +113,7 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for (app, metrics), result in figures.items():
         ours, theirs = result["corral"], result["uvicorn httptools"]
-        print(f"| {app} | {'on' if metrics else 'off'} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f}× |")
+        print(f"| {app} | {'on' if metrics else 'off'} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f} |")
     for app in apps:
         on, off = figures[(app, True)]["corral"], figures[(app, False)]["corral"]
         print(f"\n{app}: Corral with metrics on vs off: {(on / off - 1) * 100:+.1f} %")
