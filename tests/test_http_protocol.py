@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import httpx
 import pytest
-from tests.harness import DEADLINE, Corral, wait_for, write_app
+from tests.harness import DEADLINE, Corral, free_port, wait_for, write_app
+from tests.test_metrics import metric
 
 APP = """
 import asyncio, os
@@ -23,6 +25,9 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     path = scope["path"]
+    if path == "/fail-after-start":  # nothing is written before the body: the client gets a 500
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        raise RuntimeError("the app fails after starting its response")
     if path == "/shed":
         shedding.request(1)
     if path == "/flood":  # a 256 MiB body, 1 MiB at a time; how far it got is written down
@@ -134,3 +139,18 @@ def test_a_body_the_app_does_not_read_is_not_buffered_without_bound(server: tupl
         view = memoryview(b"y" * (total - sent))
         sock.sendall(view)
         assert b"200 OK" in read_response(sock.makefile("rb"))
+
+
+def test_a_response_that_failed_before_its_head_went_out_counts_once_as_a_500(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    write_app(tmp_path, APP)
+    admin = free_port()
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--no-access-log", "--admin-bind", f"127.0.0.1:{admin}")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    assert corral.get("/fail-after-start").status_code == 500
+    assert corral.get("/").status_code == 200
+    text = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=30).text
+    counted = {code: metric(text, "corral_requests_total", f'code="{code}",worker="1"') for code in ("2xx", "5xx")}
+    assert counted == {"2xx": 1, "5xx": 1}

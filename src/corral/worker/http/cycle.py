@@ -4,7 +4,8 @@ The response head is not written when the app sends `http.response.start`: it is
 message, so a response sent whole takes one `write` (one system call); a streamed response's head goes out by the
 end of the loop's pass when its first body does not come with it. The response is counted (status class,
 latency from the request head's parsing to the response's start, as docs/metrics.md defines them) where the
-protocol makes its head, in `_start`: no layer around `send`, no closure per request.
+protocol writes its head: no layer around `send`, no closure per request. A head never written (the app failed
+first, and the client gets a 500 instead) is not counted; the 500 is.
 `send` is a plain method returning a finished awaitable, not a coroutine, except when it has to wait (the client
 reads slowly, or a file is sent).
 """
@@ -244,8 +245,6 @@ class Cycle:
         extra = chunks if keep_alive or close_given else b"connection: close\r\n" + chunks
         self.head = b"".join((STATUS_LINE[status], self.protocol.default_headers(), block, extra, b"\r\n"))
         self.status = status
-        if self.protocol.timed:
-            metrics.record(status, perf_counter() - self.read_at)
         self.framing = framing
         self.keep_alive = keep_alive
         self.started = True
@@ -257,6 +256,8 @@ class Cycle:
         head = self.head
         if head is not None and not self.disconnected:
             self.head = None
+            if self.protocol.timed:
+                metrics.record(self.status, perf_counter() - self.read_at)
             self.transport.write(head)
 
     def _body(self, body: bytes, more_body: bool) -> None:
@@ -282,6 +283,8 @@ class Cycle:
         head = self.head
         if head is not None:
             self.head = None
+            if self.protocol.timed:
+                metrics.record(self.status, perf_counter() - self.read_at)
             if len(data) > JOIN_LIMIT:
                 self.transport.writelines((head, data))
             else:
