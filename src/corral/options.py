@@ -142,6 +142,22 @@ class Options:
         5.0, "seconds an idle keep-alive connection stays open", metavar=SECONDS, low=0.1, high=3600,
         unit="seconds", used_by=_T,
     )
+    header_timeout: float = option(
+        10.0, "seconds a request head may take to arrive; a slower one is closed (--http auto)", metavar=SECONDS,
+        low=0.5, high=3600, unit="seconds", used_by=_T,
+    )
+    max_request_line: int = option(
+        8192, "longest request line in bytes; 414 beyond (--http auto)", metavar="BYTES", low=256, high=1024**2,
+        unit="bytes", used_by=_T,
+    )
+    max_request_head: int = option(
+        65536, "largest request head (line and headers) in bytes; 431 beyond (--http auto)", metavar="BYTES",
+        low=1024, high=16 * 1024**2, unit="bytes", used_by=_T,
+    )
+    max_headers: int = option(
+        100, "most request header fields; 431 beyond (--http auto)", metavar="N", low=10, high=10_000,
+        unit="header fields", used_by=_T,
+    )
 
     # HTTPS
     https: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)

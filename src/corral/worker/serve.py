@@ -25,7 +25,7 @@ import uvicorn
 from corral import channel, logs
 from corral.discovery import AppLoadError, Target, app_interface, clip, format_traceback, import_app
 from corral.errors import ExitCode
-from corral.manager.policy import heartbeat_interval
+from corral.heartbeat import heartbeat_interval
 from corral.metrics_shm import RequestFigures
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
@@ -34,8 +34,10 @@ from corral.shed_orders import ShedOrders
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import WorkerLoad
 from corral.worker.first_answer import stamp_on_first_answer
+from corral.worker.http import protocol_class
+from corral.worker.http.limits import Limits
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
-from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining, protocol_class
+from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining
 from corral.worker.shedding import Orders
 from corral.worker.spec import TemplateSpec
 from corral.worker.stall import StallRecorder
@@ -225,8 +227,11 @@ def _https_layer(
     The TLS modules are imported only when one of these is on, so a plain-HTTP worker does not carry them.
     """
     plain = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "http"]
+    limits = Limits(
+        settings.max_request_line, settings.max_request_head, settings.max_headers, settings.header_timeout
+    )
     if not (https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol):
-        return app, protocol_class(settings.http), plain, None
+        return app, protocol_class(settings.http, limits), plain, None
     from corral.tls.http_app import wrap_app
     from corral.tls.store import Store
     from corral.tls.worker import WorkerTLS, router_class
@@ -242,7 +247,7 @@ def _https_layer(
             store=Store(state_dir) if tls is not None and state_dir else None,
             https_port=https_port(settings),
         )
-    http_class = protocol_class(settings.http)
+    http_class = protocol_class(settings.http, limits)
     if tls is not None:
         http_class = tls.protocol_class(http_class, plain)
     elif settings.proxy_protocol:

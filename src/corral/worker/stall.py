@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TextIO
 
-from corral.manager.policy import heartbeat_interval
+from corral.heartbeat import heartbeat_interval
 
 MEMFD_NAME = "corral-stacks"
 MAIN_THREAD = "main thread "  # the file's first line: this, then the thread's id in hex
