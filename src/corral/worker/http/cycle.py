@@ -17,15 +17,31 @@ import logging
 import os
 from collections.abc import Awaitable, Generator
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from corral.worker import metrics, shedding
 from corral.worker.http.head import CONTINUE, STATUS_LINE
 
-if TYPE_CHECKING:
-    from corral.worker.http.protocol import HttpProtocol
-
 log = logging.getLogger("uvicorn.error")
+
+class Connection(Protocol):
+    """What a cycle uses of its connection's protocol (`HttpProtocol`), named here so that the two modules do
+    not import each other."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    tasks: set[asyncio.Task[None]]
+    timeout_keep_alive: float
+    write_paused: bool
+    timed: bool
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def body_stalled(self) -> None: ...
+    def default_headers(self) -> bytes: ...
+    def response_done(self, cycle: Cycle) -> None: ...
+    async def writable(self) -> None: ...
+
 
 HIGH_WATER = 65536  # request body bytes buffered before the connection stops reading
 JOIN_LIMIT = 65536  # a larger body is written beside its head (one writev), not copied into it
@@ -72,7 +88,7 @@ class Cycle:
     )
 
     def __init__(
-        self, scope: dict[str, Any], protocol: HttpProtocol, keep_alive: bool, expect_continue: bool,
+        self, scope: dict[str, Any], protocol: Connection, keep_alive: bool, expect_continue: bool,
         head_only: bool, http10: bool,
     ) -> None:
         self.scope = scope
