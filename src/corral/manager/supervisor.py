@@ -244,6 +244,12 @@ class Supervisor:
         generation.kill()
         for worker in [w for w in self.workers.values() if w.generation == generation.number]:
             self._forget(worker)
+        if not self.started and self.settings.reload:  # `corral dev`: the next save may fix it
+            log.error("the app failed to start: %s", cause)
+            _log_traceback(generation)
+            log.error("waiting for a change to the source")
+            self._refuse_waiters(generation, cause)
+            return
         if not self.started:
             self.fatal_message = f"the app failed to start: {cause}"
             log.error("%s", self.fatal_message)  # the one line first, then the traceback, once
@@ -260,6 +266,10 @@ class Supervisor:
         self.events.record("reload", f"reload refused: generation {generation.number} failed to start: {cause}",
                            generation=generation.number, outcome="refused", cause=cause)
         log.error("generation %d keeps serving", self.current.number if self.current else 0)
+        self._refuse_waiters(generation, cause)
+
+    @staticmethod
+    def _refuse_waiters(generation: Generation, cause: str) -> None:
         for waiter in generation.reload_waiters:
             if not waiter.done():
                 waiter.set_exception(RuntimeError(f"the new code failed to start: {cause}"))
