@@ -193,7 +193,7 @@ def main() -> None:
         for app, seconds in APPS.items():
             for server in measure(app, seconds, rounds, saves, root):
                 timing = statistics.median(server.timings)
-                rows.append(f"| {app} | {server.name} | {timing * 1000:.0f} ms | {min(server.timings) * 1000:.0f}–"
+                rows.append(f"| {app} | {server.name} | {timing * 1000:.0f} ms | {min(server.timings) * 1000:.0f} to "
                             f"{max(server.timings) * 1000:.0f} ms | {server.failed} of {server.sent} | "
                             f"{server.slowest * 1000:.0f} ms |")
     finally:
