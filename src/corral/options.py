@@ -94,6 +94,7 @@ class Options:
     backlog: int = option(
         2048, "the listen queue's length (connections accepted by the kernel, not yet by a worker)", metavar="N",
         low=1, high=1_000_000, unit="connections", details="; the kernel caps it at net.core.somaxconn",
+        used_by=(MANAGER, WORKER),
     )
     preload: bool = option(True, "import the app once in a template and fork workers", used_by=(MANAGER, TEMPLATE))
     state_dir: str | None = option(None, "state directory (certificates, locks)", metavar="PATH")
@@ -104,7 +105,8 @@ class Options:
         unit="seconds", used_by=(MANAGER, WORKER),
     )
     graceful_timeout: float = option(
-        30.0, "seconds a draining worker may take", metavar=SECONDS, low=0, high=3600, unit="seconds"
+        30.0, "seconds a draining worker may take", metavar=SECONDS, low=0, high=3600, unit="seconds",
+        aliases=("--timeout-graceful-shutdown",),
     )
     startup_timeout: float = option(
         120.0, "seconds the app's import, then a new worker's start, may each take", metavar=SECONDS, low=1,

@@ -302,6 +302,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         timeout_graceful_shutdown=None,
         proxy_headers=False,  # the Forwarded/X-Forwarded-* handling lives in corral.tls.http_app
         server_header=False,
+        backlog=settings.backlog,  # the loop's create_server listens again with it
         ws=settings.ws,
         ws_max_size=settings.ws_max_size,
         ws_ping_interval=settings.ws_ping_interval,
