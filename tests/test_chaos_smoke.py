@@ -1,4 +1,4 @@
-"""benchmarks/chaos.py end to end on Corral alone (--quick), so the script cannot rot."""
+"""benchmarks/chaos.py end to end on Corral alone (--quick), both cases, so the script cannot rot."""
 
 from __future__ import annotations
 
@@ -24,3 +24,8 @@ def test_quick_chaos_run_on_corral_writes_a_report(tmp_path: Path) -> None:
     assert result["replaced"] == result["kills"], result
     assert 0 <= result["zero_ready_share"] <= 1 and result["samples"] > 0
     assert "| corral |" in (tmp_path / "chaos.md").read_text()
+
+    for one_in in ("50", "500"):  # the crash case: 1 request in N ends its worker, and corral keeps serving
+        crash = report["crash"][one_in]["corral"]
+        assert crash["alive_at_end"] and crash["served"] > 0 and crash["samples"] > 0, crash
+    assert report["crash"]["50"]["corral"]["workers_started"] > 0

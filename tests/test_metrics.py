@@ -23,7 +23,7 @@ import pytest
 from corral import metrics_exposition
 from corral.control_client import request as control_request
 from corral.manager.metrics import restart_cause
-from corral.manager.supervisor import Worker
+from corral.manager.pool import Worker
 from corral.metrics_exposition import fold, render
 from corral.metrics_shm import (
     BOUNDS,

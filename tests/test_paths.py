@@ -274,3 +274,16 @@ def test_runtime_dir_modes(tmp_path: Path, mode: int, accepted: bool) -> None:
             check_private_dir(directory, create=True)
     check_private_dir(tmp_path / "new", create=True)
     assert stat.S_IMODE(os.lstat(tmp_path / "new").st_mode) == 0o700
+
+
+def test_paths_is_a_lower_layer() -> None:
+    """Issue 23: `paths` (used by the control client, the manager, the store and the exports) imports nothing of
+    Corral's but `errors`, so no module that uses it can be part of an import cycle through it."""
+    import ast
+
+    import corral.paths
+
+    tree = ast.parse(Path(corral.paths.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name.split(".")[0] == "corral"} == {"corral.errors"}

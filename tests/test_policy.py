@@ -14,26 +14,36 @@ TIMES = "\N{MULTIPLICATION SIGN}"
 
 def test_a_worker_is_proven_once_ready_for_the_proving_time() -> None:
     backoff = Backoff(proving_time=1.0)
-    assert not policy.proved(None, backoff)
-    assert not policy.proved(0.3, backoff)
-    assert policy.proved(1.0, backoff)
-    assert policy.proved(3600.0, backoff)
+    assert not policy.proved(None, 0, backoff)
+    assert not policy.proved(0.3, 0, backoff)
+    assert policy.proved(1.0, 0, backoff)
+    assert policy.proved(3600.0, 0, backoff)
     assert Backoff().proving_time == policy.PROVING_TIME == 1.0
+
+
+def test_a_worker_that_answered_a_request_is_proven_whatever_its_age() -> None:
+    backoff = Backoff(proving_time=1.0)
+    assert policy.proved(0.01, 1, backoff)
+    assert policy.proved(0.0, 49, backoff)
+    assert policy.proved(None, 1, backoff)  # answered, then died before the manager saw its ready message
+    assert policy.failures_after_exit(4, 0.05, 1, backoff) == 0
+    assert policy.failures_after_exit(4, 0.05, 0, backoff) == 5
 
 
 def test_a_crash_while_serving_is_replaced_at_once_whatever_came_before() -> None:
     backoff = Backoff()
     for previous in (0, 1, 7, 100):
-        failures = policy.failures_after_exit(previous, 5.0, backoff)
-        assert failures == 0
-        assert policy.restart_delay(failures, backoff) == 0.0
+        for ready_for, answered in ((5.0, 0), (0.05, 3), (5.0, 1000)):
+            failures = policy.failures_after_exit(previous, ready_for, answered, backoff)
+            assert failures == 0
+            assert policy.restart_delay(failures, backoff) == 0.0
 
 
 def test_failed_starts_in_a_row_back_off_after_the_first() -> None:
     backoff = Backoff(base=0.1, maximum=30.0)
     failures, delays = 0, []
     for _ in range(12):
-        failures = policy.failures_after_exit(failures, None if failures % 2 else 0.5, backoff)
+        failures = policy.failures_after_exit(failures, None if failures % 2 else 0.5, 0, backoff)
         delays.append(policy.restart_delay(failures, backoff))
     assert failures == 12
     assert delays[:6] == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.8, 1.6])
@@ -48,8 +58,8 @@ def test_restart_delay_respects_a_small_maximum_and_no_failures() -> None:
 
 def test_a_proven_worker_resets_its_slot_backoff() -> None:
     backoff = Backoff()
-    assert policy.failures_after_exit(9, 1.0, backoff) == 0
-    assert policy.restart_delay(policy.failures_after_exit(0, None, backoff), backoff) == 0.0
+    assert policy.failures_after_exit(9, 1.0, 0, backoff) == 0
+    assert policy.restart_delay(policy.failures_after_exit(0, None, 0, backoff), backoff) == 0.0
 
 
 def test_backoff_never_leaves_the_pool_empty() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import CorralError, ExitCode
+from corral.paths import check_private_dir
 
 
 def default_control_path(name: str) -> Path:
@@ -25,8 +26,6 @@ def default_control_path(name: str) -> Path:
 
 def check_default_dir(path: Path) -> None:
     """A default socket is trusted only in a private runtime directory (another user could have made it)."""
-    from corral.paths import check_private_dir
-
     check_private_dir(path.parent, create=False)
 
 
@@ -38,17 +37,6 @@ def _check_peer(sock: socket.socket, path: Path) -> None:
     _, uid, _ = struct.unpack("3i", credentials)
     if uid not in (os.geteuid(), 0):
         raise CorralError(f"the control socket {path} belongs to a process of uid {uid}, not yours; refusing it")
-
-
-def socket_is_live(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:

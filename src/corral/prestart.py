@@ -224,11 +224,21 @@ class FileLock(PrestartLock):
     def __str__(self) -> str:
         return f"lock file {self.path}"
 
-    def acquire(self) -> None:
+    def _open(self, path: Path, flags: int) -> int:
+        """Never through a symbolic link, never another user's file or directory (`paths`)."""
+        from corral import paths
+
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            directory = paths.open_dir(path.parent, "--prestart-lock", others=0o002, sticky_ok=True, create=False)
+            try:
+                return paths.open_file(directory, path.name, flags | os.O_CREAT, path)
+            finally:
+                os.close(directory)
         except OSError as exc:
             raise CorralError(f"pre-start {self}: {exc.strerror}", ExitCode.PRESTART_FAILED) from exc
+
+    def acquire(self) -> None:
+        fd = self._open(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -259,7 +269,7 @@ class FileLock(PrestartLock):
     def record(self, release: str) -> None:
         line = json.dumps({"release": release, "done_at": datetime.now(UTC).isoformat()}) + "\n"
         try:
-            with self.records.open("a") as records:
+            with os.fdopen(self._open(self.records, os.O_WRONLY | os.O_APPEND), "a") as records:
                 records.write(line)
                 records.flush()
                 os.fsync(records.fileno())

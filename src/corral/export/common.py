@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from corral import paths
 from corral.binds import parse_bind
 from corral.config import Settings
 from corral.errors import ConfigError, CorralError
@@ -60,17 +61,17 @@ def emit(files: list[ExportFile], out: Path | None) -> None:
             print(file.content, end="" if file.content.endswith("\n") else "\n")
         return
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for file in files:
-            path = out / file.name
-            # Created with its mode from the start: a Secret's file is never readable by others.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(fd, file.mode)
-                if file.owner is not None:
-                    os.fchown(fd, file.owner, -1)
-                handle.write(file.data if file.data is not None else file.content.encode())
-            print(f"wrote {path}", file=sys.stderr)
+        # An existing --out is used as it is (never through a symlink, never another user's); each file is
+        # created with its mode from the start (a Secret's file is never readable by others) and renamed in.
+        directory = paths.open_dir(out, "--out", others=0o002, mode=0o777)
+        try:
+            for file in files:
+                data = file.data if file.data is not None else file.content.encode()
+                owner = None if file.owner is None else (file.owner, -1)
+                paths.replace_file(directory, file.name, data, file.mode, out / file.name, owner)
+                print(f"wrote {out / file.name}", file=sys.stderr)
+        finally:
+            os.close(directory)
     except OSError as exc:
         raise CorralError(f"cannot write into {out}: {exc.strerror or exc}") from None
 

@@ -42,8 +42,7 @@ def claim_path(path: Path, default: bool = False) -> socket.socket:
         sock.close()
         raise paths.unusable("--control", path, exc) from None
     finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
+        os.umask(old_umask)  # the socket was made 0600 by it: no chmod, which would follow a swapped-in symlink
     return sock
 
 

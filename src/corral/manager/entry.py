@@ -9,7 +9,9 @@ benchmark's workers: 33 MiB PSS before, 17 after).
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -48,6 +50,13 @@ def main() -> None:
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
+    except OSError as exc:  # the manager's own setup found no file descriptor left: one line, not a traceback
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        print(f"corral: no file descriptor left ({exc.strerror}; open files limit {limit}): raise it "
+              "(ulimit -n, LimitNOFILE=)", file=sys.stderr, flush=True)
+        os._exit(ExitCode.ERROR)  # a half-made event loop would print its own errors at exit
     sys.exit(int(code))
 
 

@@ -112,7 +112,7 @@ def run(settings: Options) -> int:
 def _check_startup(settings: Options, state_dir: Path | None) -> None:
     """Everything that can be checked before a process is started: one line and exit 2 for what is wrong."""
     from corral import paths
-    from corral.privileges import check_owner
+    from corral.privileges import check_owner, resolve_owner
 
     check_owner(settings.user, settings.group)
     paths.check_directory("--app-dir", settings.app_dir)
@@ -125,7 +125,7 @@ def _check_startup(settings: Options, state_dir: Path | None) -> None:
     if settings.ssl_ca_certs and not https_enabled(settings):
         raise ConfigError("--ssl-ca-certs needs HTTPS (--https or --certfile): it asks HTTPS clients for a certificate")
     if state_dir is not None:
-        paths.check_state_dir(state_dir)
+        paths.check_state_dir(state_dir, owner=resolve_owner(settings.user, settings.group))
 
 
 def _open(

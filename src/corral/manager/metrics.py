@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -33,7 +34,8 @@ from corral.manager.admin import Request, Response, Route
 from corral.metrics_shm import BOUNDS, STATUS_CLASSES, Figures, RequestFigures, quantile
 
 if TYPE_CHECKING:
-    from corral.manager.supervisor import Supervisor, Worker
+    from corral.manager.pool import Worker
+    from corral.manager.supervisor import Supervisor
 
 log = logging.getLogger("corral")
 
@@ -81,12 +83,14 @@ class AppMetricsDirectory:
         os.environ[ENV_VAR] = str(self.path)  # the templates inherit it, so the app's import sees it
 
     def _remove_orphans(self) -> None:
-        """Directories left by instances that were killed (SIGKILL skips the clean-up): their manager is gone."""
+        """Directories left by our instances that were killed (SIGKILL skips the clean-up): their manager is
+        gone. Only real directories of our own user: root too leaves every other user's alone."""
         for path in self.path.parent.glob(f"{self.PREFIX}*-*"):
             pid = path.name.removeprefix(self.PREFIX).partition("-")[0]
             if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
                 with contextlib.suppress(OSError):
-                    if os.getuid() in (0, path.stat().st_uid):
+                    info = os.lstat(path)
+                    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
                         shutil.rmtree(path, ignore_errors=True)
 
     def dead_files(self, live: set[int]) -> int:

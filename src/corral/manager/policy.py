@@ -13,7 +13,7 @@ GIB = 1024**3
 MIB = 1024**2
 
 
-PROVING_TIME = 1.0  # seconds a worker must stay ready before its death counts as a crash, not a failed start
+PROVING_TIME = 1.0  # seconds of readiness that prove a worker that has answered no request yet
 
 
 @dataclass(frozen=True)
@@ -23,18 +23,20 @@ class Backoff:
     proving_time: float = PROVING_TIME
 
 
-def proved(ready_for: float | None, backoff: Backoff) -> bool:
-    """A worker that stayed ready for the proving time has shown the app can serve.
+def proved(ready_for: float | None, answered: int, backoff: Backoff) -> bool:
+    """A worker that has answered a request (any status), or stayed ready for the proving time, has shown that
+    the app starts.
 
-    Its death is a crash of that worker (a bad request, a segfault, the OOM killer), not evidence that the
-    app cannot start. `ready_for` is None when the worker never became ready.
+    Its death, whatever its age, is a crash of that worker (a bad request, a segfault, the OOM killer), not
+    evidence that the app cannot start. `ready_for` is None when the worker never became ready; `answered` is
+    the requests its scoreboard cell counts (the worker stamps it as it answers its first one).
     """
-    return ready_for is not None and ready_for >= backoff.proving_time
+    return answered > 0 or (ready_for is not None and ready_for >= backoff.proving_time)
 
 
-def failures_after_exit(previous_failures: int, ready_for: float | None, backoff: Backoff) -> int:
+def failures_after_exit(previous_failures: int, ready_for: float | None, answered: int, backoff: Backoff) -> int:
     """A slot's count of failed starts in a row once its worker has died: 0 after a proven worker."""
-    return 0 if proved(ready_for, backoff) else previous_failures + 1
+    return 0 if proved(ready_for, answered, backoff) else previous_failures + 1
 
 
 def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
@@ -63,7 +65,8 @@ def is_crash_loop(
     """More than `limit` failed starts within the last `window` seconds, none of them followed by proof.
 
     A failed start is a worker that died before proving itself, or a template that died. `last_proof` is
-    the latest time a worker was seen proven (alive, or dead of a crash, after the proving time): a pool
+    the latest time a worker was seen proven (alive or dead, having answered a request or stayed ready for the
+    proving time): a pool
     that keeps proving workers can serve, however many die, so the count starts again after each proof.
     """
     recent = [t for t in failed_starts if now - t <= window and (last_proof is None or t > last_proof)]

@@ -1,8 +1,8 @@
 """The restart book: per-slot failed starts and backoff, the pool's crash counts, the crash-loop verdict.
 
 The supervisor tells it what died and when; the decisions are policy.py's. Two kinds of death:
-- a *crash*: a worker that had proven itself (ready for `policy.PROVING_TIME`) died. It is replaced at once,
-  never backed off, never counted toward --crash-limit;
+- a *crash*: a worker that had proven itself (answered a request, or stayed ready for `policy.PROVING_TIME`)
+  died, whatever its age. It is replaced at once, never backed off, never counted toward --crash-limit;
 - a *failed start*: a worker that died before proving itself, or a template that died. Its slot backs off
   and it counts toward --crash-limit, until some worker proves itself again.
 """
@@ -44,13 +44,14 @@ class Restarts:
     def slot(self, number: int) -> Slot:
         return self.slots.setdefault(number, Slot())
 
-    def worker_died(self, number: int, ready_for: float | None, now: float) -> Verdict:
+    def worker_died(self, number: int, ready_for: float | None, answered: int, now: float) -> Verdict:
+        """`answered`: the requests the dead worker's scoreboard cell counts."""
         slot = self.slot(number)
         slot.restarts += 1
-        slot.failures = policy.failures_after_exit(slot.failures, ready_for, self.backoff)
+        slot.failures = policy.failures_after_exit(slot.failures, ready_for, answered, self.backoff)
         delay = policy.restart_delay(slot.failures, self.backoff)
         slot.next_start = now + delay
-        crash = policy.proved(ready_for, self.backoff)
+        crash = policy.proved(ready_for, answered, self.backoff)
         if crash:
             self.crashes += 1
             self.last_proof = now
@@ -66,9 +67,9 @@ class Restarts:
         self.failed_starts = [t for t in self.failed_starts if now - t <= self.window]
         self.failed_starts.append(now)
 
-    def saw_ready(self, ready_since: list[float], now: float) -> None:
-        """A worker alive and ready for the proving time is proof, now, that the app can serve."""
-        if any(now - since >= self.backoff.proving_time for since in ready_since):
+    def saw_ready(self, ready: list[tuple[float, int]], now: float) -> None:
+        """A worker alive and proven (ready since, requests answered) is proof, now, that the app can serve."""
+        if any(policy.proved(now - since, answered, self.backoff) for since, answered in ready):
             self.last_proof = now
 
     def crash_loop(self, now: float) -> bool:

@@ -5,7 +5,6 @@ Blocking (the `acme` package uses requests): the manager runs it in a thread.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -138,8 +137,7 @@ class AcmeIssuer:
                 raise AcmeError("the ACME server did not validate or issue in time") from exc
         finally:
             for path in published:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+                self.store.remove(path)
         return load_material(order.fullchain_pem.encode(), key, names=names)
 
     def _answer(self, acme: client.ClientV2, authz: messages.AuthorizationResource) -> Path:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from corral import paths
+from corral.errors import ConfigError
 from corral.tls.certs import BadCertificate, Material, load_material
 
 
@@ -31,49 +33,60 @@ def default_state_dir(name: str = "corral") -> Path:
     return Path(base) / "corral" / name
 
 
-def write_file(path: Path, data: bytes, private: bool = False, owner: tuple[int, int] | None = None) -> None:
-    """Atomically replace `path`; private files are created 0600 (never readable by others, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600 if private else 0o644)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class Store:
-    """Paths and atomic reads/writes under one state directory."""
+    """Paths and atomic writes under one state directory.
+
+    Writes go through directory descriptors, never following a symbolic link (`paths.open_subdir`,
+    `paths.replace_file`): what Corral creates here is given to `owner`; what exists is never changed.
+    """
 
     def __init__(self, root: Path, owner: tuple[int, int] | None = None) -> None:
         self.root = root
         self.owner = owner  # (uid, gid) of the workers when they run as another user
 
+    @contextlib.contextmanager
+    def _directory(self, relative: Path) -> Iterator[int]:
+        """A descriptor of `root/relative`, made (0700, given to `owner`) where missing."""
+        root = paths.open_dir(self.root, "--state-dir", owner=self.owner, trusted=paths.trusted_owners(self.owner))
+        try:
+            fd = paths.open_subdir(root, relative.parts, self.root, self.owner)
+        finally:
+            os.close(root)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
     def prepare(self) -> None:
-        """Create the directories; when workers run as another user, give them the whole tree."""
-        for sub in ("certs/current", "challenges/http-01", "challenges/tls-alpn-01", "locks"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.root.chmod(0o700)
+        """Create the directories that are missing; an existing one is used as it is, or refused (ConfigError).
+
+        With `owner`, the workers (running as that user) read certs/current and challenges: a state directory
+        they could not enter, or such a directory of another owner, is refused rather than changed."""
         if self.owner is not None:
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                os.chown(dirpath, *self.owner)
-                for item in dirnames + filenames:
-                    os.chown(os.path.join(dirpath, item), *self.owner, follow_symlinks=False)
+            root = os.stat(self.root)
+            if root.st_uid != self.owner[0] and not root.st_mode & stat.S_IXOTH:
+                raise ConfigError(f"--state-dir {self.root}: its mode {stat.S_IMODE(root.st_mode):04o} keeps the "
+                                  f"workers (uid {self.owner[0]}) out; corral changes no existing mode: use a new "
+                                  "--state-dir or chmod o+x it")
+        for sub in ("certs/current", "challenges/http-01", "challenges/tls-alpn-01", "locks"):
+            with self._directory(Path(sub)):
+                pass
+        for sub in ("certs", "certs/current", "challenges", "challenges/http-01", "challenges/tls-alpn-01"):
+            uid = os.lstat(self.root / sub).st_uid
+            if self.owner is not None and uid != self.owner[0]:
+                raise ConfigError(f"--state-dir {self.root}: {sub} belongs to uid {uid}, so the workers "
+                                  f"(uid {self.owner[0]}) cannot read it; corral changes no existing owner: "
+                                  "use a new --state-dir or chown it")
 
     def write(self, path: Path, data: bytes, private: bool = False) -> None:
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, mode=0o700)
-            if self.owner is not None:
-                os.chown(path.parent, *self.owner)
-        write_file(path, data, private=private, owner=self.owner)
+        """Atomically replace `path` (below the root); private files are 0600 from the start."""
+        with self._directory(path.parent.relative_to(self.root)) as fd:
+            paths.replace_file(fd, path.name, data, 0o600 if private else 0o644, path, self.owner)
+
+    def remove(self, path: Path) -> None:
+        """Remove a file Corral wrote (a challenge answer), through the same descriptors as `write`."""
+        with contextlib.suppress(OSError, ConfigError), self._directory(path.parent.relative_to(self.root)) as fd:
+            os.unlink(path.name, dir_fd=fd)
 
     # issued material, per label ("acme", "local", "files")
     def issued_dir(self, label: str) -> Path:
@@ -110,8 +123,8 @@ class Store:
     def lock(self, label: str) -> Iterator[None]:
         """An exclusive inter-process lock (flock): one Corral orders `label` at a time."""
         path = self.root / "locks" / f"{label}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with self._directory(Path("locks")) as directory:
+            fd = paths.open_file(directory, path.name, os.O_RDWR | os.O_CREAT, path, self.owner)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

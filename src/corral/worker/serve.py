@@ -32,6 +32,7 @@ from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import WorkerLoad
+from corral.worker.first_answer import stamp_on_first_answer
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
 from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining, protocol_class
 from corral.worker.spec import TemplateSpec
@@ -332,6 +333,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections, busy)
         )
         stall.arm()
+
+    stamp_on_first_answer(stamp)
 
     def started() -> None:
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)

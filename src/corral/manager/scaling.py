@@ -1,0 +1,62 @@
+"""Scaling: the pool brought to its target, and the memory plan that bounds the target.
+
+The target changes by `corral scale`, TTIN/TTOU or the autoscaler's decision (`Supervisor.scale`); each tick,
+`reconcile` forks the slots up to the target that have no worker (unless they wait in backoff) and drains those
+above it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from corral.manager import policy, resources
+from corral.manager.generation import Generation
+from corral.manager.pool import Pool, Worker
+from corral.manager.restarts import Restarts
+
+log = logging.getLogger("corral")
+
+
+def reconcile(
+    pool: Pool,
+    book: Restarts,
+    target: int,
+    current: Generation,
+    now: float,
+    fork: Callable[[int, Generation], Worker],
+) -> None:
+    for slot_number in range(1, target + 1):
+        active = [
+            w for w in pool.workers.values()
+            if w.slot == slot_number and w.generation == current.number
+            and not w.replacing and w.stop_reason is None
+        ]
+        if not active and now >= book.slot(slot_number).next_start:
+            fork(slot_number, current)
+    waiting = book.waiting(range(1, target + 1), now)
+    serving = sum(1 for w in pool.workers.values() if w.state != "draining" and w.stop_reason is None)
+    if policy.start_despite_backoff(serving, len(waiting)):
+        slot_number = min(waiting, key=lambda n: book.slot(n).next_start)
+        log.warning("worker %d: starting before its backoff ends: no worker is ready", slot_number)
+        fork(slot_number, current)
+    for worker in list(pool.workers.values()):
+        if worker.slot > target:
+            pool.drain(worker, "scaled down")
+
+
+def memory_plan(
+    pool: Pool, sampler: resources.ProcessSampler, current: Generation | None, wanted: int, explicit: bool
+) -> policy.MemoryPlan | None:
+    """`policy.plan_memory` on the pool's figures: the largest worker's private memory, the template's shared
+    memory; None until a worker of `current` generation's template is ready to be measured."""
+    ready = [w for w in pool.workers.values() if w.state == "ready" and w.pid]
+    if not ready or current is None:
+        return None
+    measured = [sampler.memory(w.pid) for w in ready if w.pid]
+    private = [m.uss for m in measured if m is not None]
+    template = sampler.memory(current.process.pid)
+    shared = template.rss if template else 0
+    in_use = shared + sum(private)
+    available = resources.memory_available() + in_use
+    return policy.plan_memory(wanted, explicit, max(private, default=0), shared, available)
