@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def test_aliases_name_the_same_option(args: list[str], option: str, value: objec
         (["--ssl-ciphers", "NO-SUCH-CIPHER"], "invalid --ssl-ciphers"),
         (["--ws", "nope"], "invalid --ws"),
         (["--reload-include", "a/b"], "invalid --reload-include"),
+        (["--header", "no colon"], "invalid --header"),
+        (["--header", "bad name: x"], "invalid --header"),
+        (["--limit-concurrency", "0"], "invalid --limit-concurrency"),
     ],
 )
 def test_bad_values_are_one_line(args: list[str], message: str) -> None:
@@ -288,3 +292,55 @@ def test_ws_defaults_and_none(corrals: list[Corral], tmp_path: Path) -> None:
     sock, head = _handshake(off.port)
     assert not head.startswith(b"HTTP/1.1 101"), head  # no WebSocket: the upgrade is not taken
     sock.close()
+
+
+SLOW_APP = """
+    import asyncio
+    from pathlib import Path
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        if scope["path"] == "/slow":
+            Path("in-flight").touch()
+            while not Path("release").exists():
+                await asyncio.sleep(0.02)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_limit_concurrency_and_headers(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, SLOW_APP)
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--limit-concurrency", "2", "--header", "X-Team: shop",
+                    "--header", "x-build:42", "--server-header", "--no-date-header")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    for response in (corral.get("/"), corral.get("/boom")):
+        assert response.headers["x-team"] == "shop" and response.headers["x-build"] == "42", response.headers
+        assert response.headers["server"] == "corral" and "date" not in response.headers
+    assert corral.get("/boom").status_code == 500
+    slow: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: slow.append(corral.get("/slow", timeout=60)))
+    thread.start()
+    try:
+        wait_for(lambda: (tmp_path / "in-flight").exists(), what="the slow request in flight")
+        over = corral.get("/")
+        assert over.status_code == 503, over
+    finally:
+        (tmp_path / "release").touch()
+        thread.join(60)
+    assert slow[0].status_code == 200
+    assert corral.get("/").status_code == 200  # below the limit again
+
+
+def test_header_defaults(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, SLOW_APP)
+    corral = Corral(tmp_path, "app.py", "-w", "1")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    response = corral.get("/")
+    assert "server" not in response.headers and "date" in response.headers
+    assert "x-team" not in response.headers

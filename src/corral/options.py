@@ -129,7 +129,8 @@ class Options:
         used_by=(MANAGER, WORKER), aliases=("--limit-max-requests",),
     )
     max_requests_jitter: int = option(
-        0, "random extra requests before recycling", metavar="N", low=0, high=1_000_000_000, unit="requests"
+        0, "random extra requests before recycling", metavar="N", low=0, high=1_000_000_000, unit="requests",
+        aliases=("--limit-max-requests-jitter",),
     )
     max_memory: int | None = option(
         None, "recycle a worker whose private memory passes SIZE", metavar="SIZE",
@@ -175,6 +176,20 @@ class Options:
         high=86400, unit="seconds", used_by=_T,
     )
     ws_per_message_deflate: bool = option(True, "WebSocket per-message compression", used_by=_T)
+    ws_max_queue: int = option(
+        32, "WebSocket messages a connection holds before the app receives them", metavar="N", low=1,
+        high=100_000, unit="messages", used_by=_T,
+    )
+    limit_concurrency: int | None = option(
+        None, "answer 503 to a request that finds its worker holding N connections or N requests", metavar="N",
+        low=1, high=1_000_000, unit="connections", used_by=_T,
+        details=" (per worker, its own connection included, as uvicorn counts)",
+    )
+    header: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [], "NAME:VALUE header added to every response (repeatable)", metavar="NAME:VALUE", used_by=_T
+    )
+    server_header: bool = option(False, "send `Server: corral`", used_by=_T)
+    date_header: bool = option(True, "send a `Date` header", used_by=_T)
 
     # HTTPS
     https: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)

@@ -246,6 +246,17 @@ def _ciphers(value: str | None) -> str | None:
     return value
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _headers(value: list[str]) -> list[str]:
+    for item in value:
+        name, colon, text = item.partition(":")
+        if not colon or not _TOKEN.fullmatch(name.strip()) or any(c in text for c in "\r\n\0"):
+            raise ValueError(f"expected NAME:VALUE (a header name, then its value), got {item[:80]!r}")
+    return value
+
+
 def _globs(value: list[str]) -> list[str]:
     for item in value:
         if not item or "/" in item:
@@ -268,6 +279,7 @@ AFTER: dict[str, Callable[[Any], Any]] = {
     "host": _host,
     "root_path": _root_path,
     "ssl_ciphers": _ciphers,
+    "header": _headers,
     "reload_include": _globs,
     "reload_exclude": _globs,
 }

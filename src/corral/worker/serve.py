@@ -137,6 +137,11 @@ def _summarise(message: str) -> str:
     return f"{lines[-1].strip()}{where}"
 
 
+def header_pairs(value: list[str]) -> list[tuple[str, str]]:
+    """--header NAME:VALUE as (name, value) (checked when the options were read)."""
+    return [(name.strip(), text.strip()) for name, _, text in (item.partition(":") for item in value)]
+
+
 def with_root_path(app: Any, root_path: str) -> Any:
     """--root-path: the prefix a proxy serves the app under, in the scope as uvicorn puts it (`root_path`, and
     `path` starting with it), whatever the HTTP or WebSocket protocol."""
@@ -302,13 +307,17 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         timeout_keep_alive=settings.keep_alive,  # type: ignore[arg-type] # annotated int; only given to call_later
         timeout_graceful_shutdown=None,
         proxy_headers=False,  # the Forwarded/X-Forwarded-* handling lives in corral.tls.http_app
-        server_header=False,
+        server_header=False,  # Corral's own `Server: corral`, with --server-header
+        headers=[("server", "corral")] * settings.server_header + header_pairs(settings.header),
+        date_header=settings.date_header,
+        limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,  # the loop's create_server listens again with it
         ws=settings.ws,
         ws_max_size=settings.ws_max_size,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_per_message_deflate=settings.ws_per_message_deflate,
+        ws_max_queue=settings.ws_max_queue,
     )
     if settings.log_level != "debug":
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
