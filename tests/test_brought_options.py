@@ -87,6 +87,8 @@ def test_fd_serves_an_inherited_socket(tmp_path: Path) -> None:
         (["--timeout-keep-alive", "2"], "keep_alive", 2.0),
         (["--timeout-graceful-shutdown", "7"], "graceful_timeout", 7.0),
         (["--limit-max-requests", "100"], "max_requests", 100),
+        (["--limit-max-requests-jitter", "9"], "max_requests_jitter", 9),
+        (["--ssl-certfile", "/c.pem", "--ssl-keyfile", "/k.pem"], "keyfile", "/k.pem"),
         (["--host", "::1", "--port", "9000"], "bind", ["[::1]:9000"]),
         (["--uds", "/tmp/x.sock"], "bind", ["unix:/tmp/x.sock"]),
         (["-b", "127.0.0.1:1", "--port", "2"], "bind", ["127.0.0.1:1", "127.0.0.1:2"]),

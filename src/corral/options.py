@@ -176,10 +176,6 @@ class Options:
         high=86400, unit="seconds", used_by=_T,
     )
     ws_per_message_deflate: bool = option(True, "WebSocket per-message compression", used_by=_T)
-    ws_max_queue: int = option(
-        32, "WebSocket messages a connection holds before the app receives them", metavar="N", low=1,
-        high=100_000, unit="messages", used_by=_T,
-    )
     limit_concurrency: int | None = option(
         None, "answer 503 to a request that finds its worker holding N connections or N requests", metavar="N",
         low=1, high=1_000_000, unit="connections", used_by=_T,

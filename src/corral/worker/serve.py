@@ -317,7 +317,6 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_per_message_deflate=settings.ws_per_message_deflate,
-        ws_max_queue=settings.ws_max_queue,
     )
     if settings.log_level != "debug":
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
