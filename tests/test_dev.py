@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -175,3 +176,34 @@ def test_dev_help_and_bad_option() -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert os.environ.get("CORRAL_RELOAD") is None
+
+
+def test_colour_on_a_terminal(tmp_path: Path) -> None:
+    """The log is coloured when stderr is a terminal (a pseudo-terminal here), with no flag."""
+    import pty
+    import select
+    import signal
+    import subprocess
+
+    from harness import corral_command, free_port
+
+    save(tmp_path, "one")
+    leader, follower = pty.openpty()
+    port = free_port()
+    process = subprocess.Popen(
+        corral_command("dev", "app.py", "-b", f"127.0.0.1:{port}", "--control", str(tmp_path / "c.sock")),
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, start_new_session=True,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"ready" not in seen and time.monotonic() < deadline:
+            if select.select([leader], [], [], 1)[0]:
+                seen += os.read(leader, 65536)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        os.close(leader)
+    assert b"ready" in seen, seen
+    assert b"\x1b[32mINFO\x1b[0m" in seen
