@@ -207,3 +207,29 @@ def test_colour_on_a_terminal(tmp_path: Path) -> None:
         os.close(leader)
     assert b"ready" in seen, seen
     assert b"\x1b[32mINFO\x1b[0m" in seen
+
+
+SLOW_IMPORT = """
+    import time
+    from pathlib import Path
+
+    Path("importing-{body}").touch()
+    time.sleep(1.5)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({{"type": "http.response.start", "status": 200, "headers": []}})
+        await send({{"type": "http.response.body", "body": b"{body}"}})
+"""
+
+
+def test_a_save_during_a_reload_is_served_after_it(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, SLOW_IMPORT.format(body="one"))
+    corral = dev(corrals, tmp_path)
+    corral.wait_ready(1)
+    write_app(tmp_path, SLOW_IMPORT.format(body="two"))
+    wait_for(lambda: (tmp_path / "importing-two").exists(), what="the reload to two importing")
+    write_app(tmp_path, SLOW_IMPORT.format(body="three"))  # while two is still importing
+    wait_for(lambda: serves(corral, "three"), what="the last save served")
+    assert "reloading once the reload in progress ends" in corral.log
