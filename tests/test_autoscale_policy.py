@@ -238,3 +238,28 @@ def test_an_idle_threadpool_pool_shrinks_back_to_the_minimum() -> None:
     assert sizes[19.5] == 4
     assert sizes[120] == 1
     assert next(t for t, n in sizes.items() if n == 1 and t > 20) <= 20 + 60  # idle: back to one within a minute
+
+
+def test_one_saturated_worker_with_the_mean_past_the_middle_grows_the_pool() -> None:
+    # Keep-alive clients spread unevenly (the newcomer's report): one worker's threadpool full, the other's at 57 %,
+    # the mean inside the band. The others have little room left to take the busy worker's clients.
+    samples = [LoadSample(t / 2, 2, 0.79, 0, 0.3, 2.0, busiest=1.0) for t in range(10)]
+    decision = policy.autoscale_decision(samples, 2, LIMITS, 4.5, -1000, "hold")
+    assert (decision.action, decision.target) == ("grow", 3)
+    assert decision.reason.startswith("workers 79 % busy (band 50-90 %), the busiest 100 %, CPU")
+
+
+def test_one_saturated_worker_beside_idle_ones_holds_while_its_clients_spread() -> None:
+    # Right after a growth: the old worker still has every client, the newcomer none. Another worker would get
+    # no client either; the busy worker lets some go instead (manager/balance.py).
+    samples = [LoadSample(t / 2, 2, 0.5, 0, 0.3, 2.0, busiest=1.0) for t in range(10)]
+    decision = policy.autoscale_decision(samples, 2, LIMITS, 4.5, -1000, "hold")
+    assert (decision.action, decision.reason) == ("hold", "workers 50 % busy (band 50-90 %), the busiest 100 %")
+
+
+def test_no_step_in_while_one_worker_is_saturated() -> None:
+    # Four workers 25 % busy on average: three idle, one saturated by its keep-alive clients.
+    one_busy = [LoadSample(t / 2, 4, 0.25, 0, 0.2, 2.0, busiest=1.0) for t in range(80)]
+    assert policy.autoscale_decision(one_busy, 4, LIMITS, 39.5, -1000, "grow").action == "hold"
+    evenly = [LoadSample(t / 2, 4, 0.25, 0, 0.2, 2.0, busiest=0.3) for t in range(80)]
+    assert policy.autoscale_decision(evenly, 4, LIMITS, 39.5, -1000, "grow").action == "shrink"

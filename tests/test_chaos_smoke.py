@@ -20,9 +20,11 @@ def test_quick_chaos_run_on_corral_writes_a_report(tmp_path: Path) -> None:
     assert report["errors"] == []
     result = report["results"]["corral"]
     assert result["alive_at_end"] and result["requests"] > 0
-    assert result["kills"] + result["skipped_kills"] == 10 and result["kills"] > 0
-    assert result["replaced"] == result["kills"], result
-    assert 0 <= result["zero_ready_share"] <= 1 and result["samples"] > 0
+    # one worker of four killed at a time: there is always a ready worker to kill, and never 0 ready
+    assert result["kills"] == 10 and result["skipped_kills"] == 0, result
+    # every kill replaced, none slowly (0.5 s is the target on a quiet machine; 5 s leaves room for a loaded one)
+    assert result["replaced"] == result["kills"] and result["replacement_max_s"] < 5.0, result
+    assert result["samples"] >= 50 and result["zero_ready_share"] == 0, result
     assert "| corral |" in (tmp_path / "chaos.md").read_text()
 
     for one_in in ("50", "500"):  # the crash case: 1 request in N ends its worker, and corral keeps serving

@@ -89,6 +89,12 @@ def test_dashboard_under_load(corrals: list[Corral], tmp_path: Path, browser: An
         rate = until(browser, lambda: (r := float(browser.find_element(By.ID, "total-rate").text)) > 0 and r,
                      "a non-zero request rate")
         assert rate > 0 and done[0] > 0
+        # the latency card and every worker's row show p50 / p99 figures
+        until(browser, lambda: browser.find_element(By.ID, "total-latency").text.count(" ms") == 2,
+              "the pool's p50 / p99")
+        until(browser, lambda: all(row.text.count(" ms") == 2
+                                   for row in browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")),
+              "each worker's p50 and p99")
         assert "token" not in browser.current_url  # taken out of the address bar at once
         # the charts drew lines for the workers, and the events list shows their starts
         until(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#chart-rate polyline")) >= 3,

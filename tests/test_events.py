@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import faulthandler
 import json
@@ -17,7 +18,7 @@ import trustme
 
 from corral.control_client import request
 from corral.errors import CorralError
-from corral.manager.events import EventLog, stalled_frame, top_frame, wait_channel
+from corral.manager.events import FINAL, EventLog, stalled_frame, top_frame, wait_channel
 from corral.worker.stall import StallRecorder
 from harness import Corral, corral_command, run_cli, wait_for, write_app
 
@@ -68,6 +69,33 @@ def test_event_log_is_bounded_and_reads_after_a_sequence() -> None:
     assert log.since(5) == [] and log.since(0, limit=0) == []
     assert log.last_seq == 5
     assert log.since(0)[-1].to_json()["n"] == 4
+
+
+def test_a_follower_gets_each_event_once_and_ends_with_the_final_one() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        log = EventLog(capacity=3)
+        for number in range(5):
+            log.record("scale", f"old {number}")
+        answers: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async for answer in log.follow({"since": 0, "limit": 2}):
+                answers.append(answer)
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0)  # the follower has its first answer and waits
+        log.record("start", "new 1")
+        log.record("start", "new 2")  # before the follower runs again: one batch
+        await asyncio.sleep(0)
+        log.record(FINAL, "stopped after 1.0 s, exit code 0", code=0)
+        await asyncio.wait_for(task, 5)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [[event["message"] for event in answer["events"]] for answer in answers] == [
+        ["old 3", "old 4"], ["new 1", "new 2"], ["stopped after 1.0 s, exit code 0"]]
+    assert [answer.get("end") for answer in answers] == [None, None, True]
+    assert [answer["last_seq"] for answer in answers] == [5, 7, 8]
 
 
 def test_wait_channel_names_where_a_sleeping_process_waits() -> None:
@@ -201,8 +229,10 @@ def test_scale_reload_refusal_stop_and_follow(corrals: list[Corral], tmp_path: P
     seqs = [e["seq"] for e in followed]
     assert seqs == sorted(set(seqs)) and seqs[0] == 1  # in order, each once, from the latest one on
     assert {"scale", "start", "reload", "exit", "stop"} <= {e["kind"] for e in followed}
-    # when the instance has gone, the follower ends with one line and exit code 7
-    assert follower.returncode == 7
+    # the instance stopped as asked: the follower prints its final event and ends with exit code 0
+    assert followed[-1]["kind"] == "stopped" and followed[-1]["code"] == 0
+    assert followed[-1]["message"].startswith("stopped after ")
+    assert follower.returncode == 0
 
 
 def test_certificate_reload_is_an_event(corrals: list[Corral], tmp_path: Path) -> None:
@@ -234,6 +264,7 @@ def test_certificate_reload_is_an_event(corrals: list[Corral], tmp_path: Path) -
 def test_events_bad_input_and_no_instance(tmp_path: Path) -> None:
     result = run_cli("events", "--limit", "0", "--control", str(tmp_path / "c.sock"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "Invalid value for '--limit'" in result.stderr, result.stderr
     result = run_cli("events", "--control", str(tmp_path / "none.sock"))
     assert result.returncode == 7 and "no corral instance" in result.stderr
     assert "Traceback" not in result.stderr

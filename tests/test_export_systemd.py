@@ -263,10 +263,15 @@ def test_printed_without_out(project: Path) -> None:
 
 
 def test_bad_input_is_one_line(project: Path) -> None:
-    for args in (["--name", "bad/name"], ["--bind", "fd://3", "--socket"], ["--workers", "0"]):
+    for args, words in (
+        (["--name", "bad/name"], "invalid --name (command line): expected a plain name"),
+        (["--bind", "fd://3", "--socket"], "fd:// cannot be one of them"),
+        (["--workers", "0"], "invalid --workers (command line): must be from 1 to 256"),
+    ):
         result = corral("export", "systemd", "main:app", *args, cwd=project)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith("corral: ") and result.stderr.count("\n") == 1, result.stderr
+        assert words in result.stderr, (args, result.stderr)  # refused for this reason, not another
 
 
 def test_install_into_a_root_enables_the_units(project: Path, tmp_path: Path) -> None:

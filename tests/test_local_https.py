@@ -173,7 +173,8 @@ def test_trust_finds_the_ca_in_use_and_never_creates_one(tmp_path: Path) -> None
         assert nothing.returncode == 1
         assert nothing.stderr.startswith("corral: no local CA found")
         assert "corral run --https localhost" in nothing.stderr
-        assert space.run("trust", "--state-dir", str(tmp_path / "empty")).returncode == 1
+        empty = space.run("trust", "--state-dir", str(tmp_path / "empty"))
+        assert empty.returncode == 1 and f"no local CA in {tmp_path / 'empty'}" in empty.stderr, empty.stderr
         assert not (tmp_path / "empty").exists()
         listing = subprocess.run([*space.prefix(), "ls", "-A", "/var/lib/corral"], capture_output=True, text=True)
         assert listing.stdout == ""  # nothing created

@@ -205,7 +205,42 @@ def test_an_open_xdg_runtime_dir_is_refused(shared_dir: Path) -> None:
     result = as_nobody(shared_dir, "run", "app.py", "-b", f"127.0.0.1:{free_port()}",
                        env={"XDG_RUNTIME_DIR": str(xdg)})
     line = one_line_usage_error(result)
-    assert str(xdg / "corral") in line
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert line == (f"corral: refusing the runtime directory {xdg / 'corral'}: it belongs to uid 0, not to you "
+                    f"(uid {nobody}); remove it, or give --control PATH"), line
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("mode", [0o700, 0o755])
+def test_a_runtime_dir_of_another_user_is_refused_whatever_its_mode(shared_dir: Path, mode: int) -> None:
+    """A good mode is not enough: the directory must be the user's own (another user could replace the socket)."""
+    xdg = shared_dir / "xdg"
+    xdg.mkdir()
+    (xdg / "corral").mkdir()
+    os.chown(xdg, pwd.getpwnam("nobody").pw_uid, -1)
+    (xdg / "corral").chmod(mode)  # owned by root, closed to others
+    result = as_nobody(shared_dir, "run", "app.py", "-b", f"127.0.0.1:{free_port()}",
+                       env={"XDG_RUNTIME_DIR": str(xdg)})
+    line = one_line_usage_error(result)
+    assert f"refusing the runtime directory {xdg / 'corral'}: it belongs to uid 0, not to you (uid " in line, line
+    assert not (xdg / "corral" / "corral.sock").exists()
+    assert stat.S_IMODE(os.lstat(xdg / "corral").st_mode) == mode and os.lstat(xdg / "corral").st_uid == 0
+
+
+@ROOT_ONLY
+def test_check_private_dir_refuses_another_users_dir_with_a_good_mode(tmp_path: Path) -> None:
+    from corral.errors import ConfigError
+    from corral.paths import check_private_dir
+
+    directory = tmp_path / "runtime"
+    directory.mkdir(mode=0o700)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(directory, nobody, -1)
+    with pytest.raises(ConfigError) as refused:
+        check_private_dir(directory, create=True)
+    assert str(refused.value) == (f"refusing the runtime directory {directory}: it belongs to uid {nobody}, not to "
+                                  f"you (uid 0); remove it, or give --control PATH")
+    assert os.lstat(directory).st_uid == nobody, "left as it was"
 
 
 @ROOT_ONLY
@@ -270,8 +305,10 @@ def test_runtime_dir_modes(tmp_path: Path, mode: int, accepted: bool) -> None:
     if accepted:
         check_private_dir(directory, create=True)
     else:
-        with pytest.raises(ConfigError, match="lets others write"):
+        with pytest.raises(ConfigError) as refused:
             check_private_dir(directory, create=True)
+        assert str(refused.value) == (f"refusing the runtime directory {directory}: its mode {mode:04o} lets others "
+                                      "write in it (0700 is expected); remove it, or give --control PATH")
     check_private_dir(tmp_path / "new", create=True)
     assert stat.S_IMODE(os.lstat(tmp_path / "new").st_mode) == 0o700
 
@@ -287,3 +324,28 @@ def test_paths_is_a_lower_layer() -> None:
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert {name for name in imported if name.split(".")[0] == "corral"} == {"corral.errors"}
+
+
+@ROOT_ONLY
+def test_a_client_refuses_a_control_socket_served_by_another_user(shared_dir: Path) -> None:
+    """The same-user check (SO_PEERCRED) from a client that is not root: a socket another user (`daemon`) listens
+    on, open to all, is refused in one line, and the command is never sent to it."""
+    other = pwd.getpwnam("daemon").pw_uid
+    path = shared_dir / "other.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        path.chmod(0o777)
+        os.seteuid(other)  # the kernel records the listening process's credentials at listen()
+        try:
+            listener.listen()
+        finally:
+            os.seteuid(0)
+        result = as_nobody(shared_dir, "status", "--control", str(path))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (f"corral: the control socket {path} belongs to a process of uid {other}, not yours; "
+                                 "refusing it\n"), result.stderr
+        listener.settimeout(10)
+        connection, _ = listener.accept()  # the client connected, checked, and closed without a word
+        with connection:
+            connection.settimeout(10)
+            assert connection.recv(1024) == b""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -188,9 +189,21 @@ def test_max_memory_recycles(corrals: list[Corral], tmp_path: Path) -> None:
     (pid,) = corral.wait_ready(1)
     for _ in range(3):
         assert corral.get("/grow").status_code == 200
-    new = wait_for(lambda: (p := corral.ready_pids()) and p != [pid] and p, what="memory recycle")
-    assert corral.get().text == str(new[0])
-    assert "above --max-memory" in corral.log
+    (new,) = wait_for(lambda: (p := corral.ready_pids()) and p != [pid] and p, what="memory recycle")
+    assert corral.get().text == str(new)
+
+    def events() -> list[tuple[str, int]]:
+        result = run_cli("events", "--json", "--control", str(corral.control))
+        return [(e["kind"], e.get("pid")) for e in map(json.loads, result.stdout.splitlines())]
+
+    kinds = wait_for(lambda: (k := events()) and ("exit", pid) in k and k, what="the old worker's exit event")
+    # The replacement was ready before the old worker began draining: in `corral events` and in the log.
+    assert kinds.index(("recycle", pid)) < kinds.index(("start", new)) < kinds.index(("exit", pid)), kinds
+    log = corral.log
+    recycled = log.index(f"worker 1 (pid {pid}) recycled: private memory")
+    ready = log.index(f"worker 1 (pid {new}, generation 1) ready", recycled)
+    draining = log.index(f"worker 1 (pid {pid}) draining: private memory", recycled)
+    assert recycled < ready < draining, log[recycled:]
 
 
 MEMORY_HOG = """

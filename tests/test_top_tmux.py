@@ -49,6 +49,9 @@ def test_top_shows_the_pool_and_acts_on_keys(corrals: list[Corral], tmp_path: Pa
                 table = rows(screen())
                 shown = sorted(table) == pids
                 rate = any(cells[4] not in ("-", "0.0") and float(cells[4]) > 0 for cells in table.values())
+                # a worker that serves shows its p50 and p99 latency
+                rate = rate and all(cells[5].endswith("ms") and cells[6].endswith("ms") for cells in table.values()
+                                    if cells[4] not in ("-", "0.0"))
                 return table if shown and rate else None
 
             wait_for(busy, what="every pid and a non-zero request rate in the pane")

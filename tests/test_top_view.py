@@ -53,3 +53,14 @@ def test_a_frame_shows_workers_totals_and_events() -> None:
     assert "scaled from 1 to 2 workers" in text and "q quit" in text
     assert "1m30s" in text  # uptime
     assert "hang" in event_line(events[0]).plain
+
+
+def test_a_frame_before_the_workers_shows_the_pre_start_step() -> None:
+    status = {"phase": "prestart", "manager_pid": 7, "generation": 0, "target_workers": 2, "restarts": 0,
+              "stopping": False, "workers": [], "pool": {"workers_ready": 0},
+              "prestart": {"step": 1, "steps": 2, "command": "alembic upgrade head", "waiting_for": None,
+                           "seconds": 75.0}}
+    console = Console(record=True, width=160)
+    console.print(render(status, [], Rates()))
+    text = console.export_text()
+    assert "pre-start step 1 of 2 running for 1m15s: alembic upgrade head · 2 workers wanted" in text

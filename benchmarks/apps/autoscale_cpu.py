@@ -1,4 +1,6 @@
-"""A FastAPI endpoint that spends CPU: a few milliseconds of hashing per request (the autoscaling benchmark)."""
+"""A FastAPI endpoint that spends CPU: a few milliseconds of hashing per request (the autoscaling benchmark).
+
+Each response names its worker in `X-Worker-Pid`, so the benchmark counts each worker's share."""
 
 from __future__ import annotations
 
@@ -6,12 +8,14 @@ import hashlib
 import os
 
 from _common import fastapi_app
+from fastapi import Response
 
 app = fastapi_app()
 
 
 @app.get("/")
-async def work() -> dict[str, str]:
+async def work(response: Response) -> dict[str, str]:
+    response.headers["x-worker-pid"] = str(os.getpid())
     digest = b"corral" * 170  # about 1 KiB, hashed 1000 times: 2 to 3 ms of one core
     for _ in range(1000):
         digest = hashlib.sha256(digest).digest() * 32

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,7 +55,7 @@ def _ask(
 def _seconds(option: str, value: float, low: float = 0.0) -> float:
     """A wait given on the command line: finite, more than `low`, at most a day."""
     if not (math.isfinite(value) and low < value <= MAX_WAIT):
-        raise ConfigError(f"{option} must be from {low:g} to 86,400 seconds, got {value:g}")
+        raise ConfigError(f"{option} must be more than {low:g} and at most 86,400 seconds, got {value:g}")
     return value
 
 
@@ -77,6 +77,7 @@ def events_command(control: str | None, name: str | None, follow: bool, json_out
     """Print what happened to the pool: starts, exits and their cause, hangs, recycles, reloads, scaling."""
     if not 1 <= limit <= 500:
         raise ConfigError(f"--limit must be from 1 to 500 events, got {limit}")
+    from corral.control_client import stream
     from corral.top_view import event_line, follow_events
 
     path = control_path(control, name)
@@ -84,13 +85,16 @@ def events_command(control: str | None, name: str | None, follow: bool, json_out
     def ask(message: dict[str, Any]) -> dict[str, Any]:
         return _ask_path(path, message)
 
+    def follow_stream(message: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        return stream(path, message)
+
     if json_output:
-        follow_events(ask, limit, follow, lambda event: print(json.dumps(event), flush=True))
+        follow_events(ask, follow_stream, limit, follow, lambda event: print(json.dumps(event), flush=True))
         return
     from rich.console import Console  # only to draw: --json needs none of it
 
     console = Console(highlight=False, soft_wrap=True)
-    follow_events(ask, limit, follow, lambda event: console.print(event_line(event)))
+    follow_events(ask, follow_stream, limit, follow, lambda event: console.print(event_line(event)))
 
 
 def top_command(control: str | None, name: str | None, interval: float) -> None:
@@ -127,7 +131,7 @@ def scale_command(to: str, control: str | None, name: str | None) -> None:
 def reload_command(control: str | None, name: str | None, timeout: float) -> None:
     """Roll out the current code: new workers first, then the old ones drain. Waits until done."""
     if not 0 < timeout <= MAX_WAIT:
-        raise ConfigError(f"--timeout must be from 0 to 86,400 seconds, got {timeout:g}")
+        raise ConfigError(f"--timeout must be more than 0 and at most 86,400 seconds, got {timeout:g}")
     print(_ask(control, name, {"cmd": "reload"}, timeout=timeout)["message"])
 
 

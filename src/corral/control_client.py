@@ -1,4 +1,5 @@
-"""Client side of the control socket (used by `corral status`, `scale`, `reload`, `stop`), and its default path."""
+"""Client side of the control socket (used by `corral status`, `scale`, `reload`, `stop`, `events`), and its
+default path."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,46 @@ def _check_peer(sock: socket.socket, path: Path) -> None:
 
 def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
     """Send one request and wait for its answer; a missing or dead socket is one clear error."""
+    sock = _send(path, message, timeout)
+    try:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        raise CorralError(f"the corral instance at {path} did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise CorralError(f"the connection to the corral instance at {path} failed: {exc.strerror or exc}"
+                          ) from None
+    finally:
+        sock.close()
+    if not data:
+        raise CorralError(f"the corral instance at {path} closed the connection without answering")
+    return _decode(data, path)
+
+
+def stream(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -> Iterator[dict[str, Any]]:
+    """Send one request answered by a line per update (`"follow": true`); yield each, until the instance closes
+    the connection. The first answer comes within `timeout`; the next ones whenever there is news."""
+    sock = _send(path, message, timeout)
+    try:
+        with sock.makefile("rb") as lines:
+            while line := lines.readline():
+                yield _decode(line, path)
+                sock.settimeout(None)
+    except TimeoutError:
+        raise CorralError(f"the corral instance at {path} did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise CorralError(f"the connection to the corral instance at {path} failed: {exc.strerror or exc}"
+                          ) from None
+    finally:
+        sock.close()
+
+
+def _send(path: Path, message: dict[str, Any], timeout: float | None) -> socket.socket:
+    """A connection to the instance at `path` (checked to run as us or root) with `message` sent on it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -64,21 +106,20 @@ def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -
     try:
         _check_peer(sock, path)
         sock.sendall(json.dumps(message).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
     except TimeoutError:
+        sock.close()
         raise CorralError(f"the corral instance at {path} did not answer within {timeout:g} s") from None
     except OSError as exc:
+        sock.close()
         raise CorralError(f"the connection to the corral instance at {path} failed: {exc.strerror or exc}"
                           ) from None
-    finally:
+    except BaseException:
         sock.close()
-    if not data:
-        raise CorralError(f"the corral instance at {path} closed the connection without answering")
+        raise
+    return sock
+
+
+def _decode(data: bytes, path: Path) -> dict[str, Any]:
     try:
         answer = json.loads(data)
     except ValueError:

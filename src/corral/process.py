@@ -15,6 +15,12 @@ from pathlib import Path
 DUMP_STACKS = signal.SIGUSR1  # manager → worker: faulthandler writes every thread's stack
 RELOAD_CERTIFICATES = signal.SIGUSR2  # manager → worker: load the new certificate material
 
+# The signals the manager handles (stop, reload, scale): `corral run` blocks them across its exec into the manager,
+# which unblocks them once its handlers are in place, so one that arrives in between is handled, never fatal.
+MANAGER_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU}
+)
+
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36

@@ -24,6 +24,9 @@ def _uptime(started_at: float) -> str:
 
 
 def print_status(status: dict[str, Any], console: Console) -> None:
+    if "prestart" in status:  # before the first workers
+        console.print(startup_line(status), highlight=False, soft_wrap=True)
+        return
     from rich.table import Table
 
     table = Table(
@@ -73,6 +76,21 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         console.print(autoscaler_line(status["autoscaler"]), highlight=False)
 
 
+def startup_line(status: dict[str, Any]) -> str:
+    """`manager pid 42 · pre-start step 1 of 2 running for 12s: alembic upgrade head · 2 workers wanted`."""
+    step = status.get("prestart") or {}
+    since = _uptime(time.time() - float(step.get("seconds") or 0))
+    if status.get("phase") == "stopping":
+        doing = "stopping before serving"
+    elif step.get("waiting_for"):
+        doing = f"pre-start steps waiting for {since} for the {step['waiting_for']} (another instance holds it)"
+    elif step.get("step"):
+        doing = f"pre-start step {step['step']} of {step['steps']} running for {since}: {step['command']}"
+    else:
+        doing = "starting"
+    return f"manager pid {status['manager_pid']} · {doing} · {plural(status['target_workers'], 'worker')} wanted"
+
+
 def autoscaler_line(scaler: dict[str, Any]) -> str:
     """`autoscale 1-8 (memory allows 5) · band 50-90 % · busy 72 %, CPU 40 % of 2 CPUs · hold: ...`."""
     low, high = scaler["range"]
@@ -91,6 +109,11 @@ def autoscaler_line(scaler: dict[str, Any]) -> str:
     if last:
         when = time.strftime("%H:%M:%S", time.localtime(last["time"]))
         lines += f"\nlast change at {when}: {last['action']} {last['from']} → {last['to']}: {last['reason']}"
+    shed = (scaler.get("shed") or {}).get("last")
+    if shed:
+        when = time.strftime("%H:%M:%S", time.localtime(shed["time"]))
+        lines += (f"\nlast spread at {when}: worker {shed['worker']} let {shed['count']} of its {shed['connections']} "
+                  f"keep-alive connections go ({shed['reason']})")
     return lines
 
 

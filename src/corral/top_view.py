@@ -17,18 +17,19 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import CorralError
+from corral.errors import CorralError, ExitCode
 
 if TYPE_CHECKING:  # rich is imported where it draws: `corral events --json` needs none of it
     from rich.console import Console, Group
     from rich.text import Text
 
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
+Stream = Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
 EVENT_STYLE = {"crash": "red", "hang": "red", "backoff": "red", "recycle": "yellow", "reload": "cyan",
-               "scale": "cyan", "autoscale": "cyan", "certificate": "blue", "stop": "magenta"}
+               "scale": "cyan", "autoscale": "cyan", "certificate": "blue", "stop": "magenta", "stopped": "magenta"}
 KEYS = "r reload · + add a worker · - remove a worker · q quit"
 
 
@@ -87,7 +88,7 @@ def render(status: dict[str, Any], events: list[dict[str, Any]], rates: Rates, m
     from rich.text import Text
 
     from corral.manager.policy import format_bytes
-    from corral.status_view import _uptime
+    from corral.status_view import _uptime, startup_line
 
     pool = status.get("pool", {})
     total_rate = sum(rates.of(w) or 0.0 for w in status["workers"])
@@ -125,6 +126,8 @@ def render(status: dict[str, Any], events: list[dict[str, Any]], rates: Rates, m
         used, budget = int(pool.get("memory_used") or 0), int(pool["memory_budget"])
         share = 100 * used / budget if budget else 0
         totals.append(f" · memory {format_bytes(used)} of {format_bytes(budget)} budget ({share:.0f}%)")
+    if "prestart" in status:  # before the first workers: what the instance is doing instead
+        totals = Text(startup_line(status), style="yellow")
     latest = Table.grid()
     for event in events[-8:]:
         latest.add_row(event_line(event))
@@ -205,18 +208,20 @@ def run_top(ask: Ask, interval: float = 1.0, console: Console | None = None) -> 
                 break  # redraw at once to show the action's notice
 
 
-def follow_events(ask: Ask, limit: int, follow: bool, emit: Callable[[dict[str, Any]], None],
-                  interval: float = 0.5) -> None:
-    """Print the latest `limit` events; with `follow`, keep printing new ones as they come (polls with since)."""
-    answer = ask({"cmd": "events", "since": 0, "limit": limit})
-    seq = 0
-    for event in answer["events"]:
-        emit(event)
-        seq = int(event["seq"])
-    seq = max(seq, int(answer.get("last_seq", seq)))
-    while follow:
-        time.sleep(interval)
-        answer = ask({"cmd": "events", "since": seq, "limit": 500})
+def follow_events(ask: Ask, stream: Stream, limit: int, follow: bool, emit: Callable[[dict[str, Any]], None]
+                  ) -> None:
+    """Print the latest `limit` events; with `follow`, keep printing new ones as the instance records them, on one
+    connection, until its final event (`stopped`). An instance that vanishes before it (killed) is exit 7."""
+    message: dict[str, Any] = {"cmd": "events", "since": 0, "limit": limit}
+    if not follow:
+        for event in ask(message)["events"]:
+            emit(event)
+        return
+    for answer in stream({**message, "follow": True}):
+        if not answer.get("ok"):
+            raise CorralError(str(answer.get("error", "the request failed")))
         for event in answer["events"]:
             emit(event)
-            seq = int(event["seq"])
+        if answer.get("end"):
+            return
+    raise CorralError("the corral instance went away before its final event (was it killed?)", ExitCode.NOT_RUNNING)

@@ -2,6 +2,8 @@
 
 One request per connection: a JSON object on one line (at most `MAX_LINE` bytes, within `READ_TIMEOUT`),
 answered by one JSON object on one line. Anything else gets `{"ok": false, "error": ...}`, never a traceback.
+A request with `"follow": true` (`corral events --follow`) is answered by a line per batch of events instead, on
+the same connection, until the instance's final event: a follower misses nothing between two polls.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from corral.manager import connections
 log = logging.getLogger("corral")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Follower = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
 
 MAX_LINE = 64 * 1024
 READ_TIMEOUT = 10.0
@@ -46,7 +49,7 @@ def claim_path(path: Path, default: bool = False) -> socket.socket:
     return sock
 
 
-async def serve(sock: socket.socket, handler: Handler) -> connections.Server:
+async def serve(sock: socket.socket, handler: Handler, follower: Follower | None = None) -> connections.Server:
     async def on_connection(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: connections.Connection
     ) -> None:
@@ -59,10 +62,18 @@ async def serve(sock: socket.socket, handler: Handler) -> connections.Server:
             if not line:
                 return
             connection.waiting = False
-            response = await _answer(line, handler)
-        writer.write(json.dumps(response).encode() + b"\n")
-        async with asyncio.timeout(WRITE_TIMEOUT):
-            await writer.drain()
+            request, response = _parse(line)
+            if request is not None and follower is not None and request.get("follow") is True:
+                try:
+                    async for answer in follower(request):
+                        await _write(writer, answer)
+                    return
+                except (ValueError, KeyError, TypeError) as exc:  # a bad `since` or `limit`: the first answer
+                    response = {"ok": False, "error": f"bad request: {exc}"}
+                    request = None
+            if request is not None:
+                response = await _answer(request, handler)
+        await _write(writer, response)
 
     sock.listen(64)
     server = connections.Server(
@@ -73,13 +84,24 @@ async def serve(sock: socket.socket, handler: Handler) -> connections.Server:
     return server
 
 
-async def _answer(line: bytes, handler: Handler) -> dict[str, Any]:
+async def _write(writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:
+    writer.write(json.dumps(response).encode() + b"\n")
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await writer.drain()
+
+
+def _parse(line: bytes) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The request, or None and the answer that says what is wrong with it."""
     try:
         request = json.loads(line)
     except ValueError as exc:
-        return {"ok": False, "error": f"bad request: not JSON ({exc})"}
+        return None, {"ok": False, "error": f"bad request: not JSON ({exc})"}
     if not isinstance(request, dict):
-        return {"ok": False, "error": "bad request: expected a JSON object, like {\"cmd\": \"status\"}"}
+        return None, {"ok": False, "error": "bad request: expected a JSON object, like {\"cmd\": \"status\"}"}
+    return request, {}
+
+
+async def _answer(request: dict[str, Any], handler: Handler) -> dict[str, Any]:
     try:
         return await handler(request)
     except (ValueError, KeyError, TypeError) as exc:

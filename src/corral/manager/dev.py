@@ -122,6 +122,16 @@ class SourceWatcher:
             self._start()
 
 
+def start_watcher(
+    settings: Options, target: Target, state_dir: Path | None, reload: Callable[[], Any]
+) -> SourceWatcher:
+    """Watch the app's source from now on (in the running loop); each change calls `reload`."""
+    roots = watched_directories(settings, target)
+    watcher = SourceWatcher(roots, SourceFilter(roots, settings, [state_dir] if state_dir else []), reload)
+    watcher.start()
+    return watcher
+
+
 def _short(path: str, roots: list[Path]) -> str:
     for root in roots:
         if Path(path).is_relative_to(root):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
 import sys
 from collections.abc import Sequence
 
 from corral.errors import CorralError, ExitCode
 from corral.options import Options
-from corral.process import set_process_title
+from corral.process import MANAGER_SIGNALS, set_process_title
 
 OPTIONS_VAR = "CORRAL_MANAGER_OPTIONS"
 
@@ -32,7 +33,11 @@ def exec_manager(options: Options, arguments: Sequence[str], command: str = "run
     env = {**os.environ, OPTIONS_VAR: options.dumps()}
     # -P: the current directory is the app's, and must not shadow the modules the manager imports
     argv = [sys.executable, "-P", "-m", "corral.manager.entry", command, *redact_arguments(arguments)]
-    os.execve(sys.executable, argv, env)
+    signal.pthread_sigmask(signal.SIG_BLOCK, MANAGER_SIGNALS)  # kept pending until the manager's handlers exist
+    try:
+        os.execve(sys.executable, argv, env)
+    finally:  # reached only if the exec failed
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MANAGER_SIGNALS)
 
 
 def main() -> None:

@@ -3,28 +3,32 @@
 The supervisor and its helpers record events (a crash and its cause, a hang and its top frame, a recycle,
 a reload, a scaling decision, a certificate renewal); `corral status`, `corral events`, `corral top` and the
 dashboard read them over the control socket. The log keeps the latest `capacity` events, so a flapping
-worker cannot grow the manager's memory.
+worker cannot grow the manager's memory. The last event of an instance is `stopped` (`FINAL`): a follower
+(`corral events --follow`) that reads it knows the instance has ended as it should.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral.worker.stall import MAIN_THREAD, MEMFD_NAME
 
 CAPACITY = 500
+FINAL = "stopped"
 
 
 @dataclass(frozen=True)
 class Event:
     seq: int  # increases by one per event, never reused: a follower asks for what came after the last it saw
     time: float  # wall clock, seconds
-    kind: str  # crash, hang, recycle, reload, scale, autoscale, certificate, prestart, start, stop, ...
+    kind: str  # crash, hang, recycle, reload, scale, autoscale, certificate, prestart, start, stop, stopped...
     message: str  # one line, for people
     fields: dict[str, Any] = field(default_factory=dict)  # for machines (worker slot, pid, cause, figures)
 
@@ -36,12 +40,29 @@ class EventLog:
     def __init__(self, capacity: int = CAPACITY) -> None:
         self._events: collections.deque[Event] = collections.deque(maxlen=capacity)
         self._seq = 0
+        self._waiters: list[asyncio.Future[None]] = []
 
     def record(self, kind: str, message: str, **fields: Any) -> Event:
+        """Add an event (from the manager's loop thread only) and wake the followers."""
         self._seq += 1
         event = Event(self._seq, time.time(), kind, message, fields)
         self._events.append(event)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         return event
+
+    async def wait_after(self, seq: int) -> None:
+        """Return once an event after `seq` has been recorded."""
+        while self._seq <= seq:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:  # cancelled: a follower that went away
+                    self._waiters.remove(waiter)
 
     def since(self, seq: int = 0, limit: int = CAPACITY) -> list[Event]:
         """Events after `seq`, oldest first, at most the `limit` latest of them."""
@@ -51,6 +72,24 @@ class EventLog:
     @property
     def last_seq(self) -> int:
         return self._seq
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The answer to `{"cmd": "events", "since": N, "limit": L}`."""
+        events = self.since(int(request.get("since", 0)), int(request.get("limit", 100)))
+        return {"ok": True, "events": [event.to_json() for event in events], "last_seq": self._seq}
+
+    async def follow(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """`{"cmd": "events", "follow": true, ...}`: that answer, then one per batch of new events, until the
+        batch that holds the final event (marked `"end": true`)."""
+        answer = self.answer(request)
+        while True:
+            if any(event["kind"] == FINAL for event in answer["events"]):
+                yield {**answer, "end": True}
+                return
+            yield answer
+            seq = int(answer["last_seq"])
+            await self.wait_after(seq)
+            answer = self.answer({"since": seq, "limit": CAPACITY})
 
 
 def wait_channel(pid: int | None) -> str | None:

@@ -17,16 +17,18 @@ from corral import __version__, logs
 from corral.binds import Bind, is_loopback, open_socket, parse_admin_bind, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
-from corral.errors import ConfigError
+from corral.errors import ConfigError, CorralError, ExitCode
 from corral.manager import admin as admin_http
 from corral.manager import connections, control, health, policy, resources
+from corral.manager.events import FINAL, EventLog
 from corral.manager.metrics import AppMetricsDirectory, PoolMetrics
 from corral.manager.overview import pool_totals
 from corral.manager.sd_notify import Notifier
+from corral.manager.startup import Startup
 from corral.manager.supervisor import Supervisor
 from corral.metrics_shm import RequestFigures
 from corral.options import Options
-from corral.process import release_free_memory
+from corral.process import MANAGER_SIGNALS, release_free_memory
 from corral.scoreboard import Scoreboard
 from corral.text import plural
 from corral.tls.plan import http_binds, https_enabled
@@ -75,7 +77,8 @@ def run(settings: Options) -> int:
     if after != before:
         log.debug("open files limit raised from %d to %d", before, after)
     target = resolve_target(settings.app, settings.app_dir, Path.cwd())
-    os.environ.pop("CORRAL_ADMIN_TOKEN", None)  # read already; the app's processes inherit this environment
+    for name in ("CORRAL_ADMIN_TOKEN", "CORRAL_PRESTART_LOCK"):
+        os.environ.pop(name, None)  # read already; the app's processes inherit this environment
     if settings.admin_bind:
         from corral.manager.admin_access import load_token
 
@@ -86,19 +89,7 @@ def run(settings: Options) -> int:
     control_socket = control.claim_path(control_path, default=not settings.control)
     opened: list[tuple[socket.socket, Bind | None]] = [(control_socket, None)]  # to close (and unlink) at the end
     try:
-        if settings.prestart:
-            from corral.prestart import run_prestart
-
-            run_prestart(settings)
-        listeners = _open_listeners(settings, opened)
-        plain = [_open(parse_bind(text), opened) for text in http_binds(settings)]
-        admin = _open(parse_admin_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
-        if admin is not None:
-            admin.set_inheritable(False)  # answered by the manager itself, never by a worker
-        release_free_memory()  # the manager's imports are done; it runs as long as the service
-        return asyncio.run(
-            _serve(settings, target, listeners, plain, admin, control_path, control_socket, state_dir, notifier)
-        )
+        return asyncio.run(_run(settings, target, opened, control_path, control_socket, state_dir, notifier))
     finally:
         for sock, bind in opened:
             sock.close()
@@ -107,6 +98,56 @@ def run(settings: Options) -> int:
                     os.unlink(bind.path)
         with contextlib.suppress(OSError):
             control_path.unlink()
+
+
+async def _run(
+    settings: Options,
+    target: Target,
+    opened: list[tuple[socket.socket, Bind | None]],
+    control_path: Path,
+    control_socket: socket.socket,
+    state_dir: Path | None,
+    notifier: Notifier,
+) -> int:
+    """The instance from the moment it owns its name: the control socket answers, signals stop it, through the
+    pre-start steps and the serving; its end is the final event and the final log line."""
+    started = time.monotonic()
+    events = EventLog()
+    identity = {"name": settings.name, "state_dir": str(state_dir) if state_dir else None}
+    startup = Startup(settings, events, worker_count(settings)[0], identity)
+    handlers: list[control.Handler] = [startup.handle]  # the supervisor's, once it exists
+    server = await control.serve(control_socket, lambda request: handlers[-1](request), events.follow)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(signum, startup.stop)
+    loop.add_signal_handler(signal.SIGHUP, startup.on_signal_reload)
+    for signum in (signal.SIGTTIN, signal.SIGTTOU):
+        loop.add_signal_handler(signum, startup.on_signal_scale)
+    # Blocked since `corral run` exec'd the manager (entry.py): one that came meanwhile is handled now. Before any
+    # thread or child exists, as they would inherit the mask.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MANAGER_SIGNALS)
+    try:
+        code: int = ExitCode.OK
+        if await startup.run_prestart():
+            listeners = _open_listeners(settings, opened)
+            plain = [_open(parse_bind(text), opened) for text in http_binds(settings)]
+            admin = _open(parse_admin_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
+            if admin is not None:
+                admin.set_inheritable(False)  # answered by the manager itself, never by a worker
+            release_free_memory()  # the manager's imports are done; it runs as long as the service
+            code = await _serve(settings, target, listeners, plain, admin, control_path, state_dir, notifier,
+                                startup, handlers)
+    except CorralError as exc:
+        events.record(FINAL, f"not started: {exc}; exit code {int(exc.exit_code)}", code=int(exc.exit_code))
+        raise
+    else:
+        message = f"stopped after {_duration(time.monotonic() - started)}, exit code {code}"
+        events.record(FINAL, message, code=code)
+        log.info("%s", message)
+        return code
+    finally:
+        notifier.close()
+        await server.shutdown()  # answers being written (a reload's "corral is stopping", the final event) go out
 
 
 def _check_startup(settings: Options, state_dir: Path | None) -> None:
@@ -167,16 +208,18 @@ async def _serve(
     plain: list[tuple[socket.socket, Bind | None]],
     admin_socket: socket.socket | None,
     control_path: Path,
-    control_socket: socket.socket,
     state_dir: Path | None,
     notifier: Notifier,
+    startup: Startup,
+    handlers: list[control.Handler],
 ) -> int:
-    started = time.monotonic()
     scoreboard = Scoreboard.create()
     figures = RequestFigures.create(scoreboard.fd)
     app_metrics = AppMetricsDirectory(settings.user, settings.group) if settings.metrics else None
     spec = TemplateSpec(
-        settings={**settings.to_dict(), "admin_token": None},  # the app's processes never see the token
+        # The app's processes never see the manager's secrets: a forked worker's /proc/PID/environ still holds
+        # the spec the template was started with, even after the template took it out of os.environ.
+        settings={**settings.to_dict(), "admin_token": None, "prestart_lock": None},
         module=target.module,
         attr=target.attr,
         path=target.path,
@@ -189,12 +232,13 @@ async def _serve(
         state_dir=str(state_dir) if state_dir else "",
     )
     count, explicit = worker_count(settings)
-    supervisor = Supervisor(settings, spec, scoreboard, count, explicit)
+    # One event log from the start: a follower sees the steps, then the pool.
+    supervisor = Supervisor(settings, spec, scoreboard, count, explicit, startup.events)
     admin_paths: list[str] = []  # filled when the admin routes are built
     if settings.autoscale:
         from corral.manager.autoscaler import Autoscaler
 
-        supervisor.autoscaler = Autoscaler(supervisor, autoscale_limits(settings))
+        supervisor.autoscaler = Autoscaler(autoscale_limits(settings), spec.listeners, supervisor.events, count)
     pool_metrics = PoolMetrics(supervisor, figures, [sock for sock, _ in listeners], app_metrics)
     supervisor.on_ready.append(
         lambda: _banner(
@@ -215,6 +259,12 @@ async def _serve(
         await certificates.start()
         supervisor.certificate_status = certificates.status
         certificates.events = supervisor.events
+    if startup.stopping:  # a stop came while the certificates were prepared: nothing was started
+        figures.close()
+        scoreboard.close()
+        if app_metrics:
+            app_metrics.remove()
+        return ExitCode.OK
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, supervisor.request_stop)
@@ -225,8 +275,8 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTTOU, lambda: _scale_by_signal(supervisor, -1))
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_by_signal(supervisor))
 
-    identity = {"name": settings.name, "state_dir": str(state_dir) if state_dir else None}
-    server = await control.serve(control_socket, lambda request: _handle(supervisor, request, identity, pool_metrics))
+    identity = startup.identity
+    handlers.append(lambda request: _handle(supervisor, request, identity, pool_metrics))
     renewals = asyncio.create_task(certificates.run()) if certificates else None
     sampling = asyncio.create_task(pool_metrics.run())
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
@@ -247,12 +297,9 @@ async def _serve(
         admin = await admin_http.serve(admin_socket, admin_access.protect(routes, token, exposed))
     watcher = None
     if settings.reload:  # `corral dev`: watchfiles is imported only then
-        from corral.manager.dev import SourceFilter, SourceWatcher, watched_directories
+        from corral.manager.dev import start_watcher
 
-        roots = watched_directories(settings, target)
-        watcher = SourceWatcher(roots, SourceFilter(roots, settings, [state_dir] if state_dir else []),
-                                supervisor.reload)
-        watcher.start()
+        watcher = start_watcher(settings, target, state_dir, supervisor.reload)
     try:
         code = await supervisor.run()
     finally:
@@ -261,17 +308,13 @@ async def _serve(
         for task in (renewals, pings, sampling):
             if task:
                 task.cancel()
-        notifier.close()
-        for listener in (admin, server):
-            if listener:
-                await listener.shutdown()  # answers being written (a reload's "corral is stopping") go out
+        if admin:
+            await admin.shutdown()
         figures.close()
         scoreboard.close()
         if app_metrics:
             app_metrics.remove()
-    exit_code = INTERRUPTED if abandoned.is_set() else int(code)
-    log.info("stopped after %s, exit code %d", _duration(time.monotonic() - started), exit_code)
-    return exit_code
+    return INTERRUPTED if abandoned.is_set() else int(code)
 
 
 async def _watchdog_pings(notifier: Notifier) -> None:
@@ -310,10 +353,10 @@ async def _handle(
         status = supervisor.status()
         totals = pool_totals(status)
         pool_metrics.annotate(status)
-        return {"ok": True, **status, "pool": {**totals, **status.get("pool", {})}, **identity}
+        phase = "stopping" if supervisor.stopping or supervisor.draining_instance else "serving"
+        return {"ok": True, "phase": phase, **status, "pool": {**totals, **status.get("pool", {})}, **identity}
     if command == "events":
-        events = supervisor.events.since(int(request.get("since", 0)), int(request.get("limit", 100)))
-        return {"ok": True, "events": [event.to_json() for event in events], "last_seq": supervisor.events.last_seq}
+        return supervisor.events.answer(request)
     if command == "scale":
         try:
             target = policy.parse_scale(str(request.get("to", "")), supervisor.target)

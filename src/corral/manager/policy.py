@@ -6,7 +6,7 @@ Nothing in this module reads a clock, a file or a process: every input is an arg
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 GIB = 1024**3
@@ -234,6 +234,12 @@ class LoadSample:
     cpus: float  # what it may use: the cgroup quota, else the CPUs it may run on
     cpu_wait: float = 0.0  # the workers' mean share of the time spent runnable but waiting for a CPU
     machine_cpu: float = 0.0  # the whole machine's CPU use (other work included), 0..1
+    busiest: float = 0.0  # the busiest worker's utilisation, 0..1: keep-alive clients can load one worker alone
+
+    @property
+    def top(self) -> float:
+        """The busiest worker's utilisation, never below the mean (a sample that did not tell it)."""
+        return max(self.busy, self.busiest)
 
 
 STARVED = 0.25  # workers waiting for a CPU this share of the time, with the machine's CPUs in use: they are taken
@@ -284,18 +290,25 @@ def utilisation(samples: Sequence[LoadSample]) -> float:
     return sum(s.busy for s in samples) / len(samples) if samples else 0.0
 
 
-def peak_utilisation(samples: Sequence[LoadSample], span: float) -> float:
-    """The highest mean busy fraction over consecutive slices of `span` seconds: a burst in the window shows even
-    when the mean over the whole window is low."""
+def busiest(samples: Sequence[LoadSample]) -> float:
+    """The busiest worker's utilisation, averaged over the samples."""
+    return sum(s.top for s in samples) / len(samples) if samples else 0.0
+
+
+def peak_utilisation(
+    samples: Sequence[LoadSample], span: float, measure: Callable[[Sequence[LoadSample]], float] = utilisation
+) -> float:
+    """The highest mean busy fraction (or other `measure`) over consecutive slices of `span` seconds: a burst in
+    the window shows even when the mean over the whole window is low."""
     if not samples:
         return 0.0
     start, peak, chunk = samples[0].at, 0.0, list[LoadSample]()
     for sample in samples:
         if sample.at - start >= span and chunk:
-            peak = max(peak, utilisation(chunk))
+            peak = max(peak, measure(chunk))
             start, chunk = sample.at, []
         chunk.append(sample)
-    return max(peak, utilisation(chunk))
+    return max(peak, measure(chunk))
 
 
 def cpu_phrase(cpu: float, cpus: float) -> str:
@@ -325,6 +338,11 @@ def autoscale_decision(
     worker fewer would still leave the pool below the band's middle, which keeps a steady load
     at either edge of the band from flapping. Never beyond memory: a growth the memory plan refuses is held,
     with its arithmetic; a pool whose workers outgrew it steps in.
+
+    The busiest worker counts too: keep-alive clients stay with the worker that accepted them, so one worker can be
+    saturated while the mean sits inside the band. Such a worker sheds clients to the others (`balance`); the
+    pool also grows when it stays saturated with the mean past the band's middle (the others have little room
+    left to take its clients), and never steps in while any worker is saturated.
     """
     ceiling, why_ceiling = memory_ceiling(limits, memory)
     if current < limits.minimum:
@@ -344,9 +362,14 @@ def autoscale_decision(
     machine = sum(s.machine_cpu for s in recent) / len(recent) if recent else 0.0
     cpus = since[-1].cpus
     queued = bool(recent) and all(s.queued > 0 for s in recent)
-    saturated = covered and bool(recent) and (busy >= limits.high or queued)
+    top = busiest(recent)
+    middle = (limits.low + limits.high) / 2
+    one_saturated = top >= limits.high and busy >= middle
+    saturated = covered and bool(recent) and (busy >= limits.high or queued or one_saturated)
     if saturated:
         pressure = f"workers {busy * 100:.0f} % busy ({band})" + (", connections waiting" if queued else "")
+        if busy < limits.high and not queued:
+            pressure += f", the busiest {top * 100:.0f} %"
         if cpu >= limits.high:
             return ScaleDecision(
                 current, "hold", f"CPU-bound at {cpu_phrase(cpu, cpus)}: add machines or CPUs", cpu_bound=True
@@ -370,9 +393,10 @@ def autoscale_decision(
         window = [s for s in since if s.at >= now - wait]
         idle = peak_utilisation(window, limits.grow_after)
         after = idle * current / (current - 1)
-        middle = (limits.low + limits.high) / 2
-        if idle < limits.low and after < middle and not any(s.queued for s in window):
+        one_busy = peak_utilisation(window, limits.grow_after, busiest) >= limits.high
+        if idle < limits.low and after < middle and not one_busy and not any(s.queued for s in window):
             return ScaleDecision(
                 current - 1, "shrink", f"workers {idle * 100:.0f} % busy for {wait:g} s ({band})"
             )
-    return ScaleDecision(current, "hold", f"workers {busy * 100:.0f} % busy ({band})")
+    tail = f", the busiest {top * 100:.0f} %" if top >= limits.high and busy < limits.high else ""
+    return ScaleDecision(current, "hold", f"workers {busy * 100:.0f} % busy ({band}){tail}")

@@ -9,13 +9,40 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from corral.manager import policy, resources
 from corral.manager.generation import Generation
 from corral.manager.pool import Pool, Worker
 from corral.manager.restarts import Restarts
 
+if TYPE_CHECKING:
+    from corral.manager.autoscaler import AutoscaleDecision, Autoscaler
+    from corral.shed_orders import ShedOrders
+
 log = logging.getLogger("corral")
+
+
+def carry_out(
+    autoscaler: Autoscaler,
+    decision: AutoscaleDecision,
+    now: float,
+    target: int,
+    scale: Callable[..., str],
+    shed_orders: ShedOrders | None,
+) -> None:
+    """The autoscaler's decision carried out: a resize through `scale` (whose memory check may still refuse
+    it), and orders to workers to let some keep-alive clients go (in shared memory, read with their heartbeat)."""
+    if decision.target != target:
+        try:
+            scale(decision.target, by_autoscaler=True)
+        except ValueError as exc:  # the memory check here disagreed: hold
+            autoscaler.resized(now, target, refused=str(exc))
+        else:
+            autoscaler.resized(now, target)
+    if shed_orders is not None:
+        for order in decision.shed:
+            shed_orders.order(order.cell, order.count)
 
 
 def reconcile(

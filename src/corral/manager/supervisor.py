@@ -30,6 +30,7 @@ from corral.manager.restarts import Restarts
 from corral.options import Options
 from corral.process import RELOAD_CERTIFICATES, describe_status
 from corral.scoreboard import MAX_WORKERS, Scoreboard
+from corral.shed_orders import ShedOrders
 from corral.text import plural
 from corral.worker.spec import TemplateSpec
 
@@ -49,6 +50,7 @@ class Supervisor:
         scoreboard: Scoreboard,
         target_workers: int,
         explicit_workers: bool,
+        events: EventLog,
     ) -> None:
         self.settings = settings
         self.spec = spec
@@ -65,7 +67,7 @@ class Supervisor:
         self.exit_code: ExitCode | None = None
         self.fatal_message: str | None = None
         self.sampler = resources.ProcessSampler()
-        self.events = EventLog()
+        self.events = events
         self.pool = Pool(settings, scoreboard, self.events)
         self.workers = self.pool.workers  # by scoreboard cell
         self.crashes = Crashes(self.book, self.pool, self.events, settings)
@@ -83,6 +85,7 @@ class Supervisor:
         self.certificate_status: Callable[[], list[dict[str, Any]]] | None = None
         self._generations_started = 0
         self.autoscaler: Autoscaler | None = None
+        self.shed_orders = ShedOrders.create(scoreboard.fd) if settings.autoscale else None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -121,10 +124,17 @@ class Supervisor:
             kill_orphans(list(self.generations.values()))
         if not self.stopping:
             self.recycler.tick()
-            if self.autoscaler is not None and self.started:
-                self.autoscaler.tick(now)
+            if self.autoscaler is not None and self.started and self.autoscaler.due(now):
+                self._autoscale(self.autoscaler, now)
             self._reconcile(now)
         self._retire_generations()
+
+    def _autoscale(self, autoscaler: Autoscaler, now: float) -> None:
+        from corral.manager.autoscaler import pool_facts  # imported with --autoscale only
+
+        facts = pool_facts(now, self.target, self.workers.values(), self.scoreboard, self.generations.values(),
+                           self.current)
+        scaling.carry_out(autoscaler, autoscaler.decide(facts), now, self.target, self.scale, self.shed_orders)
 
     # --- generations ----------------------------------------------------------------------------
 

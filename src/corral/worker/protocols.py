@@ -11,6 +11,10 @@ at once; until then the drain waits for it in `DrainState.arriving`, for at most
 
 With `--metrics`, each new request-response cycle is stamped with the time its request's headers were parsed;
 its `send` counts the response (`corral.worker.metrics`).
+
+A worker the manager asked to shed keep-alive clients (`corral.worker.shedding`) answers that many requests that
+would have kept their connection open with `Connection: close`; the clients reconnect through the shared accept
+queue. The check is one integer read per request while nothing is asked.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
+
+from corral.worker import shedding
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -113,10 +119,17 @@ class _Draining:
     def _after_parsing(self, previous: Any) -> None:
         """Called once the server parsed what arrived; `previous` is the cycle it had before."""
         cycle = self.cycle
-        if cycle is not previous and cycle is not None and self.timed:
-            cycle.read_at = perf_counter()
+        if cycle is not previous and cycle is not None:
+            if self.timed:
+                cycle.read_at = perf_counter()
+            if shedding.pending and self._keeps_alive(cycle) and shedding.take():
+                self._close_after(cycle)
         if self.draining and cycle is not None:
             self._close_after(cycle)
+
+    def _keeps_alive(self, cycle: Any) -> bool:
+        """Whether the connection would stay open after `cycle`'s response (httptools' cycle knows)."""
+        return bool(cycle.keep_alive)
 
     def _close_after(self, cycle: Any) -> None:
         """The connection closes once `cycle`'s response is sent; the response says so (httptools does)."""
@@ -142,6 +155,12 @@ class DrainingH11Protocol(_Draining, H11Protocol):
         previous = self.cycle
         super().handle_events()
         self._after_parsing(previous)
+
+    def _keeps_alive(self, cycle: Any) -> bool:
+        """h11 decides at the response; the request says it already: HTTP/1.1 without `Connection: close`."""
+        if cycle.scope["http_version"] != "1.1":
+            return False
+        return not any(name == b"connection" and b"close" in value.lower() for name, value in self.headers)
 
     def _close_after(self, cycle: Any) -> None:
         """uvicorn's h11 cycle closes without a `Connection: close`, so a client could send its next request into

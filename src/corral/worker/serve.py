@@ -30,11 +30,13 @@ from corral.metrics_shm import RequestFigures
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
+from corral.shed_orders import ShedOrders
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import WorkerLoad
 from corral.worker.first_answer import stamp_on_first_answer
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
 from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining, protocol_class
+from corral.worker.shedding import Orders
 from corral.worker.spec import TemplateSpec
 from corral.worker.stall import StallRecorder
 
@@ -329,6 +331,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
     interval = heartbeat_interval(settings.timeout, request_limit=settings.max_requests is not None)
     load = WorkerLoad()  # the loop runs in this thread
     stall = StallRecorder(settings.timeout)
+    orders = Orders(ShedOrders(spec.scoreboard_fd), cell) if settings.autoscale else None  # the autoscaler balances
 
     def stamp() -> None:
         state = CellState.DRAINING if server.should_exit else CellState.READY if server.started else CellState.STARTING
@@ -341,6 +344,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections, busy)
         )
         stall.arm()
+        if orders is not None:
+            orders.poll(time.monotonic())
 
     stamp_on_first_answer(stamp)
 
