@@ -514,6 +514,10 @@ def every_option_changed() -> dict[str, Any]:
         "reload_dir": ["templates"],
         "reload_include": ["*.py", "*.html"],
         "reload_exclude": ["*.tmp"],
+        "limit_concurrency": 100,
+        "header": ["X-Team: shop"],
+        "server_header": True,
+        "date_header": False,
     }
 
 
