@@ -131,7 +131,8 @@ class Corral:
         self.control = tmp_path / f"control-{self.port}.sock"
         self.log_path = tmp_path / f"corral-{self.port}.log"
         self.url = f"http://127.0.0.1:{self.port}"
-        command = corral_command(command_name, app, "-b", f"127.0.0.1:{self.port}", "--control", str(self.control),
+        given = [app] if app else []  # "": APP omitted, discovered
+        command = corral_command(command_name, *given, "-b", f"127.0.0.1:{self.port}", "--control", str(self.control),
                                  *args)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ from corral.metrics_shm import RequestFigures
 from corral.scoreboard import Scoreboard
 from corral.shed_orders import ShedOrders
 from corral.worker import shedding
-from corral.worker.protocols import DrainState, protocol_class
+from corral.worker.protocols import DrainState, uvicorn_protocol_class
 from harness import wait_for
 
 
@@ -35,7 +35,7 @@ def serving(protocol: str) -> Iterator[int]:
     test reaches the worker's `shedding` counter)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(ok_app, http=protocol_class(protocol), lifespan="off", log_config=None,
+    config = uvicorn.Config(ok_app, http=uvicorn_protocol_class(protocol), lifespan="off", log_config=None,
                             log_level="warning", timeout_keep_alive=30)
     server = uvicorn.Server(config)
     server.server_state = DrainState()

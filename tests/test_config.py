@@ -295,10 +295,10 @@ def test_unknown_table_in_corral_toml(tmp_path: Path) -> None:
 
 
 def test_unknown_key_in_tool_corral(tmp_path: Path) -> None:
-    pyproject = write(tmp_path / "pyproject.toml", "[tool.corral]\nthreads = 3\n")
+    pyproject = write(tmp_path / "pyproject.toml", "[tool.corral]\nthread_count = 3\n")
     with pytest.raises(ConfigError) as error:
         load_settings({}, environ={}, cwd=tmp_path)
-    assert_one_line_error(error, str(pyproject), "unknown option 'threads'")
+    assert_one_line_error(error, str(pyproject), "unknown option 'thread_count'")
 
 
 def test_tool_corral_must_be_a_table(tmp_path: Path) -> None:
@@ -377,7 +377,7 @@ def test_load_settings_reads_only_the_given_environment(
 
 def test_settings_from_rejects_unknown_fields() -> None:
     with pytest.raises(ConfigError):
-        settings_from({"threads": 2})
+        settings_from({"thread_count": 2})
 
 
 # --- sizes ----------------------------------------------------------------------------------------
@@ -445,6 +445,8 @@ def every_option_changed() -> dict[str, Any]:
     return {
         "app": "pkg.main:make",
         "factory": True,
+        "interface": "wsgi",
+        "threads": 3,
         "app_dir": "src",
         "name": "shop",
         "bind": ["127.0.0.1:9000", "[::1]:9001", "unix:/run/shop.sock", "fd://3"],
@@ -466,6 +468,10 @@ def every_option_changed() -> dict[str, Any]:
         "log_level": "debug",
         "access_log": False,
         "keep_alive": 1.25,
+        "header_timeout": 3.5,
+        "max_request_line": 4096,
+        "max_request_head": 32768,
+        "max_headers": 50,
         "https": ["a.example", "b.example"],
         "http_bind": ["127.0.0.1:8080"],
         "acme_directory": "https://localhost:14000/dir",

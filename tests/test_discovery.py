@@ -336,7 +336,7 @@ def test_missing_part_of_a_dotted_attribute(tmp_path: Path) -> None:
 def test_attribute_that_is_not_callable(tmp_path: Path) -> None:
     write(tmp_path / "corral_t_value.py", "app = {'not': 'an app'}\n")
     message = load_error(resolve_target("corral_t_value.py", None, tmp_path))
-    assert "corral_t_value:app is not an ASGI app (not callable)" in message
+    assert "corral_t_value:app is not an ASGI or WSGI app (not callable)" in message
 
 
 FACTORY = """
@@ -381,7 +381,7 @@ def test_failing_factory(tmp_path: Path) -> None:
 def test_factory_returning_something_not_callable(tmp_path: Path) -> None:
     write(tmp_path / "corral_t_factory4.py", "def create_app():\n    return None\n")
     message = load_error(resolve_target("corral_t_factory4:create_app", None, tmp_path), factory=True)
-    assert "is not an ASGI app" in message
+    assert "is not an ASGI or WSGI app" in message
 
 
 @pytest.mark.usefixtures("isolated_imports")

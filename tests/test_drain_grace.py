@@ -49,7 +49,7 @@ STALLING_APP = """
 """
 
 
-@pytest.mark.parametrize("protocol", ["h11", "httptools"])
+@pytest.mark.parametrize("protocol", ["auto", "h11", "httptools"])
 def test_request_arriving_while_the_loop_is_stalled_past_the_grace_is_served(
     corrals: list[Corral], tmp_path: Path, protocol: str
 ) -> None:

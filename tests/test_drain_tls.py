@@ -71,7 +71,7 @@ def _over(sock: socket.socket) -> http.client.HTTPConnection:
 ARGS = ("-w", "1", "--keep-alive", "60", "--graceful-timeout", "120", "--no-access-log")
 
 
-@pytest.mark.parametrize("protocol", ["h11", "httptools"])
+@pytest.mark.parametrize("protocol", ["auto", "h11", "httptools"])
 def test_a_tls_handshake_ending_after_the_drain_began_is_served(
     corrals: list[Corral], tmp_path: Path, protocol: str
 ) -> None:
@@ -89,7 +89,7 @@ def test_a_tls_handshake_ending_after_the_drain_began_is_served(
     _served_while_draining(corral, worker, arriving, handshake, protocol)
 
 
-@pytest.mark.parametrize("protocol", ["h11", "httptools"])
+@pytest.mark.parametrize("protocol", ["auto", "h11", "httptools"])
 def test_a_proxy_header_ending_after_the_drain_began_is_served(
     corrals: list[Corral], tmp_path: Path, protocol: str
 ) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from corral.export.metrics import TOKEN_FILE
-from corral.manager.main import admin_access_text
+from corral.manager.admin_access import admin_access_text
 from harness import CORRAL, Corral, free_port, wait_for, write_app
 
 APP = """

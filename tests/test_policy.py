@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from corral.heartbeat import TICK, heartbeat_interval
 from corral.manager import policy
-from corral.manager.policy import GIB, MIB, TICK, Backoff
+from corral.manager.policy import GIB, MIB, Backoff
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -141,14 +142,14 @@ def test_a_worker_importing_the_app_is_not_hung() -> None:
 def test_heartbeat_interval_is_a_fraction_of_the_timeout_within_bounds(
     timeout: float, interval: float
 ) -> None:
-    assert policy.heartbeat_interval(timeout) == pytest.approx(interval)
+    assert heartbeat_interval(timeout) == pytest.approx(interval)
 
 
 @pytest.mark.parametrize("request_limit", [False, True])
 @pytest.mark.parametrize("timeout", [0.3, 1.0, 2.5, 30.0, 600.0])
 def test_a_healthy_loop_stamps_several_times_per_timeout(timeout: float, request_limit: bool) -> None:
     """A loop that stamps on schedule is never seen as hung, even one interval late."""
-    interval = policy.heartbeat_interval(timeout, request_limit)
+    interval = heartbeat_interval(timeout, request_limit)
     assert 2 * interval < timeout
     assert not policy.is_hung(now=2 * interval, heartbeat=0.0, timeout=timeout)
 
@@ -157,7 +158,7 @@ def test_a_healthy_loop_stamps_several_times_per_timeout(timeout: float, request
 def test_with_a_request_limit_workers_stamp_every_manager_tick(timeout: float) -> None:
     """The manager reads the request count from the stamp, every tick: a busy worker is recycled close to its
     limit, not a second past it."""
-    assert policy.heartbeat_interval(timeout, request_limit=True) == TICK
+    assert heartbeat_interval(timeout, request_limit=True) == TICK
 
 
 # --- recycling ------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import json
 import os
 import pwd
@@ -13,7 +15,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from corral.errors import CorralError, ExitCode
 
@@ -26,6 +28,7 @@ class Target:
     module: str
     attr: str
     path: str  # the directory put first on sys.path
+    note: str = ""  # how discovery chose it, for the banner
 
     def __str__(self) -> str:
         return f"{self.module}:{self.attr}"
@@ -80,11 +83,31 @@ def resolve_target(app: str | None, app_dir: str | None, cwd: Path) -> Target:
 
 
 def _discover(base: Path) -> Target:
+    django = _django_project(base)
+    if django is not None:
+        return django
     for candidate in CANDIDATES:
         if (base / candidate).is_file():
             return _from_file(base / candidate, "app", candidate)
     names = ", ".join(CANDIDATES)
     raise CorralError(f"no APP given and none of {names} found in {base}", ExitCode.USAGE)
+
+
+def _django_project(base: Path) -> Target | None:
+    """`manage.py` beside a package with `asgi.py` or `wsgi.py` (the settings package `startproject` makes):
+    its `application`, ASGI when both exist."""
+    if not (base / "manage.py").is_file():
+        return None
+    found = [p.parent for name in ("asgi.py", "wsgi.py") for p in base.glob(f"*/{name}")]
+    packages = sorted(p for p in found if (p / "__init__.py").is_file())
+    for package in dict.fromkeys(packages):
+        asgi, wsgi = (package / "asgi.py").is_file(), (package / "wsgi.py").is_file()
+        chosen = "asgi" if asgi else "wsgi"
+        note = f"Django project: {package.name}/{chosen}.py"
+        if asgi and wsgi:
+            note += f" picked over wsgi.py (ASGI preferred; APP {package.name}.wsgi:application for WSGI)"
+        return Target(f"{package.name}.{chosen}", "application", str(base), note)
+    return None
 
 
 def _from_file(path: Path, attr: str, given: str) -> Target:
@@ -126,8 +149,47 @@ def import_app(target: Target, factory: bool = False) -> Any:
         except BaseException as exc:
             raise AppLoadError(f"factory {target} failed: {_cause(exc, target.path)}", format_traceback(exc)) from None
     if not callable(obj):
-        raise AppLoadError(f"{target} is not an ASGI app (not callable); use --factory for a factory")
+        raise AppLoadError(f"{target} is not an ASGI or WSGI app (not callable); use --factory for a factory")
     return obj
+
+
+Interface = Literal["asgi", "wsgi"]
+
+
+def app_interface(app: Any, forced: str, target: Target) -> Interface:
+    """ASGI or WSGI, from how the callable is declared; `forced` (--interface) wins unless it is "auto".
+
+    ASGI: a coroutine function or an object whose `__call__` is one (ASGI 3), a class (uvicorn's ASGI 2 or an
+    awaitable ASGI 3 class), a plain callable of three arguments (scope, receive, send) or one (ASGI 2).
+    WSGI: a plain callable of two (environ, start_response): Django's WSGIHandler, Flask, WhiteNoise.
+    """
+    if forced in ("asgi", "wsgi"):
+        return "asgi" if forced == "asgi" else "wsgi"
+    if inspect.isclass(app):
+        return "asgi"
+    call = app if inspect.isroutine(app) or isinstance(app, functools.partial) else type(app).__call__
+    if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
+        return "asgi"
+    try:
+        parameters = list(inspect.signature(app).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: what uvicorn would assume
+        return "asgi"
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return "asgi"
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) <= 2 <= len(positional):
+        return "wsgi"
+    if len(required) <= 3 <= len(positional) or len(required) <= 1 <= len(positional):
+        return "asgi"
+    raise AppLoadError(
+        f"{target} is neither an ASGI app (scope, receive, send) nor a WSGI app (environ, start_response): "
+        f"it takes {_arguments(len(required))}; use --interface to say which it is"
+    )
+
+
+def _arguments(count: int) -> str:
+    return "no arguments" if count == 0 else "1 argument" if count == 1 else f"{count} arguments"
 
 
 def _why_not_found(target: Target) -> str:

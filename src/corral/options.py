@@ -62,6 +62,13 @@ class Options:
         None, "module:attr, path/to/file.py[:attr]; default: discover", metavar="APP", used_by=(MANAGER,)
     )
     factory: bool = option(False, "APP names a factory to call for the ASGI app", negatable=False, used_by=_T)
+    interface: Literal["auto", "asgi", "wsgi"] = option(
+        "auto", "ASGI or WSGI app (auto: detected from the callable)", metavar="auto|asgi|wsgi", used_by=_T
+    )
+    threads: int = option(
+        8, "threads per worker that run a WSGI app's requests", metavar="N", low=1, high=1024, unit="threads",
+        used_by=_T,
+    )
     app_dir: str | None = option(None, "directory added to the import path", metavar="PATH", used_by=(MANAGER,))
     name: str = option(
         "corral", "instance name; names the default control socket", metavar="NAME",
@@ -155,6 +162,23 @@ class Options:
     keep_alive: float = option(
         5.0, "seconds an idle keep-alive connection stays open", metavar=SECONDS, low=0.1, high=3600,
         unit="seconds", used_by=_T, aliases=("--timeout-keep-alive",),
+    )
+    header_timeout: float = option(
+        10.0, "seconds a request head may take to arrive; a slower one is closed (--http auto)", metavar=SECONDS,
+        low=0.5, high=3600, unit="seconds", used_by=_T,
+    )
+    max_request_line: int = option(
+        8192, "longest request line in bytes; 414 beyond (--http auto)", metavar="BYTES", low=256, high=1024**2,
+        unit="bytes", used_by=_T, aliases=("--limit-request-line",),
+    )
+    max_request_head: int = option(
+        65536, "largest request head (line and headers) in bytes; 431 beyond (--http auto)", metavar="BYTES",
+        low=1024, high=16 * 1024**2, unit="bytes", used_by=_T,
+        aliases=("--limit-request-field_size", "--h11-max-incomplete-event-size"),
+    )
+    max_headers: int = option(
+        100, "most request header fields; 431 beyond (--http auto)", metavar="N", low=10, high=10_000,
+        unit="header fields", used_by=_T, aliases=("--limit-request-fields",),
     )
     root_path: str = option(
         "", "the path prefix a proxy serves the app under (ASGI `root_path`)", metavar="PATH", used_by=_T,

@@ -99,3 +99,14 @@ def _local_host(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def admin_access_text(token: bool, exposed: bool) -> str:
+    """Who may read what on the admin listener, in the banner's words (what `check` and `allowed` decide)."""
+    if token:
+        who = "token required (Authorization: Bearer)"
+    elif exposed:
+        who = "not served: reachable from other machines and no token (--admin-token-file)"
+    else:
+        who = "this machine only (loopback, no token)"
+    return f"/livez, /readyz: open; /metrics, /dashboard: {who}"

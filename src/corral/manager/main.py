@@ -400,7 +400,11 @@ def _banner(
         f"  workers:   {len(pids)} ({mode}), pids {', '.join(map(str, pids))}",
         f"  control:   {control_path}  (corral status --control {control_path})",
     ]
+    if target.note:
+        lines.insert(1, f"  app:       {target.note}")
     if admin_socket is not None:
+        from corral.manager.admin_access import admin_access_text
+
         admin = _reachable(admin_socket, "http")
         token = bool(settings.admin_token or settings.admin_token_file)
         exposed = not is_loopback(parse_admin_bind(settings.admin_bind or ""))
@@ -415,17 +419,6 @@ def _banner(
                                               "banner": lines})
         return
     print("\n".join(lines), file=sys.stderr, flush=True)
-
-
-def admin_access_text(token: bool, exposed: bool) -> str:
-    """Who may read what on the admin listener (manager/admin_access.py decides; this says it)."""
-    if token:
-        who = "token required (Authorization: Bearer)"
-    elif exposed:
-        who = "not served: reachable from other machines and no token (--admin-token-file)"
-    else:
-        who = "this machine only (loopback, no token)"
-    return f"/livez, /readyz: open; /metrics, /dashboard: {who}"
 
 
 def _served_path(path: str, routes: list[str]) -> str | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral import channel
 from corral.errors import ExitCode
+from corral.heartbeat import TICK
 from corral.manager import policy, resources, scaling, status_report
 from corral.manager.crashes import Crashes, Fatal, describe_status_code
 from corral.manager.events import EventLog
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral")
 
-TICK = policy.TICK
 
 
 class Supervisor:

@@ -11,7 +11,8 @@ since any one of them at its top means another request has to wait:
   is saturated all the same, and the manager tells that apart from a lack of workers with the instance's CPU use.
   Where schedstat is missing (not Linux), the loop thread's CPU time stands in.
 - **The threadpool** (`ThreadpoolMeter`): the share of AnyIO's default thread limiter's tokens in use (Starlette
-  and FastAPI run `def` endpoints through `anyio.to_thread.run_sync`, 40 tokens by default), sampled on the loop
+  and FastAPI run `def` endpoints through `anyio.to_thread.run_sync`, 40 tokens by default), or for a WSGI app
+  the share of its `--threads` running a request (`worker/wsgi.py`), sampled on the loop
   every `ThreadpoolMeter.EVERY` seconds and averaged over the stamp. A look that finds requests waiting for a token
   counts as 1.0. While `def` endpoints wait (a slow database, a `time.sleep`), the loop sleeps and reads idle, yet
   every thread is taken and new requests queue: this is the signal that sees it.
@@ -89,19 +90,26 @@ class ThreadpoolMeter:
     EVERY = 0.05
 
     def __init__(self) -> None:
-        self._limiter: Any = None
+        self._source: Callable[[], float] | None = None
         self._total = 0.0
         self._looks = 0
 
-    def start(self) -> None:
-        to_thread = sys.modules.get("anyio.to_thread")
-        if to_thread is None or self._limiter is not None:
+    def start(self, source: Callable[[], float] | None = None) -> None:
+        """`source`: the occupancy of another pool to watch instead (a WSGI app's threads)."""
+        if self._source is not None:
             return
-        self._limiter = to_thread.current_default_thread_limiter()
+        if source is None:
+            to_thread = sys.modules.get("anyio.to_thread")
+            if to_thread is None:
+                return
+            limiter = to_thread.current_default_thread_limiter()
+            source = lambda: occupancy(limiter)  # noqa: E731
+        self._source = source
         self._look(asyncio.get_running_loop())
 
     def _look(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._total += occupancy(self._limiter)
+        assert self._source is not None
+        self._total += self._source()
         self._looks += 1
         loop.call_later(self.EVERY, self._look, loop)
 

@@ -4,8 +4,9 @@ The manager tells a worker that could not start from one that crashed while serv
 scoreboard cell counts (`policy.proved`). The heartbeat stamps that count at most once a second, so a worker that
 answered requests and died on a later one within its first second would look as if it had answered none. Here the
 first response to end stamps the cell at once (uvicorn counts a request in `total_requests` as its response ends):
-uvicorn's request-response cycles are replaced by subclasses whose `send` does it, and the first such stamp puts
-uvicorn's own classes back, so later requests pay nothing.
+Corral's own protocol (`--http auto`) calls its `first_answer` hook as its first response ends; under uvicorn's
+protocols (`--http h11|httptools`) the request-response cycles are replaced by subclasses whose `send` does it,
+and the first such stamp puts uvicorn's own classes back, so later requests pay nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from types import ModuleType
 from typing import Any
 
 from uvicorn.protocols.http import h11_impl
+
+from corral.worker.http.protocol import HttpProtocol
 
 try:
     from uvicorn.protocols.http import httptools_impl
@@ -30,7 +33,10 @@ def stamp_on_first_answer(stamp: Callable[[], None]) -> None:
 
     def answered() -> None:
         nonlocal done
+        if done:
+            return
         done = True
+        HttpProtocol.first_answer = None
         for module, cycle_class in originals.items():
             module.RequestResponseCycle = cycle_class  # type: ignore[attr-defined]
         stamp()
@@ -45,5 +51,6 @@ def stamp_on_first_answer(stamp: Callable[[], None]) -> None:
 
         return type(f"Watched{cycle_class.__name__}", (cycle_class,), {"__slots__": (), "send": send})
 
+    HttpProtocol.first_answer = answered
     for module, cycle_class in originals.items():
         module.RequestResponseCycle = watching(cycle_class)  # type: ignore[attr-defined]

@@ -155,3 +155,10 @@ class Logged:
 def stamp_in_flight(figures: RequestFigures, cell: int, requests: int) -> None:
     """The requests being answered now, written with the heartbeat (a gauge: a second old at most)."""
     figures.words[cell * CELL_WORDS + IN_FLIGHT] = requests
+
+
+def record(status: int, elapsed: float) -> None:
+    """Count one response of Corral's own protocol (`corral.worker.http`), `elapsed` seconds after its head was read."""
+    row = ROW_OF.get(status, OTHER)
+    _words[_counts + row + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1
+    _floats[_latency] += elapsed

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocols as a worker runs them: they drain without losing a request, and note when each
+"""How a worker's HTTP protocols drain (`_Draining`, shared with Corral's own, `corral.worker.http`), and uvicorn's
+HTTP protocols as a worker runs them for `--http h11|httptools`: they drain without losing a request, and note when each
 request was read for the metrics.
 
 uvicorn closes an idle keep-alive connection the moment shutdown starts; a request the client sent at that
@@ -183,7 +184,8 @@ if HAS_HTTPTOOLS:
             self._after_parsing(previous)
 
 
-def protocol_class(http: str) -> type[asyncio.Protocol]:
-    if http != "h11" and HAS_HTTPTOOLS:
+def uvicorn_protocol_class(http: str) -> type[asyncio.Protocol]:
+    """uvicorn's protocol for `--http h11` or `--http httptools` (Corral's own is `corral.worker.http`)."""
+    if http == "httptools" and HAS_HTTPTOOLS:
         return DrainingHttpToolsProtocol
     return DrainingH11Protocol

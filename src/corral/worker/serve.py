@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from corral import channel, logs
-from corral.discovery import AppLoadError, Target, clip, format_traceback, import_app
+from corral.discovery import AppLoadError, Target, app_interface, clip, format_traceback, import_app
 from corral.errors import ExitCode
-from corral.manager.policy import heartbeat_interval
+from corral.heartbeat import heartbeat_interval
 from corral.metrics_shm import RequestFigures
 from corral.options import Options
 from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
@@ -34,14 +34,17 @@ from corral.shed_orders import ShedOrders
 from corral.tls.plan import https_enabled, https_port
 from corral.worker.busy import WorkerLoad
 from corral.worker.first_answer import stamp_on_first_answer
+from corral.worker.http import protocol_class
+from corral.worker.http.limits import Limits
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
-from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining, protocol_class
+from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining
 from corral.worker.shedding import Orders
 from corral.worker.spec import TemplateSpec
 from corral.worker.stall import StallRecorder
 
 if TYPE_CHECKING:
     from corral.tls.worker import WorkerTLS
+    from corral.worker.wsgi import WSGIApp
 
 log = logging.getLogger("corral.worker")
 
@@ -243,8 +246,11 @@ def _https_layer(
     The TLS modules are imported only when one of these is on, so a plain-HTTP worker does not carry them.
     """
     plain = [socket.socket(fileno=listener.fd) for listener in spec.listeners if listener.role == "http"]
+    limits = Limits(
+        settings.max_request_line, settings.max_request_head, settings.max_headers, settings.header_timeout
+    )
     if not (https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol):
-        return app, protocol_class(settings.http), plain, None
+        return app, protocol_class(settings.http, limits), plain, None
     from corral.tls.http_app import wrap_app
     from corral.tls.store import Store
     from corral.tls.worker import WorkerTLS, router_class
@@ -260,7 +266,7 @@ def _https_layer(
             store=Store(state_dir) if tls is not None and state_dir else None,
             https_port=https_port(settings),
         )
-    http_class = protocol_class(settings.http)
+    http_class = protocol_class(settings.http, limits)
     if tls is not None:
         http_class = tls.protocol_class(http_class, plain)
     elif settings.proxy_protocol:
@@ -283,12 +289,20 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         with contextlib.suppress(OSError):
             channel.send(channel_sock, {"ev": event, "cell": cell, "pid": pid, **fields})
 
-    if app is None:
-        try:
-            app = import_app(Target(spec.module, spec.attr, spec.path), settings.factory)
-        except AppLoadError as exc:
-            report("boot_failed", error=str(exc), traceback=clip(exc.details))
-            return ExitCode.APP_FAILED_TO_START
+    target = Target(spec.module, spec.attr, spec.path)
+    wsgi: WSGIApp | None = None
+    try:
+        if app is None:
+            app = import_app(target, settings.factory)
+        if app_interface(app, settings.interface, target) == "wsgi":
+            from corral.worker.wsgi import WSGIApp
+
+            app = wsgi = WSGIApp(app, settings.threads)
+            if not settings.preload:  # else the template said it
+                log.info("%s is a WSGI app: this worker runs it in %d threads", target, settings.threads)
+    except AppLoadError as exc:
+        report("boot_failed", error=str(exc), traceback=clip(exc.details))
+        return ExitCode.APP_FAILED_TO_START
 
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
     figures = RequestFigures(spec.scoreboard_fd)
@@ -340,18 +354,36 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         busy = load.sample()
         if settings.metrics:
             stamp_in_flight(figures, cell, len(server.server_state.tasks))
-        scoreboard.write(
-            cell, Cell(pid, spec.generation, state, time.monotonic(), started_at, requests, connections, busy)
-        )
+        heartbeat = time.monotonic() if wsgi is None else stuck_since(wsgi)
+        scoreboard.write(cell, Cell(pid, spec.generation, state, heartbeat, started_at, requests, connections, busy))
         stall.arm()
         if orders is not None:
             orders.poll(time.monotonic())
 
     stamp_on_first_answer(stamp)
 
+    def stuck_since(wsgi: WSGIApp) -> float:
+        """The heartbeat of a WSGI worker: the start of a request stuck past --timeout, if any, so that the
+        manager's watchdog replaces the worker as hung; its thread's stack is logged and kept for the manager."""
+        stuck = wsgi.stuck(settings.timeout)
+        if stuck is None:
+            return time.monotonic()
+        ident, since = stuck
+        if ident not in wsgi.reported:
+            from corral.worker.wsgi import thread_stack
+
+            wsgi.reported.add(ident)
+            text, frames = thread_stack(ident)
+            stall.record_thread(ident, frames)
+            log.error("a request has sent nothing for %.1f s in thread %#x, more than --timeout %g s: the worker "
+                      "will be replaced; the thread's stack:\n%s", time.monotonic() - since, ident, settings.timeout,
+                      text)
+        return since
+
     def started() -> None:
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)
-        load.threadpool.start()  # in the server's task: AnyIO's thread limiter is per loop
+        # in the server's task: AnyIO's thread limiter is per loop
+        load.threadpool.start(None if wsgi is None else wsgi.occupancy)
         stamp()
         report("ready")
 

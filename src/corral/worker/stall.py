@@ -5,7 +5,9 @@ for most of --timeout, the watchdog writes every thread's stack into an anonymou
 empties, so it holds the stacks of the stall in progress or nothing. The manager, which declares the hang once
 the whole --timeout has passed, reads the file then (through /proc/PID/fd) and names the loop's top frame in the
 hang event. The file starts with the id of the main thread, where the loop runs, so the manager can tell its
-stack from the others'. The full dump the manager asks for (SIGUSR1) still goes to the log. An app that uses
+stack from the others'. A WSGI worker's thread stuck in a request (its loop stays free) is written the same
+way by `record_thread`, as if it were the loop's. The full dump the manager asks for (SIGUSR1) still goes to
+the log. An app that uses
 `faulthandler.dump_traceback_later` itself shares the one watchdog with this.
 """
 
@@ -18,7 +20,7 @@ import threading
 import time
 from typing import TextIO
 
-from corral.manager.policy import heartbeat_interval
+from corral.heartbeat import heartbeat_interval
 
 MEMFD_NAME = "corral-stacks"
 MAIN_THREAD = "main thread "  # the file's first line: this, then the thread's id in hex
@@ -32,6 +34,7 @@ class StallRecorder:
         self.armed_at = -math.inf
         self.header = f"{MAIN_THREAD}{threading.main_thread().ident or 0:#x}\n"
         self.file: TextIO | None = None
+        self.held = False  # a stuck thread's stack is in the file: keep it for the manager
         if hasattr(os, "memfd_create"):
             self.file = os.fdopen(os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC), "w")
 
@@ -39,7 +42,7 @@ class StallRecorder:
         """Called with each heartbeat: the watchdog writes the stacks unless armed again within its delay. The
         file is emptied first, so that it only ever holds the stacks of the stall in progress, if any."""
         now = time.monotonic()
-        if self.file is None or now - self.armed_at < self.every:
+        if self.file is None or self.held or now - self.armed_at < self.every:
             return
         self.armed_at = now
         faulthandler.cancel_dump_traceback_later()
@@ -48,3 +51,17 @@ class StallRecorder:
         self.file.write(self.header)
         self.file.flush()
         faulthandler.dump_traceback_later(self.timeout * AHEAD, file=self.file)
+
+    def record_thread(self, ident: int, frames: list[tuple[str, int, str]]) -> None:
+        """A thread stuck in a request while the loop is free (WSGI): its stack, innermost first, written the way
+        faulthandler writes it, under the header that marks it as the thread the manager names; kept from then on."""
+        if self.file is None:
+            return
+        faulthandler.cancel_dump_traceback_later()
+        self.held = True
+        lines = [f"{MAIN_THREAD}{ident:#x}", f"Thread {ident:#x} (most recent call first):"]
+        lines += [f'  File "{filename}", line {line} in {name}' for filename, line, name in frames]
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write("\n".join(lines) + "\n")
+        self.file.flush()

@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from corral import channel, logs
-from corral.discovery import AppLoadError, Target, clip, import_app
+from corral.discovery import AppLoadError, Target, app_interface, clip, import_app
 from corral.options import Options
 from corral.process import (
     DUMP_STACKS,
@@ -56,9 +56,14 @@ class Template:
         try:
             target = Target(self.spec.module, self.spec.attr, self.spec.path)
             self.app = import_app(target, self.settings.factory)
+            interface = app_interface(self.app, self.settings.interface, target)
         except AppLoadError as exc:
             channel.send(self.channel, {"ev": "load_failed", "error": str(exc), "traceback": clip(exc.details)})
             return False
+        if interface == "wsgi":
+            import corral.worker.wsgi  # noqa: F401  # shared by the workers
+
+            log.info("%s is a WSGI app: each worker runs it in %d threads", target, self.settings.threads)
         self.own = set(children())
         gc.collect()
         gc.freeze()  # keep the collector from writing to the shared pages of the preloaded app

@@ -1,0 +1,169 @@
+"""A WSGI app served as an ASGI app, over a pool of threads per worker.
+
+The WSGI callable runs in one of `--threads` threads; the event loop only moves bytes, so whatever serves ASGI
+in the worker (its HTTP protocol, TLS, proxy headers, metrics, access log, drain) serves WSGI the same way.
+a2wsgi builds the environ (`wsgi.input` streams the request body from the loop, `SCRIPT_NAME` from the scope's
+`root_path` or the `SCRIPT_NAME` variable, `REMOTE_ADDR` and `wsgi.url_scheme` from the scope after Corral's
+proxy-header layer); this module completes it (`wsgi.errors` on stderr, `wsgi.file_wrapper`, `PATH_INFO` below
+`SCRIPT_NAME`), sends the response (a2wsgi's own sender sends the headers at `start_response`, which PEP 3333
+forbids, and hops through a queue per message), and keeps, for the worker's heartbeat, when each running
+request started: the loop stays free while a thread is stuck, so the heartbeat alone would not see it.
+
+Made in the worker, after the fork: the template holds no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+from a2wsgi.wsgi import Body, build_environ
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper` (PEP 3333): the file in blocks; closing the response closes the file."""
+
+    def __init__(self, filelike: IO[bytes], block_size: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.filelike.read(self.block_size):
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class WSGIApp:
+    """The ASGI app a worker serves for a WSGI callable."""
+
+    def __init__(self, app: Any, threads: int) -> None:
+        self.app = app
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="corral-wsgi")
+        self.running: dict[int, float] = {}  # thread id: when its request started (monotonic)
+        self.in_flight = 0  # requests handed to the pool, running or waiting for a thread (changed on the loop)
+        self.reported: set[int] = set()  # threads already reported stuck
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":  # a WebSocket: WSGI has none; closing before accepting refuses it (403)
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        loop = asyncio.get_running_loop()
+        environ: dict[str, Any] = dict(build_environ(scope, Body(loop, receive)))  # type: ignore[arg-type]
+        script, path = environ["SCRIPT_NAME"], environ["PATH_INFO"]
+        if script and path.startswith(script) and path[len(script) : len(script) + 1] in ("", "/"):
+            environ["PATH_INFO"] = path[len(script) :]  # a SCRIPT_NAME from the environment: the path is below it
+        environ["wsgi.errors"] = sys.stderr
+        environ["wsgi.file_wrapper"] = FileWrapper
+        self.in_flight += 1
+        try:
+            await loop.run_in_executor(self.executor, Response(self, loop, send).run, environ)
+        finally:
+            self.in_flight -= 1
+
+    def occupancy(self) -> float:
+        """Threads busy over threads; 1.0 when a request waits for a thread."""
+        return min(1.0, self.in_flight / self.threads)
+
+    def stuck(self, timeout: float) -> tuple[int, float] | None:
+        """The thread whose request has gone longest without sending anything, and since when, once that is more
+        than `timeout` ago."""
+        running = list(self.running.items())
+        if not running:
+            return None
+        ident, started = min(running, key=lambda item: item[1])
+        return (ident, started) if time.monotonic() - started > timeout else None
+
+
+class Response:
+    """One request's response, produced in a pool thread.
+
+    As PEP 3333 asks, the status and headers go out with the first non-empty body chunk (or at the end), so an
+    app may still replace them (`start_response` with `exc_info`) until then. The body is sent one chunk behind,
+    so the last chunk carries the end of the response: a one-chunk response (most of them) is handed to the loop
+    once, headers, body and end together, and written in one step of the loop; a drain that starts meanwhile
+    cannot fall between its headers and its end, where the response could no longer say `Connection: close`.
+    """
+
+    def __init__(self, pool: WSGIApp, loop: asyncio.AbstractEventLoop, send: Any) -> None:
+        self.pool = pool
+        self.loop = loop
+        self._send = send
+        self.start: dict[str, Any] | None = None
+        self.started = False
+
+    async def _send_all(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            await self._send(message)
+
+    def emit(self, body: bytes, more: bool) -> None:
+        messages = [{"type": "http.response.body", "body": body, "more_body": more}]
+        if not self.started:
+            if self.start is None:
+                raise RuntimeError("the WSGI app returned a body before it called start_response")
+            messages.insert(0, self.start)
+            self.started = True
+        asyncio.run_coroutine_threadsafe(self._send_all(messages), self.loop).result()
+        self.pool.running[threading.get_ident()] = time.monotonic()  # progress: a long download is not stuck
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None:
+            if self.started:  # too late to replace the response: the error goes on up
+                raise exc_info[1].with_traceback(exc_info[2])
+        elif self.start is not None:
+            raise RuntimeError("start_response called a second time without exc_info")
+        code = int(status.split(" ", 1)[0])
+        raw = [(name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")) for name, value in headers]
+        self.start = {"type": "http.response.start", "status": code, "headers": raw}
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The `write()` callable of start_response: sent at once (an app using it streams)."""
+        if data:
+            self.emit(data, True)
+
+    def run(self, environ: dict[str, Any]) -> None:
+        pool = self.pool
+        ident = threading.get_ident()
+        pool.running[ident] = time.monotonic()
+        try:
+            iterable = pool.app(environ, self.start_response)
+            try:
+                pending = b""
+                for chunk in iterable:
+                    if chunk:
+                        if pending:
+                            self.emit(pending, True)
+                        pending = chunk
+                self.emit(pending, False)
+            finally:
+                close = getattr(iterable, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            pool.running.pop(ident, None)
+
+
+def thread_stack(ident: int) -> tuple[str, list[tuple[str, int, str]]]:
+    """A thread's stack as Python prints a traceback, and its frames innermost first (file, line, function)."""
+    frame = sys._current_frames().get(ident)
+    if frame is None:
+        return "", []
+    summary = traceback.extract_stack(frame)
+    frames = [(f.filename, f.lineno or 0, f.name) for f in reversed(summary)]
+    return "".join(summary.format()), frames
