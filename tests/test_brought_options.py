@@ -89,6 +89,10 @@ def test_fd_serves_an_inherited_socket(tmp_path: Path) -> None:
         (["--limit-max-requests", "100"], "max_requests", 100),
         (["--limit-max-requests-jitter", "9"], "max_requests_jitter", 9),
         (["--ssl-certfile", "/c.pem", "--ssl-keyfile", "/k.pem"], "keyfile", "/k.pem"),
+        (["--limit-request-line", "4094"], "max_request_line", 4094),
+        (["--limit-request-fields", "50"], "max_headers", 50),
+        (["--limit-request-field_size", "8190"], "max_request_head", 8190),
+        (["--h11-max-incomplete-event-size", "20000"], "max_request_head", 20000),
         (["--host", "::1", "--port", "9000"], "bind", ["[::1]:9000"]),
         (["--uds", "/tmp/x.sock"], "bind", ["unix:/tmp/x.sock"]),
         (["-b", "127.0.0.1:1", "--port", "2"], "bind", ["127.0.0.1:1", "127.0.0.1:2"]),
@@ -346,3 +350,26 @@ def test_header_defaults(corrals: list[Corral], tmp_path: Path) -> None:
     response = corral.get("/")
     assert "server" not in response.headers and "date" in response.headers
     assert "x-team" not in response.headers
+
+
+def _raw_status(port: int, request: bytes) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        head = sock.recv(65536).split(b"\r\n", 1)[0]
+    return int(head.split()[1])
+
+
+def test_gunicorn_head_limit_names(corrals: list[Corral], tmp_path: Path) -> None:
+    write_app(tmp_path, SLOW_APP)
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--limit-request-line", "300", "--limit-request-fields", "10",
+                    "--limit-request-field_size", "1024")
+    corrals.append(corral)
+    corral.wait_ready(1)
+    ok = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _raw_status(corral.port, ok) == 200
+    long_line = b"GET /" + b"a" * 400 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _raw_status(corral.port, long_line) == 414
+    fields = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(11)) + b"\r\n"
+    assert _raw_status(corral.port, fields) == 431
+    big_field = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 2000 + b"\r\n\r\n"
+    assert _raw_status(corral.port, big_field) == 431
