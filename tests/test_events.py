@@ -264,7 +264,7 @@ def test_certificate_reload_is_an_event(corrals: list[Corral], tmp_path: Path) -
 def test_events_bad_input_and_no_instance(tmp_path: Path) -> None:
     result = run_cli("events", "--limit", "0", "--control", str(tmp_path / "c.sock"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "Invalid value for '--limit'" in result.stderr, result.stderr
+    assert result.stderr == "corral: --limit must be from 1 to 500 events, got 0\n", result.stderr
     result = run_cli("events", "--control", str(tmp_path / "none.sock"))
     assert result.returncode == 7 and "no corral instance" in result.stderr
     assert "Traceback" not in result.stderr

@@ -3,6 +3,7 @@ default path."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -44,20 +45,13 @@ def _check_peer(sock: socket.socket, path: Path) -> None:
 def request(path: Path, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
     """Send one request and wait for its answer; a missing or dead socket is one clear error."""
     sock = _send(path, message, timeout)
-    try:
+    with _answering(sock, path, timeout):
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
-    except TimeoutError:
-        raise CorralError(f"the corral instance at {path} did not answer within {timeout:g} s") from None
-    except OSError as exc:
-        raise CorralError(f"the connection to the corral instance at {path} failed: {exc.strerror or exc}"
-                          ) from None
-    finally:
-        sock.close()
     if not data:
         raise CorralError(f"the corral instance at {path} closed the connection without answering")
     return _decode(data, path)
@@ -67,11 +61,17 @@ def stream(path: Path, message: dict[str, Any], timeout: float | None = 30.0) ->
     """Send one request answered by a line per update (`"follow": true`); yield each, until the instance closes
     the connection. The first answer comes within `timeout`; the next ones whenever there is news."""
     sock = _send(path, message, timeout)
+    with _answering(sock, path, timeout), sock.makefile("rb") as lines:
+        while line := lines.readline():
+            yield _decode(line, path)
+            sock.settimeout(None)
+
+
+@contextlib.contextmanager
+def _answering(sock: socket.socket, path: Path, timeout: float | None) -> Iterator[None]:
+    """Read the instance's answers on `sock`, closed at the end; a timeout or a broken connection is one line."""
     try:
-        with sock.makefile("rb") as lines:
-            while line := lines.readline():
-                yield _decode(line, path)
-                sock.settimeout(None)
+        yield
     except TimeoutError:
         raise CorralError(f"the corral instance at {path} did not answer within {timeout:g} s") from None
     except OSError as exc:
