@@ -81,3 +81,13 @@ def test_dev_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # corral run keeps its own defaults
     run = parse_run_arguments([]).settings.options()
     assert (run.workers, run.reload, run.local_ca) == ("auto", False, False)
+
+
+def test_an_app_under_the_interpreters_prefix_is_watched() -> None:
+    """A system Python's prefix is /usr: an app in /usr/src/app must still reload (only virtual environments
+    inside the watched directories are skipped)."""
+    import sys
+
+    root = Path(sys.prefix).resolve() / "src" / "app"
+    settings = parse_run_arguments([], dev=True).settings.options()
+    assert SourceFilter([root], settings, [])(None, str(root / "main.py"))

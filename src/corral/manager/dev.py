@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,14 +38,14 @@ def watched_directories(settings: Options, target: Target) -> list[Path]:
 
 class SourceFilter:
     """Whether a changed path reloads: the globs and ignored directories (`watch_policy`), virtual
-    environments whatever their name (a `pyvenv.cfg` above the file), this interpreter's prefix and the
+    environments whatever their name (a `pyvenv.cfg` above the file; the one running Corral is one) and the
     state directory."""
 
     def __init__(self, roots: Iterable[Path], settings: Options, skipped: Iterable[Path]) -> None:
         self.roots = list(roots)
         self.include = list(settings.reload_include)
         self.exclude = list(settings.reload_exclude)
-        self.skipped = [Path(sys.prefix).resolve(), *(path.resolve() for path in skipped)]
+        self.skipped = [path.resolve() for path in skipped]
         self._venvs: dict[Path, bool] = {}
 
     def __call__(self, _change: Any, text: str) -> bool:
