@@ -373,3 +373,14 @@ def test_gunicorn_head_limit_names(corrals: list[Corral], tmp_path: Path) -> Non
     assert _raw_status(corral.port, fields) == 431
     big_field = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 2000 + b"\r\n\r\n"
     assert _raw_status(corral.port, big_field) == 431
+
+
+def test_exports_fold_uvicorns_listener_names_into_bind(tmp_path: Path) -> None:
+    """`corral export docker --port 9000`: the container listens on 0.0.0.0:9000, not on loopback beside 8000."""
+    from corral.config import run_arguments, settings_from
+    from corral.export.common import container_plan
+
+    plan = container_plan(settings_from({"app": "main:app", "port": 9000}), tmp_path)
+    assert plan.settings.bind == ["0.0.0.0:9000"] and plan.ports == [9000]
+    arguments = run_arguments(plan.settings)
+    assert "--port" not in arguments and "--host" not in arguments
