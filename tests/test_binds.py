@@ -210,11 +210,83 @@ def test_live_unix_socket_is_not_taken_over(short_dir: Path, sockets: list[socke
     connect_unix(path)  # still the first server's socket
 
 
+def refused(bind: Bind) -> str:
+    """Opening `bind` is refused as bad input: one line, exit 2."""
+    with pytest.raises(CorralError) as error:
+        open_socket(bind)
+    assert error.value.exit_code == ExitCode.USAGE
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"cannot listen on {bind}")
+    return message
+
+
 def test_regular_file_at_the_unix_path_is_kept(short_dir: Path) -> None:
     path = short_dir / "notes.txt"
     path.write_text("keep me")
-    bind_failure(parse_bind(f"unix:{path}"))
+    assert "not a socket" in refused(parse_bind(f"unix:{path}"))
     assert path.read_text() == "keep me"
+
+
+def stale_socket(path: Path, owner: int | None = None) -> None:
+    """A socket file left by a server that died (given to uid `owner`)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:
+        old.bind(str(path))
+    if owner is not None:
+        os.chown(path, owner, owner)
+
+
+def test_symlink_at_the_unix_path_is_refused(short_dir: Path) -> None:
+    target = short_dir / "elsewhere.sock"
+    stale_socket(target)
+    link = short_dir / "app.sock"
+    link.symlink_to(target)
+    assert "symbolic link" in refused(parse_bind(f"unix:{link}"))
+    assert os.readlink(link) == str(target)
+    assert stat.S_ISSOCK(os.lstat(target).st_mode)
+
+
+def test_unix_socket_in_a_directory_others_can_write_is_refused(short_dir: Path) -> None:
+    shared = short_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # not sticky: another user could swap the socket
+    assert "lets others write" in refused(parse_bind(f"unix:{shared}/app.sock"))
+    assert list(shared.iterdir()) == []
+
+
+def test_unix_socket_in_a_sticky_directory(short_dir: Path, sockets: list[socket.socket]) -> None:
+    shared = short_dir / "sticky"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: no one can remove or replace our socket
+    sockets.append(open_socket(parse_bind(f"unix:{shared}/app.sock")))
+    assert stat.S_IMODE(os.lstat(shared / "app.sock").st_mode) == 0o666
+    assert stat.S_IMODE(os.lstat(shared).st_mode) == 0o1777
+    connect_unix(shared / "app.sock")
+
+
+def test_unix_socket_in_a_symlinked_directory_is_refused(short_dir: Path) -> None:
+    real = short_dir / "real"
+    real.mkdir()
+    link = short_dir / "link"
+    link.symlink_to(real)
+    assert "symbolic link" in refused(parse_bind(f"unix:{link}/app.sock"))
+    assert list(real.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a socket as another user (CI is root)")
+def test_another_users_stale_socket_is_kept(short_dir: Path) -> None:
+    """Even root removes only its own stale socket; `nobody`'s is refused and stays."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    path = short_dir / "app.sock"
+    stale_socket(path, owner=nobody)
+    assert f"uid {nobody}, not yours" in refused(parse_bind(f"unix:{path}"))
+    info = os.lstat(path)
+    assert stat.S_ISSOCK(info.st_mode) and info.st_uid == nobody
+    link = short_dir / "link.sock"  # and never through a link to it
+    link.symlink_to(path)
+    refused(parse_bind(f"unix:{link}"))
+    assert os.lstat(path).st_uid == nobody and os.readlink(link) == str(path)
 
 
 def test_unix_socket_in_a_missing_directory(short_dir: Path) -> None:

@@ -18,7 +18,7 @@ import trustme
 
 from corral.control_client import request
 from corral.errors import CorralError
-from corral.manager.events import FINAL, EventLog, stalled_frame, top_frame, wait_channel
+from corral.manager.events import FINAL, EventLog, Stall, read_stall, stalled_frame, top_frame, wait_channel
 from corral.worker.stall import StallRecorder
 from harness import Corral, corral_command, run_cli, wait_for, write_app
 
@@ -143,6 +143,23 @@ def test_the_top_frame_is_the_main_threads_in_the_latest_dump() -> None:
     assert top_frame(dump.replace("0x00007f00000000aa", "0x00007f00000000cc")) is None  # no main thread
     assert top_frame(dump.partition("\n")[2]) is None  # no main thread id first
     assert top_frame("main thread 0xaa\n") is None  # nothing dumped yet
+
+
+def test_a_stuck_request_thread_is_told_from_the_loop() -> None:
+    """A WSGI worker records the thread stuck in a request under its own first line: the manager words the hang
+    as a request thread stuck, not as its event loop."""
+    recorder = StallRecorder(30)
+    try:
+        recorder.record_thread(0xAB, [("/srv/app.py", 5, "stuck_here"), ("/srv/app.py", 9, "app")])
+        stall = read_stall(os.getpid())
+        assert stall == Stall("/srv/app.py:5 in stuck_here", True)
+        recorder.held = False
+        recorder.arm()  # the header of the loop's watchdog, nothing dumped yet: not known
+        assert read_stall(os.getpid()) == Stall(None, None)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        if recorder.file is not None:
+            recorder.file.close()
 
 
 def test_the_stall_file_holds_the_stall_in_progress_only() -> None:

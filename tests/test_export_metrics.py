@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from corral.export.metrics import TOKEN_FILE
+from corral.cli import parse_run_arguments
+from corral.export.common import CONTAINER_TOKEN
+from corral.export.metrics import TOKEN_FILE, UNWRITTEN_TOKEN
 from corral.manager.admin_access import admin_access_text
 from harness import CORRAL, Corral, free_port, wait_for, write_app
 
@@ -91,4 +95,55 @@ def test_the_token_file_is_kept_and_never_printed(tmp_path: Path) -> None:
     assert "**/admin-token" in ignore, "the token never goes into the image"
     printed = export("docker", "app:app")
     assert printed.returncode == 0 and token not in printed.stdout
-    assert f"{TOKEN_FILE} is written only with --out DIR" in printed.stderr
+    assert UNWRITTEN_TOKEN in printed.stderr.splitlines()
+    assert f"{TOKEN_FILE} is written only with --out DIR" not in printed.stderr
+
+
+def command_of(dockerfile: str) -> list[str]:
+    line = next(line for line in dockerfile.splitlines() if line.startswith("CMD ["))
+    command: list[str] = json.loads(line.removeprefix("CMD "))
+    return command
+
+
+def test_printed_exports_run_as_written(tmp_path: Path) -> None:
+    """Printed without --out no token file can be written: the Dockerfile and the Compose file must not point
+    at one (the container would stop at start), and stderr says that --out DIR also writes the metrics token.
+    The printed command starts as it is (only its addresses moved to loopback and its state directory here)."""
+    write_app(tmp_path, APP)
+    (tmp_path / "requirements.txt").write_text("starlette\n")
+
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CORRAL, "export", *args, "app:app", "-w", "1"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+
+    docker = export("docker")
+    assert docker.returncode == 0, docker.stderr
+    assert docker.stderr.splitlines().count(UNWRITTEN_TOKEN) == 1
+    assert CONTAINER_TOKEN not in docker.stdout, "neither CMD nor the printed docker run names a token file"
+    command = command_of(docker.stdout)
+    assert parse_run_arguments(command[1:]).settings.admin_token_file is None
+
+    compose = export("compose")
+    assert compose.returncode == 0, compose.stderr
+    assert compose.stderr.splitlines().count(UNWRITTEN_TOKEN) == 1
+    document = yaml.safe_load(compose.stdout)
+    assert "secrets" not in document and "secrets" not in document["services"]["app"]
+    assert CONTAINER_TOKEN not in compose.stdout
+
+    admin_port = free_port()
+    moved = {"--bind": None, "--admin-bind": f"127.0.0.1:{admin_port}", "--state-dir": str(tmp_path / "state")}
+    args: list[str] = []
+    words = iter(command[2:])
+    for word in words:
+        if word in moved:
+            value, _ = moved[word], next(words)
+            args += [word, value] if value is not None else []
+        else:
+            args.append(word)
+    assert "--admin-bind" in args and "--state-dir" in args
+    corral = Corral(tmp_path, command[1], *args)
+    try:
+        corral.wait_ready(1)
+        assert httpx.get(f"http://127.0.0.1:{admin_port}/livez", timeout=10).status_code == 200
+    finally:
+        corral.stop()

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -359,3 +360,52 @@ def test_admin_token_is_a_systemd_credential(project: Path, tmp_path: Path) -> N
     local = corral("export", "systemd", "main:app", "--admin-bind", "127.0.0.1:9000", "--user", SERVICE_USER,
                    cwd=project)  # fmt: skip
     assert local.returncode == 0 and "LoadCredential" not in local.stdout, local.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user (CI is root)")
+def test_install_never_writes_through_a_link_or_into_another_users_file(project: Path, tmp_path: Path) -> None:
+    """`corral install` writes each unit as a new file renamed in: a symbolic link at a unit's name, another
+    user's file there, or a unit directory that is a link are refused in one line, and what they point at is
+    left as it was (issue 19, item 2)."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    foreign = Path(tempfile.mkdtemp(prefix="corral-foreign-"))
+    try:
+        precious = foreign / "precious.txt"
+        precious.write_text("keep me\n")
+        precious.chmod(0o640)
+        foreign.chmod(0o755)
+        for item in (foreign, precious):
+            os.chown(item, nobody.pw_uid, nobody.pw_gid)
+
+        def refused(root: Path) -> str:
+            result = corral("install", "main:app", "--name", "api", "--root", str(root), cwd=project)
+            assert result.returncode == 2, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+            info = os.lstat(precious)
+            assert precious.read_text() == "keep me\n"
+            assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (nobody.pw_uid, 0o640)
+            assert sorted(os.listdir(foreign)) == ["precious.txt"]
+            return result.stderr
+
+        linked_unit = tmp_path / "linked-unit"
+        (linked_unit / "etc/systemd/system").mkdir(parents=True)
+        (linked_unit / "etc/systemd/system/api.service").symlink_to(precious)
+        assert "symbolic link" in refused(linked_unit)
+        assert os.readlink(linked_unit / "etc/systemd/system/api.service") == str(precious)
+
+        linked_dir = tmp_path / "linked-dir"
+        (linked_dir / "etc/systemd").mkdir(parents=True)
+        (linked_dir / "etc/systemd/system").symlink_to(foreign)
+        assert "symbolic link" in refused(linked_dir)
+
+        theirs = tmp_path / "theirs"
+        (theirs / "etc/systemd/system").mkdir(parents=True)
+        unit = theirs / "etc/systemd/system/api.service"
+        unit.write_text("their unit\n")
+        os.chown(unit, nobody.pw_uid, nobody.pw_gid)
+        assert f"uid {nobody.pw_uid}" in refused(theirs)
+        assert unit.read_text() == "their unit\n" and unit.stat().st_uid == nobody.pw_uid
+    finally:
+        shutil.rmtree(foreign, ignore_errors=True)

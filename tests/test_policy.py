@@ -130,6 +130,15 @@ def test_hung_only_after_the_timeout_has_passed() -> None:
     assert not policy.is_hung(now=100.0, heartbeat=100.0, timeout=0.5)
 
 
+def test_a_hang_is_worded_by_what_is_stuck() -> None:
+    """A WSGI request thread stuck is not an event loop that hung; when the worker left no stall, neither."""
+    assert policy.hang_cause(31.24, 30.0, True) == "a request thread stuck for 31.2 s (--timeout 30)"
+    assert policy.hang_cause(2.5, 2.0, False) == "its event loop hung (blocked 2.5 s, --timeout 2)"
+    neutral = policy.hang_cause(2.5, 2.0, None)
+    assert neutral == "its heartbeat stopped for 2.5 s (--timeout 2)"
+    assert "event loop" not in neutral and "thread" not in neutral
+
+
 def test_a_worker_importing_the_app_is_not_hung() -> None:
     """--no-preload: the import runs before any event loop; --startup-timeout bounds it, not --timeout."""
     assert not policy.is_hung(now=1000.0, heartbeat=100.0, timeout=30.0, importing=True)

@@ -45,6 +45,10 @@ def test_a_thread_stuck_in_a_request_is_reported_and_its_worker_replaced(
     hang = wait_for(lambda: kinds(corral, "hang"), what="a hang event")[0]
     assert hang["pid"] == pid
     assert hang["frame"] == f"{tmp_path / 'app.py'}:5 in stuck_here", hang
+    assert f"(pid {pid}): a request thread stuck for " in hang["message"], hang
+    assert "event loop" not in hang["message"], "the loop stays free: a thread is stuck"
+    wait_for(lambda: "a request thread stuck for" in corral.log, what="the manager's log line of the hang")
+    assert "event loop hung" not in corral.log
     assert "a request has sent nothing for" in corral.log and "more than --timeout 2 s" in corral.log
     assert 'app.py", line 5, in stuck_here' in corral.log  # the stuck thread's stack, as a traceback
     [replacement] = corral.wait_ready(1)

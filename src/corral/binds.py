@@ -7,9 +7,11 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from corral.errors import CorralError, ExitCode
+from corral.paths import open_dir, socket_is_live
 
 SD_LISTEN_FDS_START = 3
 
@@ -84,11 +86,7 @@ def open_socket(bind: Bind, backlog: int = 2048) -> socket.socket:
             sock.listen(backlog)
             return sock
         if bind.kind == "unix":
-            if os.path.exists(bind.path) and stat.S_ISSOCK(os.stat(bind.path).st_mode):
-                _remove_stale_unix_socket(bind.path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(bind.path)
-            os.chmod(bind.path, 0o666)
+            sock = _bind_unix(bind)
         else:
             family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -110,16 +108,48 @@ def open_socket(bind: Bind, backlog: int = 2048) -> socket.socket:
         raise CorralError(f"cannot listen on {bind}: {reason}", ExitCode.BIND_FAILED) from None
 
 
-def _remove_stale_unix_socket(path: str) -> None:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _bind_unix(bind: Bind) -> socket.socket:
+    """A UNIX socket at `bind.path`, mode 0666 from its creation, in a directory others cannot write in.
+
+    Nothing is followed or changed that Corral did not create: the directory is checked like `--control`'s
+    (a sticky one such as /tmp is fine), a symbolic link or any other file at the path is refused, and a
+    stale socket is removed only if it is the running user's (another user's, even as root, is refused)."""
+    path = Path(bind.path)
+    dir_fd = open_dir(path.parent, f"cannot listen on {bind}: its directory", sticky_ok=True, create=False)
     try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-    else:
-        raise CorralError(f"cannot listen on unix:{path}: another server is listening there", ExitCode.BIND_FAILED)
+        _remove_stale_socket(bind, dir_fd, path.name)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # bind() creates the file and never follows a link at its name; the umask gives it its mode at once,
+        # so no chmod by name (which a swapped path could redirect) is needed.
+        previous = os.umask(0o111)
+        try:
+            sock.bind(bind.path)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.umask(previous)
+        return sock
     finally:
-        probe.close()
+        os.close(dir_fd)
+
+
+def _remove_stale_socket(bind: Bind, dir_fd: int, name: str) -> None:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise CorralError(f"cannot listen on {bind}: it is a symbolic link; corral never follows it", ExitCode.USAGE)
+    if not stat.S_ISSOCK(info.st_mode):
+        raise CorralError(f"cannot listen on {bind}: exists and is not a socket; corral never replaces other files",
+                          ExitCode.USAGE)
+    if info.st_uid != os.geteuid():
+        raise CorralError(f"cannot listen on {bind}: a socket of uid {info.st_uid}, not yours; corral never "
+                          "removes it", ExitCode.USAGE)
+    if socket_is_live(Path(bind.path)):
+        raise CorralError(f"cannot listen on {bind}: another server is listening there", ExitCode.BIND_FAILED)
+    os.unlink(name, dir_fd=dir_fd)
 
 
 def display_urls(sock: socket.socket, scheme: str = "http") -> str:

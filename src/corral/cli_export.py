@@ -38,6 +38,23 @@ def systemd_units(ctx: typer.Context, socket: bool, working_directory: Path | No
     return systemd.render(settings, options)
 
 
+def _printable(plan: Any, out: Path | None) -> tuple[Any, str | None]:
+    """Docker and Compose files printed without --out must run as they are: no token file to point at; and
+    the line that says what --out adds."""
+    from corral.export import metrics
+
+    without = metrics.unwritten_token(plan, out)
+    return (plan, None) if without is None else (without, metrics.UNWRITTEN_TOKEN)
+
+
+def _emit(files: Any, note: str | None, out: Path | None) -> None:
+    from corral.export import common
+
+    if note:
+        print(note, file=sys.stderr)
+    common.emit(files, out)
+
+
 @export_app.command("systemd", context_settings=EXPORT_CONTEXT)
 def export_systemd_command(
     ctx: typer.Context, out: OutOpt = None, socket: SocketOpt = False, working_directory: WorkdirOpt = None
@@ -73,9 +90,10 @@ def export_docker_command(
     from corral.export import common, docker
 
     settings = parse_run_arguments(ctx.args).settings
-    plan = common.container_plan(settings, Path.cwd(), common.app_environment(settings, Path.cwd()))
+    plan, note = _printable(common.container_plan(settings, Path.cwd(), common.app_environment(settings, Path.cwd())),
+                            out)
     options = docker.DockerOptions(Path.cwd(), base_image, build_image, out)
-    common.emit(docker.render(plan, options), out)
+    _emit(docker.render(plan, options), note, out)
 
 
 @export_app.command("compose", context_settings=EXPORT_CONTEXT)
@@ -92,8 +110,9 @@ def export_compose_command(
     from corral.export import common, compose
 
     settings = parse_run_arguments(ctx.args).settings
-    plan = common.container_plan(settings, Path.cwd(), common.app_environment(settings, Path.cwd()))
-    common.emit(compose.render(plan, compose.ComposeOptions(image, postgres_image, Path.cwd(), out)), out)
+    plan, note = _printable(common.container_plan(settings, Path.cwd(), common.app_environment(settings, Path.cwd())),
+                            out)
+    _emit(compose.render(plan, compose.ComposeOptions(image, postgres_image, Path.cwd(), out)), note, out)
 
 
 @export_app.command("kubernetes", context_settings=EXPORT_CONTEXT)

@@ -78,7 +78,9 @@ class Options:
     # Sockets and pool
     bind: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
         ["127.0.0.1:8000"], "HOST:PORT, [::1]:PORT, unix:PATH or fd://N (repeatable)", metavar="HOST:PORT",
-        short="-b", used_by=_TLS,
+        short="-b", used_by=_TLS, details="; a `unix:` socket is made mode 0666 in a directory others cannot write "
+        "in (sticky ones such as /tmp are fine); only your own stale socket is replaced, a symlink or any other file "
+        "there is refused",
     )
     workers: int | Literal["auto"] = option(
         "auto", "worker processes, or auto", metavar="N|auto", short="-w", default_text="auto: from the CPUs or "

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from corral import paths
 from corral.errors import CorralError
 from corral.export.systemd import SystemdUnits
 
@@ -65,13 +66,14 @@ def install(units: SystemdUnits, root: Path | None = None, now: bool = True) -> 
 
 
 def _write(path: Path, content: str, mode: int) -> Path:
-    """Created with its mode from the start: the env file holds a password."""
+    """Created with its mode from the start (the env file holds a password) and renamed in: never written
+    through a symbolic link, never into another user's file or a directory others can write in."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as file:
-            os.fchmod(fd, mode)
-            file.write(content)
+        directory = paths.open_dir(path.parent, "cannot write into", mode=0o755)
+        try:
+            paths.replace_file(directory, path.name, content.encode(), mode, path)
+        finally:
+            os.close(directory)
     except OSError as exc:
         raise CorralError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -8,13 +8,14 @@ configuration is in docs/deployment.md, and the Kubernetes export adds an option
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from corral.errors import ConfigError
-from corral.export.common import CONTAINER_UID, ExportFile
+from corral.export.common import CONTAINER_UID, ContainerPlan, ExportFile
 
 TOKEN_FILE = "admin-token"  # in --out, mode 0600
 TOKEN_BYTES = 32
@@ -54,6 +55,20 @@ def token_files(out: Path | None, given_file: str | None, notes: list[str]) -> l
     if written.owner is None:
         notes.append(f"the container's user reads {TOKEN_FILE}: sudo chown {CONTAINER_UID} {TOKEN_FILE}")
     return [written]
+
+
+UNWRITTEN_TOKEN = (
+    "corral: printed without --out, the container's admin listener serves only /livez and /readyz to others; "
+    f"--out DIR also writes the metrics token ({TOKEN_FILE})"
+)
+
+
+def unwritten_token(plan: ContainerPlan, out: Path | None) -> ContainerPlan | None:
+    """Docker and Compose files printed without --out, where no token file can be written: the plan without
+    `--admin-token-file` (a container pointed at a file never written would stop at start), else None."""
+    if out is not None or plan.token_file is not None or not plan.token_mounted:
+        return None
+    return dataclasses.replace(plan, settings=plan.settings.model_copy(update={"admin_token_file": None}))
 
 
 def token_source(out: Path | None, given_file: str | None) -> str:

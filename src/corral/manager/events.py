@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.worker.stall import MAIN_THREAD, MEMFD_NAME
+from corral.worker.stall import MAIN_THREAD, MEMFD_NAME, REQUEST_THREAD
 
 CAPACITY = 500
 FINAL = "stopped"
@@ -110,29 +110,47 @@ _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+) \(most recent ca
 _FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$', re.M)
 
 
-def stalled_frame(pid: int | None) -> str | None:
-    """The top frame of a hung worker's event loop, as `path:line in function`, from the stacks its watchdog
-    wrote (`corral.worker.stall`); None if there are none or they cannot be read."""
+@dataclass(frozen=True)
+class Stall:
+    """Where a hung worker is stuck, from the stacks its watchdog wrote (`corral.worker.stall`)."""
+
+    frame: str | None  # the stuck thread's top frame, as `path:line in function`
+    request_thread: bool | None  # a thread stuck in a request (WSGI), the event loop, or None: not known
+
+
+def read_stall(pid: int | None) -> Stall:
+    """The stall a worker's watchdog recorded; nothing known if there is none or it cannot be read."""
     if not pid:
-        return None
+        return Stall(None, None)
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             path = f"/proc/{pid}/fd/{fd}"
             if os.readlink(path).startswith(f"/memfd:{MEMFD_NAME}"):
-                with open(path, "rb") as file:  # the main thread's id, then the stacks of a stall, if any
-                    return top_frame(file.read(DUMP_LIMIT).decode(errors="replace"))
+                with open(path, "rb") as file:  # the stuck thread's id, then the stacks of a stall, if any
+                    dump = file.read(DUMP_LIMIT).decode(errors="replace")
+                frame = top_frame(dump)
+                if dump.startswith(REQUEST_THREAD):
+                    return Stall(frame, True)
+                return Stall(frame, False if frame else None)
     except OSError:
-        return None
-    return None
+        return Stall(None, None)
+    return Stall(None, None)
+
+
+def stalled_frame(pid: int | None) -> str | None:
+    """The top frame of a hung worker's event loop (or stuck request thread), as `path:line in function`, from
+    the stacks its watchdog wrote (`corral.worker.stall`); None if there are none or they cannot be read."""
+    return read_stall(pid).frame
 
 
 def top_frame(dump: str) -> str | None:
-    """The innermost frame of the main thread in the latest faulthandler dump in `dump`, which starts with the
-    main thread's id."""
+    """The innermost frame of the stuck thread in the latest faulthandler dump in `dump`, which starts with that
+    thread's id (the main thread's, where the loop runs, or a request thread's)."""
     first, _, rest = dump.partition("\n")
-    if not first.startswith(MAIN_THREAD):
+    prefix = next((prefix for prefix in (MAIN_THREAD, REQUEST_THREAD) if first.startswith(prefix)), None)
+    if prefix is None:
         return None
-    main = int(first.removeprefix(MAIN_THREAD), 16)
+    main = int(first.removeprefix(prefix), 16)
     sections = list(_THREAD.finditer(rest))
     for number, header in reversed(list(enumerate(sections))):
         if int(header.group(1), 16) != main:

@@ -81,6 +81,17 @@ def is_hung(now: float, heartbeat: float, timeout: float, importing: bool = Fals
     return not importing and now - heartbeat > timeout
 
 
+def hang_cause(blocked: float, timeout: float, request_thread: bool | None) -> str:
+    """How the log and the events word a hang: a WSGI request thread stuck, the event loop blocked, or, when
+    the worker left no stall to tell them apart, its silent heartbeat."""
+    limit = f"--timeout {timeout:g}"
+    if request_thread:
+        return f"a request thread stuck for {blocked:.1f} s ({limit})"
+    if request_thread is False:
+        return f"its event loop hung (blocked {blocked:.1f} s, {limit})"
+    return f"its heartbeat stopped for {blocked:.1f} s ({limit})"
+
+
 def recycle_reason(
     requests: int,
     request_limit: int | None,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral.manager import policy
-from corral.manager.events import EventLog, stalled_frame, wait_channel
+from corral.manager.events import EventLog, Stall, read_stall, wait_channel
 from corral.manager.generation import STACK_DUMP_WAIT, Generation
 from corral.options import Options
 from corral.process import DUMP_STACKS
@@ -129,17 +129,20 @@ class Pool:
             if cell.pid != worker.pid:
                 continue
             if policy.is_hung(now, cell.heartbeat, self.settings.timeout, cell.state is CellState.IMPORTING):
-                blocked = now - cell.heartbeat
-                self.kill_for_fault(worker, now, f"its event loop hung (blocked {blocked:.1f} s, --timeout "
-                                    f"{self.settings.timeout:g})")
+                stall = read_stall(worker.pid)
+                known = stall.request_thread
+                if known is None and self.settings.interface == "asgi":
+                    known = False  # no WSGI threads: only the loop stamps the heartbeat
+                cause = policy.hang_cause(now - cell.heartbeat, self.settings.timeout, known)
+                self.kill_for_fault(worker, now, cause, stall)
             elif worker.state == "starting" and now - worker.forked_at > self.settings.startup_timeout:
                 self.kill_for_fault(worker, now, f"it was not ready within --startup-timeout "
                                     f"{self.settings.startup_timeout:g} s")
 
-    def kill_for_fault(self, worker: Worker, now: float, fault: str) -> None:
+    def kill_for_fault(self, worker: Worker, now: float, fault: str, stall: Stall | None = None) -> None:
         """Log every thread's stack (faulthandler, in the worker), then kill: the blocking line is in the log."""
         log.error("worker %d (pid %s): %s; stack of every thread:", worker.slot, worker.pid, fault)
-        frame = stalled_frame(worker.pid)
+        frame = (stall or read_stall(worker.pid)).frame
         self.events.record("hang", f"worker {worker.slot} (pid {worker.pid}): {fault}"
                            + (f" at {frame.rpartition('/')[2]}" if frame else ""), worker=worker.slot,
                            pid=worker.pid, cause=fault, waiting_in=wait_channel(worker.pid), frame=frame)

@@ -6,8 +6,8 @@ empties, so it holds the stacks of the stall in progress or nothing. The manager
 the whole --timeout has passed, reads the file then (through /proc/PID/fd) and names the loop's top frame in the
 hang event. The file starts with the id of the main thread, where the loop runs, so the manager can tell its
 stack from the others'. A WSGI worker's thread stuck in a request (its loop stays free) is written the same
-way by `record_thread`, as if it were the loop's. The full dump the manager asks for (SIGUSR1) still goes to
-the log. An app that uses
+way by `record_thread`, under its own first line (`request thread ID`), so the manager can say which it was.
+The full dump the manager asks for (SIGUSR1) still goes to the log. An app that uses
 `faulthandler.dump_traceback_later` itself shares the one watchdog with this.
 """
 
@@ -24,6 +24,7 @@ from corral.heartbeat import heartbeat_interval
 
 MEMFD_NAME = "corral-stacks"
 MAIN_THREAD = "main thread "  # the file's first line: this, then the thread's id in hex
+REQUEST_THREAD = "request thread "  # instead, for a thread stuck in a request (WSGI)
 AHEAD = 0.8  # the watchdog fires at this share of --timeout: its stacks are written before the manager looks
 
 
@@ -54,12 +55,13 @@ class StallRecorder:
 
     def record_thread(self, ident: int, frames: list[tuple[str, int, str]]) -> None:
         """A thread stuck in a request while the loop is free (WSGI): its stack, innermost first, written the way
-        faulthandler writes it, under the header that marks it as the thread the manager names; kept from then on."""
+        faulthandler writes it, under the header that marks it as the stuck request's thread, the one the manager
+        names; kept from then on."""
         if self.file is None:
             return
         faulthandler.cancel_dump_traceback_later()
         self.held = True
-        lines = [f"{MAIN_THREAD}{ident:#x}", f"Thread {ident:#x} (most recent call first):"]
+        lines = [f"{REQUEST_THREAD}{ident:#x}", f"Thread {ident:#x} (most recent call first):"]
         lines += [f'  File "{filename}", line {line} in {name}' for filename, line, name in frames]
         self.file.seek(0)
         self.file.truncate()
