@@ -124,14 +124,15 @@ class Corral:
     """A `corral run` process with its own port, control socket and log file."""
 
     def __init__(self, tmp_path: Path, app: str, *args: str, env: dict[str, str] | None = None,
-                 port: int | None = None, preexec_fn: Callable[[], None] | None = None) -> None:
+                 port: int | None = None, preexec_fn: Callable[[], None] | None = None,
+                 command_name: str = "run") -> None:
         self.tmp_path = tmp_path
         self.port = port or free_port()
         self.control = tmp_path / f"control-{self.port}.sock"
         self.log_path = tmp_path / f"corral-{self.port}.log"
         self.url = f"http://127.0.0.1:{self.port}"
         given = [app] if app else []  # "": APP omitted, discovered
-        command = corral_command("run", *given, "-b", f"127.0.0.1:{self.port}", "--control", str(self.control),
+        command = corral_command(command_name, *given, "-b", f"127.0.0.1:{self.port}", "--control", str(self.control),
                                  *args)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT,

@@ -114,6 +114,21 @@ def run_command(ctx: typer.Context) -> None:
     exec_manager(resolved.settings.options(), ctx.args)
 
 
+@app.command(
+    "dev",
+    help="Serve APP for development: reload on each change to its source, the old code serving until the new "
+    "code answers. Takes every option of `corral run` (see `corral run --help`); defaults: one worker, "
+    "loopback, access log, --local-ca for --https (on 127.0.0.1:8443).",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def dev_command(ctx: typer.Context) -> None:
+    from corral.cli_run import dev_options
+    from corral.manager.entry import exec_manager
+
+    resolved = parse_run_arguments(ctx.args, dev=True)
+    exec_manager(dev_options(resolved), ctx.args, command="dev")
+
+
 @app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def config_command(
     ctx: typer.Context,

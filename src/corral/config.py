@@ -69,7 +69,7 @@ def _before(cls: type[Any], value: Any, info: ValidationInfo) -> Any:
     and the option's own check, if any."""
     name = str(info.field_name)
     spec = SPECS[name]
-    if isinstance(value, bool) and TYPES[name] is not bool:
+    if isinstance(value, bool) and TYPES[name] not in (bool, bool | None):
         raise ValueError(f"expected {spec.metavar or 'a value'}, got {str(value).lower()}")
     if name in _LISTS:
         value = split_list(value)
@@ -109,8 +109,12 @@ class _Base(BaseSettings):
         """The values as plain data for `corral run`'s processes; with HTTPS and no --bind, the app listens
         on 0.0.0.0:443."""
         options = Options(**self.model_dump())
-        if https_enabled(options) and "bind" not in self.model_fields_set:
+        explicit = "bind" in self.model_fields_set
+        if https_enabled(options) and not explicit:
             options = dataclasses.replace(options, bind=["0.0.0.0:443"])
+        named = validators.named_listeners(options.host, options.port, options.uds, options.fd)
+        if named:
+            options = dataclasses.replace(options, bind=[*(options.bind if explicit else []), *named])
         return options
 
 
@@ -158,8 +162,10 @@ def load_settings(
     config: str | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Resolved:
-    """Resolve the layers; `cli` holds only the options given on the command line."""
+    """Resolve the layers; `cli` holds only the options given on the command line; `defaults` replace the
+    declared defaults (`corral dev`'s)."""
     environ = os.environ if environ is None else environ
     cwd = cwd or Path.cwd()
     config = config or environ.get(f"{ENV_PREFIX}CONFIG")
@@ -180,6 +186,8 @@ def load_settings(
             merged[field], sources[field] = environ[alias], f"env {alias}"
         elif field in file_values:
             merged[field], sources[field] = file_values[field], str(path)
+        elif defaults and field in defaults:
+            merged[field], sources[field] = defaults[field], "corral dev"
         else:
             sources[field] = "default"
     try:

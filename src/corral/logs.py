@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from corral.errors import ConfigError
+
 # Loggers whose lines Corral formats; each gets the one handler, none propagates to the root logger.
 LOGGERS = ("corral", "uvicorn")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
@@ -46,16 +48,81 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def formatter(log_format: str, role: str, **fields: Any) -> logging.Formatter:
+_LEVEL_COLOURS = {"DEBUG": "36", "INFO": "32", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
+_STATUS_COLOURS = {1: "37", 2: "32", 3: "36", 4: "33", 5: "31"}
+
+
+class ColourFormatter(logging.Formatter):
+    """The text format with its level, and an access line's status, in ANSI colours (for a terminal)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = record.levelname
+        text = text.replace(f"] {level} ", f"] \033[{_LEVEL_COLOURS.get(level, '0')}m{level}\033[0m ", 1)
+        status = record.__dict__.get("status")
+        if isinstance(status, int):
+            code = f'" {status} '
+            text = text.replace(code, f'" \033[{_STATUS_COLOURS.get(status // 100, "0")}m{status}\033[0m ', 1)
+        return text
+
+
+def use_colors(setting: bool | None) -> bool:
+    """--use-colors / --no-use-colors, or, when neither is given, whether stderr is a terminal."""
+    if setting is not None:
+        return setting
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def formatter(log_format: str, role: str, colors: bool = False, **fields: Any) -> logging.Formatter:
     """`role` names the process in text lines (`corral`, `template 2`, `worker 3`); JSON has it as fields."""
     if log_format == "json":
         return JsonFormatter({"process": role.split()[0], **fields})
-    return logging.Formatter(f"%(asctime)s [{role}] %(levelname)s %(message)s", "%H:%M:%S")
+    kind = ColourFormatter if colors else logging.Formatter
+    return kind(f"%(asctime)s [{role}] %(levelname)s %(message)s", "%H:%M:%S")
 
 
-def configure(log_format: str, level: str, role: str, **fields: Any) -> None:
+def read_log_config(path: str) -> dict[str, Any]:
+    """--log-config: a dictConfig as JSON, or YAML (.yaml, .yml); a bad file is one line (exit 2)."""
+    try:
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115 - read at once
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # the file, its decoding, JSON's or YAML's errors
+        raise ConfigError(f"--log-config {path}: {' '.join(str(exc).split())[:200] or type(exc).__name__}") from None
+    if not isinstance(data, dict) or "version" not in data:
+        raise ConfigError(f"--log-config {path}: expected a logging dictConfig (a mapping with version: 1)")
+    return data
+
+
+def apply_log_config(path: str) -> None:
+    """Apply --log-config over Corral's own configuration; loggers it does not name keep Corral's."""
+    import logging.config
+
+    data = read_log_config(path)
+    data.setdefault("disable_existing_loggers", False)
+    try:
+        logging.config.dictConfig(data)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise ConfigError(f"--log-config {path}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def configure_from(settings: Any, role: str, **fields: Any) -> None:
+    """`configure` from a process's options (`corral.options.Options`), then their --log-config."""
+    configure(settings.log_format, settings.log_level, role, use_colors(settings.use_colors), **fields)
+    if settings.log_config:
+        apply_log_config(settings.log_config)
+
+
+def configure(log_format: str, level: str, role: str, colors: bool = False, **fields: Any) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(log_format, role, **fields))
+    handler.setFormatter(formatter(log_format, role, colors, **fields))
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -40,6 +40,7 @@ class Spec(NamedTuple):
     details: str = ""  # more for the reference than the command line's help
     range_text: str = ""  # the reference's "Ranges" row, for checks that are not low-high
     env_alias: str = ""  # another variable honoured below CORRAL_* (WEB_CONCURRENCY)
+    aliases: tuple[str, ...] = ()  # other flags for the same option, the names users bring (--timeout-keep-alive)
 
 
 def option(default: Any, help: str, **spec: Any) -> Any:
@@ -86,6 +87,24 @@ class Options:
         "CPU quota", env_alias="WEB_CONCURRENCY", range_text="1 to 256, or `auto`",
     )
     control: str | None = option(None, "control socket path (default: per --name)", metavar="PATH")
+    host: str | None = option(
+        None, "listen on HOST (with --port; one more listener beside --bind)", metavar="HOST",
+        default_text="127.0.0.1 when --port is given",
+    )
+    port: int | None = option(
+        None, "listen on PORT (with --host)", metavar="PORT", low=0, high=65535, unit="",
+        default_text="8000 when --host is given",
+    )
+    uds: str | None = option(None, "listen on this UNIX socket (same as --bind unix:PATH)", metavar="PATH")
+    fd: int | None = option(
+        None, "serve an inherited listening socket (same as --bind fd://N)", metavar="N", low=0, high=65535,
+        unit="",
+    )
+    backlog: int = option(
+        2048, "the listen queue's length (connections accepted by the kernel, not yet by a worker)", metavar="N",
+        low=1, high=1_000_000, unit="connections", details="; the kernel caps it at net.core.somaxconn",
+        used_by=(MANAGER, WORKER),
+    )
     preload: bool = option(True, "import the app once in a template and fork workers", used_by=(MANAGER, TEMPLATE))
     state_dir: str | None = option(None, "state directory (certificates, locks)", metavar="PATH")
 
@@ -95,7 +114,8 @@ class Options:
         unit="seconds", used_by=(MANAGER, WORKER),
     )
     graceful_timeout: float = option(
-        30.0, "seconds a draining worker may take", metavar=SECONDS, low=0, high=3600, unit="seconds"
+        30.0, "seconds a draining worker may take", metavar=SECONDS, low=0, high=3600, unit="seconds",
+        aliases=("--timeout-graceful-shutdown",),
     )
     startup_timeout: float = option(
         120.0, "seconds the app's import, then a new worker's start, may each take", metavar=SECONDS, low=1,
@@ -115,10 +135,11 @@ class Options:
     )
     max_requests: int | None = option(
         None, "recycle a worker after N requests", metavar="N", low=1, high=1_000_000_000, unit="requests",
-        used_by=(MANAGER, WORKER),
+        used_by=(MANAGER, WORKER), aliases=("--limit-max-requests",),
     )
     max_requests_jitter: int = option(
-        0, "random extra requests before recycling", metavar="N", low=0, high=1_000_000_000, unit="requests"
+        0, "random extra requests before recycling", metavar="N", low=0, high=1_000_000_000, unit="requests",
+        aliases=("--limit-max-requests-jitter",),
     )
     max_memory: int | None = option(
         None, "recycle a worker whose private memory passes SIZE", metavar="SIZE",
@@ -142,7 +163,7 @@ class Options:
     )
     keep_alive: float = option(
         5.0, "seconds an idle keep-alive connection stays open", metavar=SECONDS, low=0.1, high=3600,
-        unit="seconds", used_by=_T,
+        unit="seconds", used_by=_T, aliases=("--timeout-keep-alive",),
     )
     header_timeout: float = option(
         10.0, "seconds a request head may take to arrive; a slower one is closed (--http auto)", metavar=SECONDS,
@@ -150,16 +171,47 @@ class Options:
     )
     max_request_line: int = option(
         8192, "longest request line in bytes; 414 beyond (--http auto)", metavar="BYTES", low=256, high=1024**2,
-        unit="bytes", used_by=_T,
+        unit="bytes", used_by=_T, aliases=("--limit-request-line",),
     )
     max_request_head: int = option(
         65536, "largest request head (line and headers) in bytes; 431 beyond (--http auto)", metavar="BYTES",
         low=1024, high=16 * 1024**2, unit="bytes", used_by=_T,
+        aliases=("--limit-request-field_size", "--h11-max-incomplete-event-size"),
     )
     max_headers: int = option(
         100, "most request header fields; 431 beyond (--http auto)", metavar="N", low=10, high=10_000,
-        unit="header fields", used_by=_T,
+        unit="header fields", used_by=_T, aliases=("--limit-request-fields",),
     )
+    root_path: str = option(
+        "", "the path prefix a proxy serves the app under (ASGI `root_path`)", metavar="PATH", used_by=_T,
+        details="; the request's `path` then starts with it, as with uvicorn",
+    )
+    ws: Literal["auto", "none", "websockets", "websockets-sansio", "wsproto"] = option(
+        "auto", "WebSocket implementation, or none", metavar="auto|none|websockets|websockets-sansio|wsproto",
+        used_by=_T,
+    )
+    ws_max_size: int = option(
+        16_777_216, "largest WebSocket message accepted, in bytes", metavar="BYTES", low=1, high=2**31,
+        unit="bytes", used_by=_T,
+    )
+    ws_ping_interval: float = option(
+        20.0, "seconds between WebSocket pings", metavar=SECONDS, low=0.1, high=86400, unit="seconds", used_by=_T
+    )
+    ws_ping_timeout: float = option(
+        20.0, "seconds a WebSocket ping waits for its pong before the connection closes", metavar=SECONDS, low=0.1,
+        high=86400, unit="seconds", used_by=_T,
+    )
+    ws_per_message_deflate: bool = option(True, "WebSocket per-message compression", used_by=_T)
+    limit_concurrency: int | None = option(
+        None, "answer 503 to a request that finds its worker holding N connections or N requests", metavar="N",
+        low=1, high=1_000_000, unit="connections", used_by=_T,
+        details=" (per worker, its own connection included, as uvicorn counts)",
+    )
+    header: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [], "NAME:VALUE header added to every response (repeatable)", metavar="NAME:VALUE", used_by=_T
+    )
+    server_header: bool = option(False, "send `Server: corral`", used_by=_T)
+    date_header: bool = option(True, "send a `Date` header", used_by=_T)
 
     # HTTPS
     https: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
@@ -179,8 +231,24 @@ class Options:
     acme_challenges: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
         ["http-01", "tls-alpn-01"], "allowed challenges, preferred first", metavar="CHALLENGE"
     )
-    certfile: str | None = option(None, "certificate chain (PEM) managed elsewhere", metavar="PATH", used_by=_TLS)
-    keyfile: str | None = option(None, "private key (PEM) for --certfile", metavar="PATH", used_by=_TLS)
+    local_ca: bool = option(
+        False, "every --https name gets a local-CA certificate, none goes to ACME", used_by=_TLS,
+        default_text="on in `corral dev`",
+    )
+    certfile: str | None = option(
+        None, "certificate chain (PEM) managed elsewhere", metavar="PATH", used_by=_TLS, aliases=("--ssl-certfile",)
+    )
+    keyfile: str | None = option(
+        None, "private key (PEM) for --certfile", metavar="PATH", used_by=_TLS, aliases=("--ssl-keyfile",)
+    )
+    ssl_ca_certs: str | None = option(
+        None, "CA bundle that client certificates must chain to: HTTPS clients must present one", metavar="PATH",
+        used_by=_TLS, details=" (mutual TLS)",
+    )
+    ssl_ciphers: str | None = option(
+        None, "OpenSSL cipher list for TLS 1.2", metavar="CIPHERS", used_by=_TLS, default_text="OpenSSL's",
+        details=" (TLS 1.3's suites are OpenSSL's; TLS 1.2 is the lowest version served)",
+    )
     hsts: bool = option(False, "send Strict-Transport-Security", used_by=_T)
     forwarded_allow_ips: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
         [], "CIDRs whose proxy headers are trusted", metavar="CIDR", used_by=_T
@@ -224,6 +292,13 @@ class Options:
         "text", "text or json, for every log line", metavar="text|json", used_by=ALL,
         details=" of the manager, templates and workers (uvicorn's own lines included)",
     )
+    log_config: str | None = option(
+        None, "logging configuration (dictConfig, JSON or YAML) applied in every process", metavar="PATH",
+        used_by=ALL, details=", after Corral's own: its loggers are `corral`, `corral.access` and `uvicorn.*`",
+    )
+    use_colors: bool | None = option(
+        None, "colour the level and status of text log lines", used_by=ALL, default_text="on a terminal",
+    )
     metrics: bool = option(
         True, "count requests and latency, and gather the app's metrics", used_by=ALL,
         details=" (prometheus_client); `/metrics` on `--admin-bind`",
@@ -242,6 +317,22 @@ class Options:
     autoscale_cooldown: float = option(
         30.0, "seconds of low use after a growth before the autoscaler shrinks the pool", metavar=SECONDS, low=1,
         high=3600, unit="seconds",
+    )
+
+    # Development (`corral dev` turns --reload on)
+    reload: bool = option(
+        False, "watch the app's source and reload on each change", default_text="on in `corral dev`",
+        details=" (a new generation; the old one serves until the new code answers)",
+    )
+    reload_dir: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [], "another directory to watch (repeatable)", metavar="PATH", default_text="the app's package or directory",
+    )
+    reload_include: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        ["*.py"], "glob of the files whose change reloads (repeatable)", metavar="GLOB"
+    )
+    reload_exclude: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
+        [".*", "*.py[cod]", "*~"], "glob of the files whose change is ignored (repeatable)", metavar="GLOB",
+        details="; virtual environments, `__pycache__`, `.git` and the state directory are never watched",
     )
 
     def to_dict(self) -> dict[str, Any]:

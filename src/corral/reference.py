@@ -39,8 +39,9 @@ def _label(name: str, spec: Spec) -> str:
     if name == "app":
         return "`APP` (argument)"
     flag = "--" + name.replace("_", "-")
-    if spec.negatable and Options.__dataclass_fields__[name].type == "bool":
+    if spec.negatable and Options.__dataclass_fields__[name].type in ("bool", "bool | None"):
         flag = f"{flag} / --no-{flag[2:]}"
+    flag = ", ".join((flag, *spec.aliases))
     return f"`{spec.short}, {flag}`" if spec.short else f"`{flag}`"
 
 

@@ -209,6 +209,61 @@ def _directory(value: str | None) -> str | None:
     return value
 
 
+def named_listeners(host: str | None, port: int | None, uds: str | None, fd: int | None) -> list[str]:
+    """uvicorn's --host/--port, --uds and --fd as --bind values: each names one more listener."""
+    binds = []
+    if host is not None or port is not None:
+        host = host or "127.0.0.1"
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        binds.append(f"{host}:{8000 if port is None else port}")
+    if uds is not None:
+        binds.append(f"unix:{uds}")
+    if fd is not None:
+        binds.append(f"fd://{fd}")
+    return binds
+
+
+def _host(value: str | None) -> str | None:
+    if value is not None:
+        _binds(named_listeners(value, None, None, None))
+    return value
+
+
+def _root_path(value: str) -> str:
+    if value and (not value.startswith("/") or value.endswith("/") or any(c in value for c in "?# ")):
+        raise ValueError(f"expected a path such as /api (starting with /, not ending with /), got {value[:80]!r}")
+    return value
+
+
+def _ciphers(value: str | None) -> str | None:
+    import ssl
+
+    if value is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
+        except ssl.SSLError:
+            raise ValueError(f"OpenSSL knows no cipher in {value[:80]!r}") from None
+    return value
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _headers(value: list[str]) -> list[str]:
+    for item in value:
+        name, colon, text = item.partition(":")
+        if not colon or not _TOKEN.fullmatch(name.strip()) or any(c in text for c in "\r\n\0"):
+            raise ValueError(f"expected NAME:VALUE (a header name, then its value), got {item[:80]!r}")
+    return value
+
+
+def _globs(value: list[str]) -> list[str]:
+    for item in value:
+        if not item or "/" in item:
+            raise ValueError(f"expected a file name pattern such as *.py (no /), got {item[:80]!r}")
+    return value
+
+
 BEFORE: dict[str, Callable[[Any], Any]] = {"workers": _workers, "max_memory": _size}
 AFTER: dict[str, Callable[[Any], Any]] = {
     "name": check_name,
@@ -221,6 +276,12 @@ AFTER: dict[str, Callable[[Any], Any]] = {
     "https": _https,
     "acme_email": _email,
     "acme_directory": _directory,
+    "host": _host,
+    "root_path": _root_path,
+    "ssl_ciphers": _ciphers,
+    "header": _headers,
+    "reload_include": _globs,
+    "reload_exclude": _globs,
 }
 
 # Options that only make sense together: (option, the one it needs, why).

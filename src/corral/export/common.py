@@ -208,7 +208,11 @@ def container_plan(
     if settings.admin_token:
         secret_options["CORRAL_ADMIN_TOKEN"] = settings.admin_token
         settings = reset(settings, "admin_token")
-    binds = [_all_interfaces(bind, "--bind") for bind in settings.bind]
+    listeners = settings.bind
+    if any(getattr(settings, name) is not None for name in ("host", "port", "uds", "fd")):
+        listeners = settings.options().bind  # uvicorn's names for listeners, as --bind
+        settings = reset(settings, "host", "port", "uds", "fd")
+    binds = [_all_interfaces(bind, "--bind") for bind in listeners]
     http_binds = [_all_interfaces(bind, "--http-bind") for bind in settings.http_bind]
     admin_bind = _all_interfaces(settings.admin_bind or f"0.0.0.0:{DEFAULT_ADMIN_PORT}", "--admin-bind")
     admin = parse_bind(admin_bind)

@@ -23,7 +23,7 @@ from corral.process import MANAGER_SIGNALS, set_process_title
 OPTIONS_VAR = "CORRAL_MANAGER_OPTIONS"
 
 
-def exec_manager(options: Options, arguments: Sequence[str]) -> None:
+def exec_manager(options: Options, arguments: Sequence[str], command: str = "run") -> None:
     """Become the manager. `arguments` (the `corral run` command line) are only shown by `ps`, which
     every local user can read: secrets in them are masked (the options travel in the environment)."""
     from corral.redact import redact_arguments
@@ -32,7 +32,7 @@ def exec_manager(options: Options, arguments: Sequence[str]) -> None:
     sys.stderr.flush()
     env = {**os.environ, OPTIONS_VAR: options.dumps()}
     # -P: the current directory is the app's, and must not shadow the modules the manager imports
-    argv = [sys.executable, "-P", "-m", "corral.manager.entry", "run", *redact_arguments(arguments)]
+    argv = [sys.executable, "-P", "-m", "corral.manager.entry", command, *redact_arguments(arguments)]
     signal.pthread_sigmask(signal.SIG_BLOCK, MANAGER_SIGNALS)  # kept pending until the manager's handlers exist
     try:
         os.execve(sys.executable, argv, env)

@@ -17,7 +17,7 @@ from corral import __version__, logs
 from corral.binds import Bind, is_loopback, open_socket, parse_admin_bind, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
-from corral.errors import CorralError, ExitCode
+from corral.errors import ConfigError, CorralError, ExitCode
 from corral.manager import admin as admin_http
 from corral.manager import connections, control, health, policy, resources
 from corral.manager.events import FINAL, EventLog
@@ -67,7 +67,11 @@ def autoscale_limits(settings: Options) -> policy.AutoscaleLimits:
 
 
 def run(settings: Options) -> int:
-    setup_logging(settings.log_level, settings.log_format)
+    if settings.log_config:
+        from corral import paths
+
+        paths.check_readable_file("--log-config", settings.log_config)
+    logs.configure_from(settings, "corral")
     notifier = Notifier.from_environ()  # taken out of the environment: children must not speak for us
     before, after = connections.raise_fd_limit()
     if after != before:
@@ -156,12 +160,19 @@ def _check_startup(settings: Options, state_dir: Path | None) -> None:
     paths.check_readable_file("--certfile", settings.certfile)
     paths.check_readable_file("--keyfile", settings.keyfile)
     paths.check_readable_file("--acme-ca-bundle", settings.acme_ca_bundle)
+    paths.check_readable_file("--ssl-ca-certs", settings.ssl_ca_certs)
+    for directory in settings.reload_dir:
+        paths.check_directory("--reload-dir", directory)
+    if settings.ssl_ca_certs and not https_enabled(settings):
+        raise ConfigError("--ssl-ca-certs needs HTTPS (--https or --certfile): it asks HTTPS clients for a certificate")
     if state_dir is not None:
         paths.check_state_dir(state_dir, owner=resolve_owner(settings.user, settings.group))
 
 
-def _open(bind: Bind, opened: list[tuple[socket.socket, Bind | None]]) -> tuple[socket.socket, Bind | None]:
-    entry: tuple[socket.socket, Bind | None] = (open_socket(bind), bind)
+def _open(
+    bind: Bind, opened: list[tuple[socket.socket, Bind | None]], backlog: int = 2048
+) -> tuple[socket.socket, Bind | None]:
+    entry: tuple[socket.socket, Bind | None] = (open_socket(bind, backlog), bind)
     opened.append(entry)
     return entry
 
@@ -187,7 +198,7 @@ def _open_listeners(
     opened.extend(inherited)
     if inherited:
         return inherited
-    return [_open(parse_bind(text), opened) for text in settings.bind]
+    return [_open(parse_bind(text), opened, settings.backlog) for text in settings.bind]
 
 
 async def _serve(
@@ -284,9 +295,16 @@ async def _serve(
             log.warning("--admin-bind %s is reachable from other machines and has no token: it serves only /livez "
                         "and /readyz (give --admin-token-file for the rest)", settings.admin_bind)
         admin = await admin_http.serve(admin_socket, admin_access.protect(routes, token, exposed))
+    watcher = None
+    if settings.reload:  # `corral dev`: watchfiles is imported only then
+        from corral.manager.dev import start_watcher
+
+        watcher = start_watcher(settings, target, state_dir, supervisor.reload)
     try:
         code = await supervisor.run()
     finally:
+        if watcher is not None:
+            watcher.stop()
         for task in (renewals, pings, sampling):
             if task:
                 task.cancel()

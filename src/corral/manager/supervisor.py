@@ -213,6 +213,14 @@ class Supervisor:
         generation.kill()
         for worker in self.pool.of_generation(generation.number):
             self.pool.forget(worker)
+        if not self.started and self.settings.reload:  # `corral dev`: the next save may fix it
+            log.error("the app failed to start: %s", cause)
+            generation.log_traceback()
+            log.error("waiting for a change to the source")
+            for waiter in generation.reload_waiters:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError(f"the new code failed to start: {cause}"))
+            return
         if not self.started:
             self.fatal_message = f"the app failed to start: {cause}"
             log.error("%s", self.fatal_message)  # the one line first, then the traceback, once

@@ -56,6 +56,8 @@ def only_local(name: str) -> bool:
 def goes_to_acme(name: str, settings: Options) -> bool:
     """A chosen --acme-directory gets every name it can validate; Let's Encrypt (the default) only
     public ones: reserved names (*.test, *.internal, single labels...) then go to the local CA."""
+    if settings.local_ca:
+        return False
     if settings.acme_directory:
         return not only_local(name)
     return not is_local_name(name)

@@ -49,21 +49,30 @@ def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
     return SSLProtocol
 
 
-def server_context() -> ssl.SSLContext:
+def server_context(ciphers: str | None = None, ca_certs: str | None = None) -> ssl.SSLContext:
+    """TLS 1.2 and up; --ssl-ciphers for TLS 1.2; --ssl-ca-certs: clients must show a certificate it signed."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
+    if ciphers:
+        context.set_ciphers(ciphers)
+    if ca_certs:
+        context.load_verify_locations(ca_certs)
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
 class WorkerTLS:
     """The certificates a worker serves, as live `SSLContext`s; `reload()` swaps them in place."""
 
-    def __init__(self, store: Store, plans: list[CertificatePlan], proxy_protocol: bool = False) -> None:
+    def __init__(
+        self, store: Store, plans: list[CertificatePlan], proxy_protocol: bool = False, ciphers: str | None = None,
+        ca_certs: str | None = None,
+    ) -> None:
         self.store = store
         self.plans = plans
         self.proxy_protocol = proxy_protocol
-        self.contexts = {plan.label: server_context() for plan in plans}
+        self.contexts = {plan.label: server_context(ciphers, ca_certs) for plan in plans}
         # a client without SNI connected by address: only the local certificate covers addresses
         self.context = self.contexts["local" if "local" in self.contexts else plans[0].label]
         if len(plans) > 1:
@@ -79,7 +88,8 @@ class WorkerTLS:
         """None when the configuration serves no HTTPS."""
         if not https_enabled(settings):
             return None
-        return cls(Store(state_dir), certificate_plans(settings), settings.proxy_protocol)
+        return cls(Store(state_dir), certificate_plans(settings), settings.proxy_protocol, settings.ssl_ciphers,
+                   settings.ssl_ca_certs)
 
     def reload(self) -> None:
         """Load the manager's validated copies into the live contexts: new handshakes get them, open

@@ -142,6 +142,25 @@ def _summarise(message: str) -> str:
     return f"{lines[-1].strip()}{where}"
 
 
+def header_pairs(value: list[str]) -> list[tuple[str, str]]:
+    """--header NAME:VALUE as (name, value) (checked when the options were read)."""
+    return [(name.strip(), text.strip()) for name, _, text in (item.partition(":") for item in value)]
+
+
+def with_root_path(app: Any, root_path: str) -> Any:
+    """--root-path: the prefix a proxy serves the app under, in the scope as uvicorn puts it (`root_path`, and
+    `path` starting with it), whatever the HTTP or WebSocket protocol."""
+    prefix = root_path.encode("ascii", "replace")
+
+    async def rooted(scope: Any, receive: Any, send: Any) -> Any:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, "root_path": root_path + scope.get("root_path", ""),
+                     "path": root_path + scope["path"], "raw_path": prefix + scope.get("raw_path", b"")}
+        return await app(scope, receive, send)
+
+    return rooted
+
+
 def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> None:
     """Body of a forked worker; ends the process."""
     code: int = ExitCode.ERROR
@@ -287,9 +306,11 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
 
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
     figures = RequestFigures(spec.scoreboard_fd)
-    logs.configure(settings.log_format, settings.log_level, f"worker {figures.slot(cell)}", worker=figures.slot(cell))
+    logs.configure_from(settings, f"worker {figures.slot(cell)}", worker=figures.slot(cell))
     if settings.metrics:
         count_requests(figures, cell)
+    if settings.root_path:
+        app = with_root_path(app, settings.root_path)
     if settings.access_log:
         app = Logged(app, figures.slot(cell))
     config = uvicorn.Config(
@@ -302,7 +323,16 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         timeout_keep_alive=settings.keep_alive,  # type: ignore[arg-type] # annotated int; only given to call_later
         timeout_graceful_shutdown=None,
         proxy_headers=False,  # the Forwarded/X-Forwarded-* handling lives in corral.tls.http_app
-        server_header=False,
+        server_header=False,  # Corral's own `Server: corral`, with --server-header
+        headers=[("server", "corral")] * settings.server_header + header_pairs(settings.header),
+        date_header=settings.date_header,
+        limit_concurrency=settings.limit_concurrency,
+        backlog=settings.backlog,  # the loop's create_server listens again with it
+        ws=settings.ws,
+        ws_max_size=settings.ws_max_size,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
     )
     if settings.log_level != "debug":
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

@@ -196,6 +196,10 @@ def preload_server_modules(settings: Options) -> None:
         "uvicorn.protocols.http.h11_impl",
         "uvicorn.protocols.http.httptools_impl",
     ]
+    ws_module = {"websockets": "websockets_impl", "websockets-sansio": "websockets_sansio_impl",
+                 "wsproto": "wsproto_impl"}  # fmt: skip
+    if settings.ws in ws_module:
+        names.append(f"uvicorn.protocols.websockets.{ws_module[settings.ws]}")
     if https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol:
         names += ["corral.tls.http_app", "corral.tls.store", "corral.tls.worker"]
     for name in names:
@@ -211,7 +215,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)  # where an import is stuck, when asked
     settings = Options(**spec.settings)
-    logs.configure(settings.log_format, settings.log_level, f"template {spec.generation}", generation=spec.generation)
+    logs.configure_from(settings, f"template {spec.generation}", generation=spec.generation)
     preload_server_modules(settings)
     if settings.user or settings.group:
         from corral.privileges import drop_privileges

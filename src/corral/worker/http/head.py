@@ -5,6 +5,7 @@ sees them."""
 from __future__ import annotations
 
 import http
+from typing import Any
 
 CRLF = b"\r\n"
 
@@ -46,3 +47,15 @@ def refusal(status: int, message: str, defaults: bytes) -> bytes:
         b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body),
         body,
     ))
+
+
+_BUSY = b"Service Unavailable"
+
+
+async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
+    """The answer to a request over `--limit-concurrency`: 503, and the connection closes (one less to hold)."""
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(_BUSY)),
+        (b"connection", b"close"),
+    ]})  # fmt: skip
+    await send({"type": "http.response.body", "body": _BUSY})

@@ -27,7 +27,7 @@ import httptools
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from corral.worker.http.cycle import Cycle
-from corral.worker.http.head import DefaultHeaders, refusal
+from corral.worker.http.head import DefaultHeaders, refusal, service_unavailable
 from corral.worker.http.limits import Limits, Refused, head_size
 from corral.worker.protocols import _Draining
 
@@ -56,6 +56,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.raw_root = self.root_path.encode("ascii")
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}  # one per connection
         self.timeout_keep_alive: float = config.timeout_keep_alive
+        self.limit_concurrency: int | None = config.limit_concurrency
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # answer the request before a close
         self._defaults = DefaultHeaders()
@@ -232,8 +233,14 @@ class HttpProtocol(_Draining, asyncio.Protocol):
 
     # Requests and responses
     def _run(self, cycle: Cycle) -> None:
-        """The app's task; it takes itself out of the in-flight set as it ends (no done-callback to schedule)."""
-        task = cycle.task = self.loop.create_task(cycle.run(self.app))
+        """The app's task; it takes itself out of the in-flight set as it ends (no done-callback to schedule).
+        Over `--limit-concurrency` (this worker's connections, this one included, or requests in flight, as
+        uvicorn counts them), the request is answered 503 instead."""
+        limit = self.limit_concurrency
+        app = self.app
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+        task = cycle.task = self.loop.create_task(cycle.run(app))
         self.tasks.add(task)
 
     def default_headers(self) -> bytes:
