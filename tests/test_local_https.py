@@ -274,7 +274,7 @@ def test_a_given_acme_directory_certifies_a_test_name(tmp_path: Path) -> None:
 
 def test_banner_lists_the_admin_pages_that_are_served() -> None:
     """/metrics and /dashboard appear in the banner once the admin listener serves them."""
-    from corral.manager.main import ADMIN_PATHS, _served_path
+    from corral.manager.banner import ADMIN_PATHS, _served_path
 
     routes = ["/livez", "/readyz", "/metrics", "/dashboard/", "/api/status"]
     assert [_served_path(path, routes) for path in ADMIN_PATHS] == ["/livez", "/readyz", "/metrics", "/dashboard/"]

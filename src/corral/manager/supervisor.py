@@ -99,7 +99,7 @@ class Supervisor:
                 self._tick()
             except Fatal as fatal:
                 self._fail(str(fatal), fatal.code)
-            if self.stopping and self._all_gone():
+            if self.stopping and not self.generations:  # all gone
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), TICK)
@@ -126,7 +126,8 @@ class Supervisor:
             self.recycler.tick()
             if self.autoscaler is not None and self.started and self.autoscaler.due(now):
                 self._autoscale(self.autoscaler, now)
-            self._reconcile(now)
+            if self.current is not None and self.current.phase is Phase.CURRENT:
+                scaling.reconcile(self.pool, self.book, self.target, self.current, now, self._fork)
         self._retire_generations()
 
     def _autoscale(self, autoscaler: Autoscaler, now: float) -> None:
@@ -213,28 +214,26 @@ class Supervisor:
         generation.kill()
         for worker in self.pool.of_generation(generation.number):
             self.pool.forget(worker)
-        if not self.started and self.settings.reload:  # `corral dev`: the next save may fix it
+        fatal = None
+        if not self.started and not self.settings.reload:  # (`corral dev` waits: the next save may fix it)
+            fatal = Fatal(f"the app failed to start: {cause}", ExitCode.APP_FAILED_TO_START)
+        elif self.started and self.current is None:  # its template died and no generation serves
+            fatal = Fatal(f"a new template cannot start after the last one died: {cause}", ExitCode.CRASH_LOOP)
+        if fatal is not None:
+            self.fatal_message = str(fatal)
+            log.error("%s", fatal)  # the one line first, then the traceback, once
+            generation.log_traceback()
+            raise fatal
+        if self.current is None:
             log.error("the app failed to start: %s", cause)
-            generation.log_traceback()
-            log.error("waiting for a change to the source")
-            for waiter in generation.reload_waiters:
-                if not waiter.done():
-                    waiter.set_exception(RuntimeError(f"the new code failed to start: {cause}"))
-            return
-        if not self.started:
-            self.fatal_message = f"the app failed to start: {cause}"
-            log.error("%s", self.fatal_message)  # the one line first, then the traceback, once
-            generation.log_traceback()
-            raise Fatal(self.fatal_message, ExitCode.APP_FAILED_TO_START)
-        if self.current is None:  # its template died and no generation serves
-            self.fatal_message = f"a new template cannot start after the last one died: {cause}"
-            log.error("%s", self.fatal_message)
-            generation.log_traceback()
-            raise Fatal(self.fatal_message, ExitCode.CRASH_LOOP)
-        log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
+        else:
+            log.error("reload refused: generation %d failed to start: %s", generation.number, cause)
         generation.log_traceback()
         self.reloading.refused(generation, cause)
-        log.error("generation %d keeps serving", self.current.number if self.current else 0)
+        if self.current is None:
+            log.error("waiting for a change to the source")
+        else:
+            log.error("generation %d keeps serving", self.current.number)
 
     def _promote(self, generation: Generation) -> None:
         previous = self.current
@@ -326,11 +325,6 @@ class Supervisor:
             for generation in self.generations.values():
                 generation.kill()
 
-    def _reconcile(self, now: float) -> None:
-        current = self.current
-        if current is not None and current.phase is Phase.CURRENT:
-            scaling.reconcile(self.pool, self.book, self.target, current, now, self._fork)
-
     # --- scale, memory budget -------------------------------------------------------------------
 
     def scale(self, target: int, by_autoscaler: bool = False) -> str:
@@ -409,9 +403,6 @@ class Supervisor:
             log.error("%s", message)
         self.exit_code = code
         self.stop(code)
-
-    def _all_gone(self) -> bool:
-        return not self.generations
 
     # --- reporting ------------------------------------------------------------------------------
 
