@@ -209,7 +209,8 @@ class Supervisor:
         self._fork(1, generation)
 
     def _generation_failed(self, generation: Generation, cause: str) -> None:
-        """A generation that cannot get one worker ready: fatal at start, refused on reload."""
+        """A generation that cannot get one worker ready: fatal at start (`corral dev` waits for the next save),
+        refused on reload."""
         generation.phase = Phase.FAILED
         generation.kill()
         for worker in self.pool.of_generation(generation.number):
