@@ -15,24 +15,7 @@ from typing import Any
 from corral.control_client import request
 from corral.errors import CorralError
 from harness import Corral, wait_for, write_app
-
-APP = """
-    import os
-
-    async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    if os.path.exists("fail-startup"):
-                        os._exit(1)
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-"""
+from test_faults_restart import CRASHING_APP
 
 
 def status(corral: Corral) -> dict[str, Any] | None:
@@ -44,7 +27,7 @@ def status(corral: Corral) -> dict[str, Any] | None:
 
 
 def test_one_worker_whose_restarts_fail_is_always_rescheduled(corrals: list[Corral], tmp_path: Path) -> None:
-    write_app(tmp_path, APP)
+    write_app(tmp_path, CRASHING_APP)  # its lifespan startup fails once `fail-startup` exists
     # a crash budget that never ends the run, a backoff that would leave the slot idle for up to 30 s
     corral = Corral(tmp_path, "app.py", "-w", "1", "--crash-limit", "100000", "--backoff-max", "30")
     try:
