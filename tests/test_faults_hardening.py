@@ -127,7 +127,12 @@ HTTP_CASES = [
     (b"GET /livez HTTP/1.1\r\ncontent-length: -5\r\n\r\n", b"400"),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", b"400"),  # TLS on a plain port
 ]
-CONTROL_CASES = [b"x" * 70_000 + b"\n", b"[1, 2]\n", b'"status"\n', b"null\n", b"{not json\n", b'{"cmd": ["status"]}\n']
+CONTROL_CASES = [
+    b"x" * 70_000 + b"\n", b"[1, 2]\n", b'"status"\n', b"null\n", b"{not json\n", b'{"cmd": ["status"]}\n',
+    # `events --follow` requests with a bad `since` or `limit`: one error answer, no stream
+    b'{"cmd": "events", "follow": true, "since": "x"}\n', b'{"cmd": "events", "follow": true, "limit": [1]}\n',
+    b'{"cmd": "events", "follow": true, "since": 1e400}\n', b'{"cmd": "events", "since": 1e400}\n',
+]  # fmt: skip
 
 
 def test_bad_input_on_the_admin_port_and_the_control_socket(corrals: list[Corral], tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ class EventLog:
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         """The answer to `{"cmd": "events", "since": N, "limit": L}`."""
-        events = self.since(int(request.get("since", 0)), int(request.get("limit", 100)))
+        events = self.since(_whole(request, "since", 0), _whole(request, "limit", 100))
         return {"ok": True, "events": [event.to_json() for event in events], "last_seq": self._seq}
 
     async def follow(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -90,6 +90,14 @@ class EventLog:
             seq = int(answer["last_seq"])
             await self.wait_after(seq)
             answer = self.answer({"since": seq, "limit": CAPACITY})
+
+
+def _whole(request: dict[str, Any], key: str, default: int) -> int:
+    """`request[key]` as an int; a bad value is a ValueError (a bad request), an infinite one included."""
+    try:
+        return int(request.get(key, default))
+    except OverflowError:
+        raise ValueError(f"{key} must be a finite number") from None
 
 
 def wait_channel(pid: int | None) -> str | None:
