@@ -196,3 +196,31 @@ def test_health_command_follows_livez(health_server: ThreadingHTTPServer) -> Non
     health_server.shutdown()
     health_server.server_close()
     assert run(f"http://127.0.0.1:{port}/livez") != 0
+
+
+@pytest.mark.parametrize("kind", ["docker", "compose", "kubernetes"])
+def test_files_the_container_reads_come_from_the_project(requirements_project: Path, kind: str) -> None:
+    """The image holds the project at /app: a file option names it there, and one outside is refused."""
+    (requirements_project / "conf").mkdir()
+    (requirements_project / "conf/logging.json").write_text('{"version": 1}\n')
+    elsewhere = requirements_project.parent / f"{requirements_project.name}-logging.json"
+    elsewhere.write_text('{"version": 1}\n')
+    inside = corral("export", kind, "main:app", "--log-config", str(requirements_project / "conf/logging.json"),
+                    cwd=requirements_project)
+    assert inside.returncode == 0, inside.stderr
+    assert "conf/logging.json" in inside.stdout and str(requirements_project) not in inside.stdout
+    for path in (str(elsewhere), f"../{elsewhere.name}"):
+        refused = corral("export", kind, "main:app", "--log-config", path, cwd=requirements_project)
+        assert refused.returncode == 2
+        line = f"corral: --log-config {path} is outside {requirements_project}, which the image holds\n"
+        assert refused.stderr == line
+
+
+def test_a_cluster_export_needs_no_certificate_file_in_the_image(requirements_project: Path) -> None:
+    """TLS ends at the Ingress: --certfile from elsewhere is dropped, not refused."""
+    pem = requirements_project.parent / f"{requirements_project.name}-cert.pem"
+    pem.write_text("not read\n")
+    result = corral("export", "kubernetes", "main:app", "--certfile", str(pem), "--keyfile", str(pem),
+                    cwd=requirements_project)
+    assert result.returncode == 0, result.stderr
+    assert str(pem) not in result.stdout

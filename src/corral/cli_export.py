@@ -156,7 +156,7 @@ def export_kubernetes_command(
 
     settings = parse_run_arguments(ctx.args).settings
     environment = common.app_environment(settings, Path.cwd(), tuple(secret_key or ()))
-    plan = common.container_plan(settings, Path.cwd(), environment)
+    plan = common.container_plan(settings, Path.cwd(), environment, dropped=common.TLS_FIELDS)
     options = KubernetesOptions(
         image=image or f"{common.resource_name(settings.name)}:latest",
         memory=0,

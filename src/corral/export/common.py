@@ -195,11 +195,12 @@ class ContainerPlan:
 
 
 def container_plan(
-    settings: Settings, project: Path, environment: AppEnvironment | None = None
+    settings: Settings, project: Path, environment: AppEnvironment | None = None, dropped: tuple[str, ...] = ()
 ) -> ContainerPlan:
     """Adapt `settings` to a container: listen on all interfaces, health endpoints on, state in
     /var/lib/corral, no privilege dropping (the image's USER is not root), no password in files,
-    only the options that act.
+    only the options that act. `dropped` names options the platform replaces (TLS in a cluster): their
+    files need not be in the image.
     """
     notes: list[str] = []
     settings = inert(settings)
@@ -229,7 +230,12 @@ def container_plan(
         "user": None,
         "group": None,
         "state_dir": CONTAINER_STATE_DIR,
-        "app_dir": _inside(settings.app_dir, project),
+        "app_dir": _inside("--app-dir", settings.app_dir, project),
+        **{
+            name: _inside(flag, getattr(settings, name), project)
+            for name, flag in PROJECT_FILES.items()
+            if name not in dropped
+        },
     }
     if "CORRAL_ADMIN_TOKEN" not in secret_options:
         # Off loopback the admin listener serves /metrics only with a token: one the platform mounts.
@@ -248,14 +254,25 @@ def container_plan(
     return ContainerPlan(adapted, ports, admin.port, postgres, notes, environment, secret_options, token_file)
 
 
-def _inside(path: str | None, project: Path) -> str | None:
-    """--app-dir as a path inside the image, where the project is copied to /app."""
-    if path is None or not Path(path).is_absolute():
-        return path
+# File options that the container reads from the image, where the project is copied to /app.
+PROJECT_FILES = {
+    "log_config": "--log-config",
+    "ssl_ca_certs": "--ssl-ca-certs",
+    "certfile": "--certfile",
+    "keyfile": "--keyfile",
+    "acme_ca_bundle": "--acme-ca-bundle",
+}
+
+
+def _inside(flag: str, path: str | None, project: Path) -> str | None:
+    """`path` as the container sees it: relative to /app, the image's copy of the project, or refused."""
+    if path is None:
+        return None
     try:
-        return str(Path(path).resolve().relative_to(project.resolve()))
+        inside = (project / path).resolve().relative_to(project.resolve())
     except ValueError:
-        raise ConfigError(f"--app-dir {path} is outside {project}, which the image holds") from None
+        raise ConfigError(f"{flag} {path} is outside {project}, which the image holds") from None
+    return path if not Path(path).is_absolute() else str(inside)
 
 
 # Keys whose value is a secret: the Kubernetes export puts them in a Secret, the rest in a ConfigMap.
