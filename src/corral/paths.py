@@ -172,22 +172,39 @@ def open_dir(
     try:
         fd = os.open(path, _DIR_FLAGS)
     except OSError as exc:
-        info = _lstat(path)
-        if info is None and not create:
+        if not create and _lstat(path) is None:
             raise
-        problem = unsafe_dir(info, trusted) if info is not None else None
-        raise ConfigError(f"{option} {path}: {problem or exc.strerror or exc}; refusing it") from None
+        raise _refused(f"{option} {path}", _lstat(path), trusted, exc) from None
     try:
-        info = os.fstat(fd)  # one we made is ours whatever the umask left of its mode
-        problem = unsafe_dir(info, {os.geteuid()}, 0) if created else unsafe_dir(info, trusted, others, sticky_ok)
-        if problem:
-            raise ConfigError(f"{option} {path}: {problem}; refusing it")
-        if created and owner is not None:
-            os.fchown(fd, *owner)
+        _adopt(fd, f"{option} {path}", created, owner, trusted, others, sticky_ok)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _refused(where: str, info: os.stat_result | None, trusted: Collection[int], exc: OSError) -> ConfigError:
+    """Why a directory could not be opened: what is wrong with it if anything, else the system's reason."""
+    problem = unsafe_dir(info, trusted) if info is not None else None
+    return ConfigError(f"{where}: {problem or exc.strerror or exc}; refusing it")
+
+
+def _adopt(
+    fd: int,
+    where: str,
+    created: bool,
+    owner: tuple[int, int] | None,
+    trusted: Collection[int],
+    others: int = 0o022,
+    sticky_ok: bool = False,
+) -> None:
+    """Check an opened directory, and give one Corral just made to `owner` (the only change it ever makes)."""
+    info = os.fstat(fd)  # one we made is ours whatever the umask left of its mode
+    problem = unsafe_dir(info, {os.geteuid()}, 0) if created else unsafe_dir(info, trusted, others, sticky_ok)
+    if problem:
+        raise ConfigError(f"{where}: {problem}; refusing it")
+    if created and owner is not None:
+        os.fchown(fd, *owner)
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -211,20 +228,14 @@ def open_subdir(
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o700, dir_fd=fd)
                     created = True
-            where = shown.joinpath(*parts[: index + 1])
+            where = str(shown.joinpath(*parts[: index + 1]))
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
-                info = _stat_at(fd, name)
-                problem = unsafe_dir(info, trusted) if info is not None else None
-                raise ConfigError(f"{where}: {problem or exc.strerror or exc}; refusing it") from None
+                raise _refused(where, _stat_at(fd, name), trusted, exc) from None
             os.close(fd)
             fd = child
-            problem = unsafe_dir(os.fstat(fd), {os.geteuid()} if created else trusted)
-            if problem:
-                raise ConfigError(f"{where}: {problem}; refusing it")
-            if created and owner is not None:
-                os.fchown(fd, *owner)
+            _adopt(fd, where, created, owner, trusted)
     except BaseException:
         os.close(fd)
         raise
