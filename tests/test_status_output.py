@@ -116,3 +116,21 @@ def test_a_stream_that_cannot_encode_the_box_gets_an_ascii_one() -> None:
     out.flush()
     lines = raw.getvalue().decode("latin-1").splitlines()
     assert lines[1].startswith("+--") and lines[2].startswith("|") and lines[3].startswith("|--")
+
+
+def test_a_reader_that_went_away_is_no_traceback(tmp_path: Path) -> None:
+    """`corral events | head -1`, `corral status | head -1`: exit 1 quietly once the pipe has no reader."""
+    write_app(tmp_path, OK_APP)
+    corral = Corral(tmp_path, "app:app", "-w", "1")
+    try:
+        corral.wait_ready(1)
+        for args in (("status",), ("events",), ("events", "--json"), ("status", "--json")):
+            reader, writer = os.pipe()
+            os.close(reader)  # no reader from the start: the first write fails with EPIPE
+            process = subprocess.Popen(corral_command(*args, "--control", str(corral.control)), cwd=tmp_path,
+                                       stdout=writer, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            os.close(writer)
+            _, errors = process.communicate(timeout=60)
+            assert process.returncode == 1 and errors == "", (args, errors)
+    finally:
+        corral.stop()
