@@ -56,3 +56,9 @@ class AdminRoutes:
         """The supervisor exists: its checks and the pool's metrics answer from now on."""
         self.checks.update({"/livez": liveness, "/readyz": readiness})
         self.render = render
+
+    async def close(self) -> None:
+        """Stop answering (once): before the pool's figures go, or at the end of a start that never served."""
+        server, self.server = self.server, None
+        if server is not None:
+            await server.shutdown()

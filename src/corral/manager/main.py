@@ -150,8 +150,7 @@ async def _run(
         return code
     finally:
         notifier.close()
-        if admin.server is not None:
-            await admin.server.shutdown()
+        await admin.close()
         await server.shutdown()  # answers being written (a reload's "corral is stopping", the final event) go out
 
 
@@ -299,6 +298,7 @@ async def _serve(
         for task in (renewals, pings, sampling):
             if task:
                 task.cancel()
+        await admin.close()  # its routes read the scoreboard and the figures, closed next
         figures.close()
         scoreboard.close()
         if app_metrics:
