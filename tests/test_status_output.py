@@ -25,7 +25,6 @@ ESCAPE = "\x1b["
 def on_a_terminal(*args: str, cwd: Path, env: dict[str, str] | None = None, columns: int = 200) -> str:
     """What the command prints with its stdout on a real pseudo-terminal of `columns` columns."""
     controller, terminal = pty.openpty()
-    os.set_blocking(controller, True)
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     environment = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "FORCE_COLOR",
                                                                                  "COLUMNS")}  # fmt: skip
