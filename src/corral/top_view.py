@@ -16,17 +16,16 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
-from corral.events_view import event_spans
+from corral.events_view import Ask, event_spans
 
 if TYPE_CHECKING:  # rich is imported where it draws: `corral events --json` needs none of it
     from rich.console import Console, Group
     from rich.text import Text
 
-Ask = Callable[[dict[str, Any]], dict[str, Any]]
 KEYS = "r reload · + add a worker · - remove a worker · q quit"
 
 
