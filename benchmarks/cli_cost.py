@@ -1,9 +1,9 @@
 """CPU time of the `corral` client commands (user + sys of the child, from os.wait4), median per command.
 
 Starts `corral run` on a tiny app (one worker, loopback, its own control socket), then runs `status --json`,
-`status`, `scale`, `reload`, `events --json`, `events` N times each against it, and `stop` once per round
-(each round starts a new instance for it). Monitors and scripts poll these commands: their cost is the CPU
-of one interpreter start, the imports the command needs, and one request.
+`status`, `scale`, `reload`, `events --json`, `events` once per round against it, then `stop` while an
+`events --follow` waits for the final event (each round starts a new instance). Monitors and scripts poll these
+commands: their cost is the CPU of one interpreter start, the imports the command needs, and one request.
 
     python benchmarks/cli_cost.py [--rounds 10] [--compare-src OTHER/src]
 
@@ -62,14 +62,26 @@ COMMANDS = {
 
 
 def one_round(cwd: Path, env: dict[str, str] | None, samples: dict[str, list[float]]) -> None:
-    """Each command once against a fresh instance, then `stop` (which ends it)."""
+    """Each command once against a fresh instance, then `stop` (which ends it) while `events --follow` runs: it
+    prints the latest events, then the stop's, and exits after the final one."""
     control = cwd / "c.sock"
     where = ["--control", str(control)]
     process = start(cwd, control, env)
     try:
         for label, args in COMMANDS.items():
             samples.setdefault(label, []).append(cpu_of([*CORRAL, *args, *where], cwd, env))
+        follow = subprocess.Popen([*CORRAL, "events", "--follow", *where], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)  # fmt: skip
+        assert follow.stdout is not None
+        if not follow.stdout.readline():  # it has its connection: the latest events came
+            raise SystemExit(f"corral events --follow failed: {follow.stderr.read().decode() if follow.stderr else ''}")
         samples.setdefault("stop", []).append(cpu_of([*CORRAL, "stop", *where], cwd, env))
+        follow.stdout.read()
+        _, status, usage = os.wait4(follow.pid, 0)
+        follow.returncode = os.waitstatus_to_exitcode(status)
+        if follow.returncode != 0:
+            raise SystemExit(f"corral events --follow exited {follow.returncode}")
+        samples.setdefault("events --follow", []).append(usage.ru_utime + usage.ru_stime)
     finally:
         if process.poll() is None:
             process.kill()
@@ -104,6 +116,11 @@ def main() -> None:
             ratios = [a / b for a, b in zip(samples[names[0]][label], samples[names[1]][label], strict=True)]
             cells.append(" ".join(f"{ratio:.2f}" for ratio in ratios))
         print(f"| `corral {label}` | " + " | ".join(cells) + " |")
+    print("\nCPU per command and round, ms")
+    for tree in names:
+        print(f"\n{tree}:")
+        for label, values in samples[tree].items():
+            print(f"| `corral {label}` | " + " ".join(f"{value * 1000:.0f}" for value in values) + " |")
 
 
 if __name__ == "__main__":

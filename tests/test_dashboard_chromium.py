@@ -128,3 +128,40 @@ def test_dashboard_under_load(corrals: list[Corral], tmp_path: Path, browser: An
     form.submit()
     until(browser, lambda: len(page_pids(browser)) == 3, "the workers after signing in")
     assert not browser.find_element(By.ID, "login").is_displayed()
+
+
+WAITING_STEP = """
+    import pathlib, sys, time
+    started, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    started.write_text("running")
+    while not go.exists():
+        time.sleep(0.05)
+"""
+
+
+def test_dashboard_during_the_pre_start_steps(corrals: list[Corral], tmp_path: Path, browser: Any) -> None:
+    """The admin listener answers before the workers: the page says which step runs, then shows the workers."""
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    write_app(tmp_path, PLAIN_APP % "served")
+    write_app(tmp_path, WAITING_STEP, "step.py")
+    started, go = tmp_path / "step-started", tmp_path / "go"
+    admin_port = free_port()
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--admin-bind", f"127.0.0.1:{admin_port}",
+                    "--prestart", f"{sys.executable} {tmp_path / 'step.py'} {started} {go}")  # fmt: skip
+    corrals.append(corral)
+    wait_for(started.exists, what="the pre-start step to run")
+    browser.get(f"http://127.0.0.1:{admin_port}/dashboard")
+    summary = until(browser, lambda: "pre-start step 1 of 1 running for " in (t := browser.find_element(
+        By.ID, "summary").text) and t, "the step in the summary")  # fmt: skip
+    assert "generation 0 · 0/1 workers ready" in summary and summary.endswith(f"step.py {started} {go}"), summary
+    assert page_pids(browser) == [] and not go.exists()
+
+    go.write_text("")
+    (pid,) = corral.wait_ready(1)
+    until(browser, lambda: page_pids(browser) == [pid], "the worker on the page")
+    assert "pre-start" not in browser.find_element(By.ID, "summary").text
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not severe, severe

@@ -93,3 +93,52 @@ def test_admin_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 5
     assert len(result.stderr.strip().splitlines()) == 1
     assert "address already in use" in result.stderr and str(port) in result.stderr, result.stderr
+
+
+# A pre-start step that says it runs, then waits for the test's go-ahead (a file), as a long migration would.
+WAITING_STEP = """
+    import pathlib, sys, time
+    started, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    started.write_text("running")
+    while not go.exists():
+        time.sleep(0.05)
+"""
+
+
+def test_admin_listener_answers_during_the_pre_start_steps(corrals: list[Corral], tmp_path: Path) -> None:
+    """A platform's liveness probe passes during a long pre-start step; readiness waits for the workers."""
+    import sys
+
+    write_app(tmp_path, APP)
+    write_app(tmp_path, WAITING_STEP, "step.py")
+    started, go = tmp_path / "step-started", tmp_path / "go"
+    admin_port = free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--admin-bind", f"127.0.0.1:{admin_port}",
+                    "--prestart", f"{sys.executable} {tmp_path / 'step.py'} {started} {go}")  # fmt: skip
+    corrals.append(corral)
+    wait_for(started.exists, what="the pre-start step to run")
+
+    live = httpx.get(admin + "/livez")
+    assert live.status_code == 200 and live.json() == {"ok": True, "phase": "prestart", "stale_workers": []}
+    ready = httpx.get(admin + "/readyz")
+    assert ready.status_code == 503 and ready.json()["ok"] is False and ready.json()["ready_workers"] == 0
+    assert ready.json()["reason"].startswith("pre-start step 1 of 1 is running ("), ready.json()
+    metrics = httpx.get(admin + "/metrics")
+    assert metrics.status_code == 200, metrics.text
+    assert 'corral_workers{state="ready"} 0.0' in metrics.text and "corral_generation 0.0" in metrics.text
+    assert "corral_target_workers 1.0" in metrics.text and "corral_build_info{" in metrics.text
+    status = httpx.get(admin + "/api/status").json()  # the dashboard: the startup's status
+    assert status["phase"] == "prestart" and status["prestart"]["step"] == 1 and status["workers"] == []
+    refused = httpx.post(admin + "/api/reload", json={})  # refused, with the reason, as `corral reload`
+    assert refused.status_code == 409 and "pre-start step 1 of 1 is running" in refused.json()["error"]
+    assert not go.exists() and corral.process.poll() is None  # still in the step
+
+    go.write_text("")
+    ready = wait_for(lambda: (r := httpx.get(admin + "/readyz")).status_code == 200 and r.json(), what="/readyz 200")
+    assert ready == {"ok": True, "ready_workers": 1, "draining": False}
+    assert httpx.get(admin + "/livez").json() == {"ok": True, "stale_workers": []}
+    assert "corral_generation 1.0" in httpx.get(admin + "/metrics").text
+    assert corral.get().text == "served"
+    corral.signal(signal.SIGTERM)
+    assert corral.wait_exit() == 0

@@ -220,6 +220,9 @@ def test_certfile_replaced_on_disk(tmp_path: Path) -> None:
         pids = server.wait_ready(2)
         first = issued_by(server.port, ca_file, name)
         assert first is not None
+        # --certfile without --https: the names come from the certificate, never an empty "certificate for "
+        assert f"certificate for {name} ({certfile}) valid until " in server.log, server.log
+        assert server.status()["certificates"][0]["names"] == [name]
         kept_open = tls_connect(server.port, name, cafile=ca_file)
 
         _write_pair(ca.issue_cert(name), certfile, keyfile)

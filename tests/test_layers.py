@@ -20,7 +20,7 @@ LONGEST = 450  # lines
 COMMAND_LINE = {
     "corral.__main__", "corral.cli", "corral.cli_app", "corral.cli_run", "corral.cli_control", "corral.cli_export",
     "corral.config", "corral.config_file", "corral.validators", "corral.reference", "corral.control_path",
-    "corral.status_view", "corral.top_view", "corral.check",
+    "corral.status_view", "corral.events_view", "corral.terminal", "corral.top_view", "corral.check",
 }  # fmt: skip
 
 

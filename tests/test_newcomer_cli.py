@@ -198,24 +198,35 @@ def heavy_imports(*args: str, cwd: Path) -> tuple[list[str], subprocess.Complete
 
 
 def test_client_commands_import_neither_typer_nor_pydantic(tmp_path: Path) -> None:
-    """Monitors poll these: each imports only what it needs (rich only to draw a table)."""
+    """Monitors poll these: each imports only what it needs; the table and the event lines are drawn without rich
+    (only `corral top` uses it)."""
     write_app(tmp_path, APP)
     server = Corral(tmp_path, "app:app", "-w", "1")
+    follow = None
     try:
         server.wait_ready(1)
         where = ("--control", str(server.control))
-        for args, allowed in [
-            (("status", "--json"), []), (("status",), ["rich"]), (("scale", "2"), []),
-            (("events", "--json", "--limit", "5"), []), (("reload",), []), (("scale", "-1"), []),
+        for args in [
+            ("status", "--json"), ("status",), ("scale", "2"), ("events", "--json", "--limit", "5"),
+            ("events", "--limit", "5"), ("reload",), ("scale", "-1"),
         ]:  # fmt: skip
             imported, result = heavy_imports(*args, *where, cwd=tmp_path)
             assert result.returncode == 0, (args, result.stderr)
-            assert imported == allowed, args
+            assert imported == [], args
+        assert "┃ worker ┃" in re.sub(" +", " ", heavy_imports("status", *where, cwd=tmp_path)[1].stdout)
         imported, result = heavy_imports("status", "--help", cwd=tmp_path)  # help comes from the typer app
         assert result.returncode == 0 and "Usage: corral status" in result.stdout and "typer" in imported
+        follow = subprocess.Popen([sys.executable, "-c", IMPORTS_OF, "events", "--follow", *where], cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert follow.stdout is not None and " start " in follow.stdout.readline()  # it follows now
         imported, result = heavy_imports("stop", *where, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("stopped (manager pid ") and imported == []
+        followed, errors = follow.communicate(timeout=60)
+        assert follow.returncode == 0, errors
+        assert " stopped " in followed.splitlines()[-1] and json.loads(errors.strip().splitlines()[-1]) == []
         assert server.wait_exit() == 0
     finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
         server.stop()

@@ -1,8 +1,11 @@
-"""SIGQUIT stops at once (docs/configuration.md, Signals): requests in flight are abandoned, every worker is
-killed without waiting for --graceful-timeout, nothing of the pool is left."""
+"""SIGQUIT and `corral stop --now` stop at once (docs/configuration.md, Signals): requests in flight are
+abandoned, every worker is killed without waiting for --graceful-timeout, nothing of the pool is left, and the
+instance ends as documented: exit code 0 (a stop that was asked for, not a failure a service manager would
+restart), with the usual last log line."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -10,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
-from harness import Corral, process_tree, wait_for, write_app
+from harness import Corral, process_tree, run_cli, wait_for, write_app
 
 APP = """
     import asyncio
@@ -28,7 +32,8 @@ APP = """
 """
 
 
-def test_sigquit_stops_now_abandoning_requests_in_flight(corrals: list[Corral], tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGQUIT", "corral stop --now"])
+def test_stop_now_abandons_requests_in_flight_and_exits_0(corrals: list[Corral], tmp_path: Path, how: str) -> None:
     write_app(tmp_path, APP)
     corral = Corral(tmp_path, "app.py", "-w", "2", "--graceful-timeout", "300")
     corrals.append(corral)
@@ -47,7 +52,11 @@ def test_sigquit_stops_now_abandoning_requests_in_flight(corrals: list[Corral], 
     thread.start()
     wait_for(lambda: (tmp_path / "slow-started").exists(), what="the slow request")
     sent = time.monotonic()
-    corral.signal(signal.SIGQUIT)
+    if how == "SIGQUIT":
+        corral.signal(signal.SIGQUIT)
+    else:
+        stopped = run_cli("stop", "--now", "--control", str(corral.control))
+        assert stopped.returncode == 0 and stopped.stdout.startswith("stopped (manager pid "), stopped.stderr
     code = corral.wait_exit(60)
     took = time.monotonic() - sent
     thread.join(30)
@@ -58,3 +67,4 @@ def test_sigquit_stops_now_abandoning_requests_in_flight(corrals: list[Corral], 
     gone = psutil.wait_procs(tree, timeout=10)[1]
     assert not gone, f"left running: {gone}"
     assert "Traceback" not in corral.log, corral.log
+    assert re.fullmatch(r".* INFO stopped after \S+ s, exit code 0", corral.log.strip().splitlines()[-1]), corral.log

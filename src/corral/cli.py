@@ -5,6 +5,7 @@ are the reference."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -82,4 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         code = int(exc.exit_code)
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `corral events --follow | head -1`: the reader is gone, and that is no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        code = 1
     sys.exit(code)

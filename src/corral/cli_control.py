@@ -1,9 +1,10 @@
 """The commands that talk to a running instance: status, events, top, scale, reload, stop.
 
 They are polled by monitors and scripts, so each imports only what it needs: neither typer nor pydantic (the
-control socket comes from `corral.control_path`), rich only to draw. Each command's parameters are declared
-once, in `COMMANDS`: `cli.py` parses the usual invocations with it, and `cli_app.py` makes the typer
-commands (help, and the messages for anything unusual) from it.
+control socket comes from `corral.control_path`), nor rich: `status` and `events` draw with `terminal.py`, only
+`top` uses rich. Each command's parameters are declared once, in `COMMANDS`: `cli.py` parses the usual
+invocations with it, and `cli_app.py` makes the typer commands (help, and the messages for anything unusual)
+from it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -66,11 +66,10 @@ def status_command(control: str | None, name: str | None, json_output: bool) -> 
     if json_output:
         print(json.dumps(answer, indent=2))
         return
-    from rich.console import Console
-
     from corral.status_view import print_status
+    from corral.terminal import Terminal
 
-    print_status(answer, Console(width=None if sys.stdout.isatty() else 160))  # piped: no truncated cells
+    print_status(answer, Terminal())
 
 
 def events_command(control: str | None, name: str | None, follow: bool, json_output: bool, limit: int) -> None:
@@ -78,7 +77,7 @@ def events_command(control: str | None, name: str | None, follow: bool, json_out
     if not 1 <= limit <= 500:
         raise ConfigError(f"--limit must be from 1 to 500 events, got {limit}")
     from corral.control_client import stream
-    from corral.top_view import event_line, follow_events
+    from corral.events_view import event_spans, follow_events
 
     path = control_path(control, name)
 
@@ -91,10 +90,10 @@ def events_command(control: str | None, name: str | None, follow: bool, json_out
     if json_output:
         follow_events(ask, follow_stream, limit, follow, lambda event: print(json.dumps(event), flush=True))
         return
-    from rich.console import Console  # only to draw: --json needs none of it
+    from corral.terminal import Terminal
 
-    console = Console(highlight=False, soft_wrap=True)
-    follow_events(ask, follow_stream, limit, follow, lambda event: console.print(event_line(event)))
+    terminal = Terminal()
+    follow_events(ask, follow_stream, limit, follow, lambda event: terminal.line(*event_spans(event)))
 
 
 def top_command(control: str | None, name: str | None, interval: float) -> None:

@@ -1,15 +1,16 @@
-"""`corral status` as a table, in the spirit of `pm2 ls`."""
+"""`corral status` as a table, in the spirit of `pm2 ls`, drawn without rich (`terminal.py`): monitors poll it."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from corral.manager.policy import format_bytes
-from corral.text import plural
+from corral.terminal import Cell, Terminal
+from corral.text import format_bytes, plural
 
-if TYPE_CHECKING:
-    from rich.console import Console
+STATE_STYLE = {"ready": "green", "starting": "yellow", "draining": "magenta"}
+COLUMNS = (("worker", True), ("pid", True), ("state", False), ("gen", True), ("uptime", True), ("restarts", True),
+           ("requests", True), ("cpu", True), ("private mem", True), ("pss", True))  # fmt: skip
 
 
 def _uptime(started_at: float) -> str:
@@ -23,35 +24,29 @@ def _uptime(started_at: float) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
-def print_status(status: dict[str, Any], console: Console) -> None:
+def print_status(status: dict[str, Any], terminal: Terminal) -> None:
     if "prestart" in status:  # before the first workers
-        console.print(startup_line(status), highlight=False, soft_wrap=True)
+        terminal.line(startup_line(status))
         return
-    from rich.table import Table
-
-    table = Table(
-        title=(
-            f"manager pid {status['manager_pid']} · generation {status['generation']} · "
-            f"{plural(status['target_workers'], 'worker')} wanted · {plural(status['restarts'], 'restart')}"
-            + (f" ({plural(status['crashes'], 'crash', 'crashes')} while serving)" if status.get("crashes") else "")
-            + (" · stopping" if status.get("stopping") else "")
-        )
+    title = (
+        f"manager pid {status['manager_pid']} · generation {status['generation']} · "
+        f"{plural(status['target_workers'], 'worker')} wanted · {plural(status['restarts'], 'restart')}"
+        + (f" ({plural(status['crashes'], 'crash', 'crashes')} while serving)" if status.get("crashes") else "")
+        + (" · stopping" if status.get("stopping") else "")
     )
-    for column in ("worker", "pid", "state", "gen", "uptime", "restarts", "requests", "cpu", "private mem", "pss"):
-        table.add_column(column, justify="right" if column not in ("state",) else "left")
-    state_style = {"ready": "green", "starting": "yellow", "draining": "magenta"}
+    rows: list[list[Cell]] = []
     for name, process, state in [
         ("manager", status.get("manager"), ""),
         *((f"template {t['generation']}", t, t["phase"]) for t in status.get("templates", [])),
     ]:
         if process:
-            table.add_row(name, str(process["pid"]), state, "", "", "", "", "", *_memory(process))
+            rows.append([name, str(process["pid"]), state, "", "", "", "", "", *_memory(process)])
     for worker in status["workers"]:
         uss = worker.get("memory_uss")
-        table.add_row(
+        rows.append([
             str(worker["id"]),
             str(worker["pid"] or "-"),
-            f"[{state_style.get(worker['state'], 'white')}]{worker['state']}[/]",
+            (str(worker["state"]), STATE_STYLE.get(worker["state"], "")),
             str(worker["generation"]),
             _uptime(worker["started_at"]),
             str(worker["restarts"]),
@@ -59,21 +54,20 @@ def print_status(status: dict[str, Any], console: Console) -> None:
             f"{worker['cpu_percent']:.0f}%",
             format_bytes(uss) if uss else "-",
             _bytes(worker.get("memory_pss")),
-        )
+        ])  # fmt: skip
+    caption = ""
     if status.get("memory_pss_total"):
         other = status.get("memory_pss_other") or 0
-        table.caption = f"total PSS (manager, templates, workers{', other' if other else ''}): " + _bytes(
+        caption = f"total PSS (manager, templates, workers{', other' if other else ''}): " + _bytes(
             status["memory_pss_total"]
         ) + (f" · other processes of the app: {_bytes(other)}" if other else "")
-    console.print(table)
+    terminal.table(title, COLUMNS, rows, caption)
     for slot in status.get("backoff", []):
         until = time.strftime("%H:%M:%S", time.localtime(slot["until"]))
-        console.print(
-            f"[yellow]worker {slot['id']} waits in backoff until {until} ({slot['seconds']:.1f} s): "
-            f"{plural(slot['failures'], 'failed start')} in a row[/]"
-        )
+        terminal.line((f"worker {slot['id']} waits in backoff until {until} ({slot['seconds']:.1f} s): "
+                       f"{plural(slot['failures'], 'failed start')} in a row", "yellow"))  # fmt: skip
     if status.get("autoscaler"):
-        console.print(autoscaler_line(status["autoscaler"]), highlight=False)
+        terminal.line(autoscaler_line(status["autoscaler"]))
 
 
 def startup_line(status: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""`corral top` and `corral events`: live views of a running instance over its control socket.
+"""`corral top`: a live view of a running instance over its control socket.
 
 `top` redraws a table every interval (rich.live) and reads single keys in cbreak mode between redraws: the
 wait for the next redraw is a `select` on the terminal, so a key acts at once and never blocks the refresh.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import os
 import select
 import sys
@@ -17,19 +16,16 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import CorralError, ExitCode
+from corral.errors import CorralError
+from corral.events_view import Ask, event_spans
 
 if TYPE_CHECKING:  # rich is imported where it draws: `corral events --json` needs none of it
     from rich.console import Console, Group
     from rich.text import Text
 
-Ask = Callable[[dict[str, Any]], dict[str, Any]]
-Stream = Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
-EVENT_STYLE = {"crash": "red", "hang": "red", "backoff": "red", "recycle": "yellow", "reload": "cyan",
-               "scale": "cyan", "autoscale": "cyan", "certificate": "blue", "stop": "magenta", "stopped": "magenta"}
 KEYS = "r reload · + add a worker · - remove a worker · q quit"
 
 
@@ -65,13 +61,7 @@ class Rates:
 def event_line(event: dict[str, Any]) -> Text:
     from rich.text import Text
 
-    when = dt.datetime.fromtimestamp(float(event["time"])).strftime("%H:%M:%S")
-    line = Text(f"{when} ")
-    line.append(f"{event['kind']:<11}", style=EVENT_STYLE.get(str(event["kind"]), "green"))
-    line.append(str(event["message"]))
-    if event.get("waiting_in"):
-        line.append(f" (waiting in {event['waiting_in']})", style="dim")
-    return line
+    return Text.assemble(*event_spans(event))
 
 
 def _ms(seconds: Any) -> str:
@@ -87,8 +77,8 @@ def render(status: dict[str, Any], events: list[dict[str, Any]], rates: Rates, m
     from rich.table import Table
     from rich.text import Text
 
-    from corral.manager.policy import format_bytes
-    from corral.status_view import _uptime, startup_line
+    from corral.status_view import STATE_STYLE, _uptime, startup_line
+    from corral.text import format_bytes
 
     pool = status.get("pool", {})
     total_rate = sum(rates.of(w) or 0.0 for w in status["workers"])
@@ -102,13 +92,12 @@ def render(status: dict[str, Any], events: list[dict[str, Any]], rates: Rates, m
     columns = ("id", "pid", "state", "gen", "req/s", "p50", "p99", "cpu", "private mem", "restarts", "uptime")
     for column in columns:
         table.add_column(column, justify="left" if column == "state" else "right")
-    state_style = {"ready": "green", "starting": "yellow", "draining": "magenta"}
     for worker in status["workers"]:
         uss = worker.get("memory_uss")
         table.add_row(
             str(worker["id"]),
             str(worker.get("pid") or "-"),
-            Text(str(worker["state"]), style=state_style.get(str(worker["state"]), "white")),
+            Text(str(worker["state"]), style=STATE_STYLE.get(str(worker["state"]), "")),
             str(worker["generation"]),
             _rate(rates.of(worker)),
             _ms(worker.get("latency_p50_seconds")),
@@ -207,21 +196,3 @@ def run_top(ask: Ask, interval: float = 1.0, console: Console | None = None) -> 
                     continue
                 break  # redraw at once to show the action's notice
 
-
-def follow_events(ask: Ask, stream: Stream, limit: int, follow: bool, emit: Callable[[dict[str, Any]], None]
-                  ) -> None:
-    """Print the latest `limit` events; with `follow`, keep printing new ones as the instance records them, on one
-    connection, until its final event (`stopped`). An instance that vanishes before it (killed) is exit 7."""
-    message: dict[str, Any] = {"cmd": "events", "since": 0, "limit": limit}
-    if not follow:
-        for event in ask(message)["events"]:
-            emit(event)
-        return
-    for answer in stream({**message, "follow": True}):
-        if not answer.get("ok"):
-            raise CorralError(str(answer.get("error", "the request failed")))
-        for event in answer["events"]:
-            emit(event)
-        if answer.get("end"):
-            return
-    raise CorralError("the corral instance went away before its final event (was it killed?)", ExitCode.NOT_RUNNING)

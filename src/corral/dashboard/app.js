@@ -141,12 +141,21 @@ function renderCertificates(status) {
   }
 }
 
+// before the first workers (the admin listener answers during the pre-start steps): what the instance does
+function starting(status) {
+  const step = status.prestart;
+  if (!step) return "";
+  if (step.waiting_for) return ` · pre-start steps waiting for the ${step.waiting_for}`;
+  return ` · pre-start step ${step.step} of ${step.steps} running for ${fmt.uptime(Date.now() / 1000 - step.seconds)}: ` +
+    step.command;
+}
+
 function renderSummary(status, current) {
   const pool = current.pool;
   const ready = status.workers.filter((w) => w.state === "ready").length;
   document.getElementById("summary").textContent =
     `manager pid ${status.manager_pid} · generation ${status.generation} · ${ready}/${status.target_workers} ` +
-    `workers ready · ${status.restarts} restarts${status.stopping ? " · stopping" : ""}`;
+    `workers ready · ${status.restarts} restarts${status.stopping ? " · stopping" : ""}${starting(status)}`;
   document.getElementById("total-rate").textContent = fmt.rate(current.total.rate);
   document.getElementById("total-latency").textContent =
     `${fmt.ms(current.total.p50)} / ${fmt.ms(current.total.p99)}`;

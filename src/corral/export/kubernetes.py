@@ -239,8 +239,10 @@ def _deployment(
         "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports]
         + [{"name": "admin", "containerPort": plan.admin_port}],
         "resources": _resources(options, pod_workers(settings)),
-        # Up to 5 minutes to import the app and get the first generation ready.
-        "startupProbe": _probe("/readyz", period=2, failures=150),
+        # Up to a minute for the manager to answer. Its admin listener opens before the pre-start steps (a pod
+        # may wait for the Job's migration) and the app's import, which Corral bounds itself (--prestart-timeout,
+        # --startup-timeout: then it exits and the pod restarts); traffic waits for /readyz.
+        "startupProbe": _probe("/livez", period=2, failures=30),
         "livenessProbe": _probe("/livez", period=10, failures=3),
         "readinessProbe": _probe("/readyz", period=5, failures=2),
         # An exec sleep, not the `sleep` action: that one needs Kubernetes 1.30 (docs/deployment.md: 1.25+).

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from corral import logs
-from corral.binds import Bind, is_loopback, open_socket, parse_admin_bind, parse_bind, systemd_sockets
+from corral.binds import Bind, open_socket, parse_admin_bind, parse_bind, systemd_sockets
 from corral.control_client import default_control_path
 from corral.discovery import Target, resolve_target
 from corral.errors import ConfigError, CorralError, ExitCode
 from corral.manager import admin as admin_http
-from corral.manager import connections, control, health, policy, resources
+from corral.manager import connections, control, policy, resources
+from corral.manager.admin_routes import AdminRoutes
 from corral.manager.banner import print_banner
 from corral.manager.events import FINAL, EventLog
 from corral.manager.metrics import AppMetricsDirectory, PoolMetrics
@@ -117,6 +118,7 @@ async def _run(
     startup = Startup(settings, events, worker_count(settings)[0], identity)
     handlers: list[control.Handler] = [startup.handle]  # the supervisor's, once it exists
     server = await control.serve(control_socket, lambda request: handlers[-1](request), events.follow)
+    admin = AdminRoutes(settings, startup, lambda request: handlers[-1](request), time.time())
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(signum, startup.stop)
@@ -128,12 +130,13 @@ async def _run(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, MANAGER_SIGNALS)
     try:
         code: int = ExitCode.OK
+        if settings.admin_bind:  # the probes answer during the pre-start steps too: alive, not ready
+            admin.socket = _open(parse_admin_bind(settings.admin_bind), opened)[0]
+            admin.socket.set_inheritable(False)  # answered by the manager itself, never by a worker
+            admin.server = await admin_http.serve(admin.socket, admin.routes())
         if await startup.run_prestart():
             listeners = _open_listeners(settings, opened)
             plain = [_open(parse_bind(text), opened) for text in http_binds(settings)]
-            admin = _open(parse_admin_bind(settings.admin_bind), opened)[0] if settings.admin_bind else None
-            if admin is not None:
-                admin.set_inheritable(False)  # answered by the manager itself, never by a worker
             release_free_memory()  # the manager's imports are done; it runs as long as the service
             code = await _serve(settings, target, listeners, plain, admin, control_path, state_dir, notifier,
                                 startup, handlers)
@@ -147,6 +150,7 @@ async def _run(
         return code
     finally:
         notifier.close()
+        await admin.close()
         await server.shutdown()  # answers being written (a reload's "corral is stopping", the final event) go out
 
 
@@ -206,7 +210,7 @@ async def _serve(
     target: Target,
     listeners: list[tuple[socket.socket, Bind | None]],
     plain: list[tuple[socket.socket, Bind | None]],
-    admin_socket: socket.socket | None,
+    admin: AdminRoutes,
     control_path: Path,
     state_dir: Path | None,
     notifier: Notifier,
@@ -234,16 +238,15 @@ async def _serve(
     count, explicit = worker_count(settings)
     # One event log from the start: a follower sees the steps, then the pool.
     supervisor = Supervisor(settings, spec, scoreboard, count, explicit, startup.events)
-    admin_paths: list[str] = []  # filled when the admin routes are built
     if settings.autoscale:
         from corral.manager.autoscaler import Autoscaler
 
         supervisor.autoscaler = Autoscaler(autoscale_limits(settings), spec.listeners, supervisor.events, count)
-    pool_metrics = PoolMetrics(supervisor, figures, [sock for sock, _ in listeners], app_metrics)
+    pool_metrics = PoolMetrics(supervisor, figures, [sock for sock, _ in listeners], app_metrics, admin.started_at)
     supervisor.on_ready.append(
         lambda: print_banner(
             settings, target, listeners + plain, sorted(w.pid for w in supervisor.workers.values() if w.pid),
-            control_path, state_dir, admin_socket, admin_paths,
+            control_path, state_dir, admin.socket, admin.paths,
         )
     )
     supervisor.on_ready.append(
@@ -278,24 +281,10 @@ async def _serve(
 
     identity = startup.identity
     handlers.append(lambda request: _handle(supervisor, request, identity, pool_metrics))
+    admin.serving(supervisor.liveness, supervisor.readiness, pool_metrics.render)
     renewals = asyncio.create_task(certificates.run()) if certificates else None
     sampling = asyncio.create_task(pool_metrics.run())
     pings = asyncio.create_task(_watchdog_pings(notifier)) if notifier.watchdog_interval else None
-    admin = None
-    if admin_socket is not None:
-        from corral.manager import admin_access, dashboard  # only with --admin-bind
-
-        routes = health.routes({"/livez": supervisor.liveness, "/readyz": supervisor.readiness})
-        routes |= dashboard.routes(lambda request: _handle(supervisor, request, identity, pool_metrics))
-        if settings.metrics:
-            routes["/metrics"] = pool_metrics.route()
-        admin_paths.extend(routes)
-        token = admin_access.load_token(settings)
-        exposed = not is_loopback(parse_admin_bind(settings.admin_bind or ""))
-        if exposed and token is None:
-            log.warning("--admin-bind %s is reachable from other machines and has no token: it serves only /livez "
-                        "and /readyz (give --admin-token-file for the rest)", settings.admin_bind)
-        admin = await admin_http.serve(admin_socket, admin_access.protect(routes, token, exposed))
     watcher = None
     if settings.reload:  # `corral dev`: watchfiles is imported only then
         from corral.manager.dev import start_watcher
@@ -309,8 +298,7 @@ async def _serve(
         for task in (renewals, pings, sampling):
             if task:
                 task.cancel()
-        if admin:
-            await admin.shutdown()
+        await admin.close()  # its routes read the scoreboard and the figures, closed next
         figures.close()
         scoreboard.close()
         if app_metrics:

@@ -22,7 +22,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,7 @@ class PoolMetrics:
         figures: RequestFigures,
         listeners: list[socket.socket],
         app_metrics: AppMetricsDirectory | None,
+        started_at: float | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.figures = figures
@@ -124,7 +125,7 @@ class PoolMetrics:
         self.restarts: collections.Counter[str] = collections.Counter()
         self.readings: dict[int, collections.deque[tuple[float, Figures]]] = {}  # per cell
         self.pool_readings: collections.deque[tuple[float, Figures]] = collections.deque()
-        self.started_at = time.time()
+        self.started_at = started_at or time.time()
         self._helper = asyncio.Lock()
         supervisor.on_worker_forked.append(self.forked)
         supervisor.on_worker_gone.append(self.gone)
@@ -208,16 +209,6 @@ class PoolMetrics:
 
     # --- /metrics ---------------------------------------------------------------------------------
 
-    def route(self) -> Route:
-        async def handler(_: Request) -> Response:
-            try:
-                body = await self.render()
-            except (RuntimeError, OSError, TimeoutError) as exc:
-                return Response.json(503, {"error": f"metrics unavailable: {exc}"})
-            return Response(200, body, TEXT_FORMAT)
-
-        return Route(handler)
-
     async def render(self) -> bytes:
         request = {
             "families": self.families(),
@@ -227,20 +218,7 @@ class PoolMetrics:
 
     async def _run_helper(self, request: dict[str, Any]) -> bytes:
         async with self._helper:  # one at a time: a fold never runs under a scrape's reading
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "corral.metrics_exposition",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), RENDER_TIMEOUT)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-                raise
-            if process.returncode != 0:
-                last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                raise RuntimeError(f"the metrics helper exited with {process.returncode}: {last[0]}")
-            return out
+            return await exposition(request)
 
     def _live_pids(self) -> set[int]:
         pids = {w.pid for w in self.supervisor.workers.values() if w.pid}
@@ -287,12 +265,8 @@ class PoolMetrics:
                [([cause], self.restarts[cause]) for cause in CAUSES])
         family("corral_reloads", "counter", "Rolling reloads, by outcome", ["outcome"],
                [([outcome], supervisor.reloads[outcome]) for outcome in ("done", "refused")])
-        family("corral_generation", "gauge", "Generation currently serving", [],
-               [([], supervisor.current.number if supervisor.current else 0)])
         states = collections.Counter(worker.state for worker in supervisor.workers.values())
-        family("corral_workers", "gauge", "Worker processes, by state", ["state"],
-               [([state], states[state]) for state in ("starting", "ready", "draining")])
-        family("corral_target_workers", "gauge", "Workers the pool is asked to run", [], [([], supervisor.target)])
+        _pool_families(family, supervisor.current.number if supervisor.current else 0, states, supervisor.target)
         self._process_families(family)
         self._other_families(family)
         return out
@@ -360,9 +334,65 @@ class PoolMetrics:
                    [([], last_run["seconds"])])
             family("corral_prestart_success", "gauge", "1 if the latest pre-start run succeeded, else 0", [],
                    [([], 1 if last_run["ok"] else 0)])
-        family("corral_start_time_seconds", "gauge", "When this instance started (Unix time)", [],
-               [([], self.started_at)])
-        family("corral_build_info", "gauge", "Corral's version", ["version"], [([__version__], 1)])
+        _instance_families(family, self.started_at)
+
+
+Family = Callable[[str, str, str, list[str], list[Sample]], None]
+
+
+def _pool_families(family: Family, generation: int, states: collections.Counter[str], target: int) -> None:
+    family("corral_generation", "gauge", "Generation currently serving", [], [([], generation)])
+    family("corral_workers", "gauge", "Worker processes, by state", ["state"],
+           [([state], states[state]) for state in ("starting", "ready", "draining")])
+    family("corral_target_workers", "gauge", "Workers the pool is asked to run", [], [([], target)])
+
+
+def _instance_families(family: Family, started_at: float) -> None:
+    family("corral_start_time_seconds", "gauge", "When this instance started (Unix time)", [], [([], started_at)])
+    family("corral_build_info", "gauge", "Corral's version", ["version"], [([__version__], 1)])
+
+
+async def startup_exposition(target: int, started_at: float) -> bytes:
+    """`/metrics` before the supervisor exists (pre-start steps): what the instance knows, no worker yet."""
+    out: list[dict[str, Any]] = []
+
+    def family(name: str, kind: str, text: str, labels: list[str], samples: list[Sample]) -> None:
+        out.append({"name": name, "type": kind, "help": text, "labels": labels, "samples": samples})
+
+    _pool_families(family, 0, collections.Counter(), target)
+    _instance_families(family, started_at)
+    return await exposition({"families": out, "directory": None})
+
+
+def route(render: Callable[[], Awaitable[bytes]]) -> Route:
+    """`/metrics`, rendered by `render` at each scrape (the startup's, then the pool's)."""
+
+    async def handler(_: Request) -> Response:
+        try:
+            body = await render()
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            return Response.json(503, {"error": f"metrics unavailable: {exc}"})
+        return Response(200, body, TEXT_FORMAT)
+
+    return Route(handler)
+
+
+async def exposition(request: dict[str, Any]) -> bytes:
+    """Prometheus's text format for `request` (families and the app's directory), from the helper process."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-m", "corral.metrics_exposition",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), RENDER_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"the metrics helper exited with {process.returncode}: {last[0]}")
+    return out
 
 
 def _trim(readings: collections.deque[tuple[float, Figures]], now: float) -> None:

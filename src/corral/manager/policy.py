@@ -9,6 +9,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from corral.text import format_bytes as format_bytes  # shared with the command line
+
 GIB = 1024**3
 MIB = 1024**2
 
@@ -193,14 +195,6 @@ def plan_memory(
     return MemoryPlan(
         int(min(wanted, fitting)), True, f"{arithmetic} > {format_bytes(budget)} available: using {fitting}"
     )
-
-
-def format_bytes(size: int) -> str:
-    if size >= GIB:
-        return f"{size / GIB:.1f} GiB"
-    if size >= MIB:
-        return f"{size / MIB:.0f} MiB"
-    return f"{size / 1024:.0f} KiB"
 
 
 # --- autoscaling ------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The instance before its supervisor exists: the pre-start steps, then opening the sockets.
 
-The control socket answers from the moment the instance owns its name, so this phase has its own answers:
-`status` shows the step running and for how long, `stop` (and SIGTERM, SIGINT, SIGQUIT) kills the step's process
-group and ends the instance like any other stop, `reload` and `scale` are refused with the reason. The steps
-run in a daemon thread (they block: a subprocess, a lock); a stop that finds them waiting for another
-instance's lock does not wait for it (the lock goes with the manager's descriptor or session).
+The control socket and the admin listener answer from the moment the instance owns its name, so this phase has
+its own answers: `/livez` is alive, `/readyz` is not ready and says why, `status` shows the step running and for
+how long, `stop` (and SIGTERM, SIGINT, SIGQUIT) kills the step's process group and ends the instance like any
+other stop, `reload` and `scale` are refused with the reason. The steps run in a daemon thread (they block: a
+subprocess, a lock); a stop that finds them waiting for another instance's lock does not wait for it (the lock
+goes with the manager's descriptor or session).
 """
 
 from __future__ import annotations
@@ -109,6 +110,14 @@ class Startup:
             return f"the pre-start steps wait for the {now['waiting_for']} ({now['seconds']:.0f} s so far)"
         return (f"pre-start step {now['step']} of {now['steps']} is running ({now['seconds']:.0f} s so far); "
                 "the workers start once the steps have succeeded")
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """`/livez` before the supervisor exists: this loop answers, and there is no worker to be stale."""
+        return True, {"phase": self.phase, "stale_workers": []}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """`/readyz` before the supervisor exists: not ready, and why (a pre-start step running, say)."""
+        return False, {"phase": self.phase, "ready_workers": 0, "draining": self.stopping, "reason": self.busy()}
 
     def refuse(self, action: str) -> str:
         return f"{action} refused: {self.busy()}"

@@ -51,6 +51,13 @@ class CertificateState:
     last_error: str | None = None
     file_signature: tuple[Any, ...] | None = None
 
+    @property
+    def names(self) -> list[str]:
+        """The names it is for: the plan's (`--https`), else, for `--certfile` alone, those the certificate holds."""
+        if self.plan.names or self.material is None:
+            return list(self.plan.names)
+        return self.material.names
+
 
 class CertificateService:
     """`start()` before the workers start (they need a certificate), then `run()` as a background task."""
@@ -103,7 +110,9 @@ class CertificateService:
             await asyncio.to_thread(self.store.publish, label, material)
             self._schedule(state)
             if not state.temporary:
-                logger.info("certificate for %s valid until %s", ", ".join(state.plan.names), _when(material))
+                source = f" ({self.settings.certfile})" if label == "files" else ""
+                logger.info("certificate for %s%s valid until %s", ", ".join(state.names) or "no name", source,
+                            _when(material))
 
     async def run(self) -> None:
         """Forever: poll --certfile/--keyfile, renew local and ACME certificates when due."""
@@ -126,7 +135,7 @@ class CertificateService:
             material = state.material
             rows.append(
                 {
-                    "names": list(state.plan.names),
+                    "names": state.names,
                     "source": state.plan.label,
                     "temporary": state.temporary,
                     "not_after": material.not_after.isoformat() if material else None,
