@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from corral.text import format_bytes as format_bytes  # shared with the command line
+from corral.text import format_bytes
 
 GIB = 1024**3
 MIB = 1024**2
