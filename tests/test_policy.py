@@ -7,6 +7,7 @@ import pytest
 from corral.heartbeat import TICK, heartbeat_interval
 from corral.manager import policy
 from corral.manager.policy import GIB, MIB, Backoff
+from corral.text import format_bytes
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 
@@ -323,4 +324,4 @@ def test_memory_plan_uses_gib_for_large_sizes() -> None:
     ],
 )
 def test_format_bytes(size: int, text: str) -> None:
-    assert policy.format_bytes(size) == text
+    assert format_bytes(size) == text

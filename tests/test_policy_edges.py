@@ -11,6 +11,7 @@ from corral.errors import ConfigError
 from corral.manager import policy
 from corral.paths import check_private_dir
 from corral.redact import has_password, redact_arguments, redact_values
+from corral.text import format_bytes
 
 MIB, GIB = policy.MIB, policy.GIB
 
@@ -59,9 +60,9 @@ def test_memory_ceiling_when_the_maximum_just_fits() -> None:
 
 
 def test_format_bytes_boundaries() -> None:
-    assert policy.format_bytes(MIB) == "1 MiB"
-    assert policy.format_bytes(MIB - 1) == "1024 KiB"
-    assert policy.format_bytes(GIB) == "1.0 GiB"
+    assert format_bytes(MIB) == "1 MiB"
+    assert format_bytes(MIB - 1) == "1024 KiB"
+    assert format_bytes(GIB) == "1.0 GiB"
 
 
 def test_a_secret_option_given_with_equals_is_masked_whole() -> None:
