@@ -176,7 +176,7 @@ FLASK = """
     def stream():
         def chunks():
             yield "chunk 1\\n"
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while not os.path.exists("go") and time.monotonic() < deadline:
                 time.sleep(0.01)
             yield "chunk 2\\n"
@@ -194,7 +194,8 @@ def test_flask_hello_and_streaming_response(corrals: list[Corral], tmp_path: Pat
     assert corral.get().text.endswith(" to 127.0.0.1")
     import httpx
 
-    with httpx.stream("GET", corral.url + "/stream", timeout=40) as response:
+    # the first chunk must arrive while the generator waits (up to 60 s) for the go: well within the read timeout
+    with httpx.stream("GET", corral.url + "/stream", timeout=httpx.Timeout(70, read=30)) as response:
         chunks = response.iter_bytes()
         first = next(chunks)
         assert first == b"chunk 1\n"  # arrived while the generator waits for the go

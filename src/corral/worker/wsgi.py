@@ -143,10 +143,13 @@ class Response:
     """One request's response, produced in a pool thread.
 
     As PEP 3333 asks, the status and headers go out with the first non-empty body chunk (or at the end), so an
-    app may still replace them (`start_response` with `exc_info`) until then. The body is sent one chunk behind,
-    so the last chunk carries the end of the response: a one-chunk response (most of them) is handed to the loop
-    once, headers, body and end together, and written in one step of the loop; a drain that starts meanwhile
-    cannot fall between its headers and its end, where the response could no longer say `Connection: close`.
+    app may still replace them (`start_response` with `exc_info`) until then. Each chunk is sent as the app
+    produces it; the one that completes the declared Content-Length also ends the response, and a list or tuple
+    (every chunk already there) is sent one chunk behind so that its last chunk does: a one-chunk response (Flask's
+    and Django's, which declare their length) is handed to the loop once, headers, body and end together, and
+    written in one step of the loop; a drain that starts meanwhile cannot fall between its headers and its end,
+    where the response could no longer say `Connection: close`. A generator's chunk is never held back waiting
+    for the next one: a stream arrives as it is produced.
 
     A response that streams (a first chunk sent with more to come) starts the watch for its client's departure;
     once the client has gone, the thread stops pulling chunks from the app (`ClientDisconnected`) and closes the
@@ -160,6 +163,8 @@ class Response:
         self.incoming = incoming
         self.start: dict[str, Any] | None = None
         self.started = False
+        self.ended = False
+        self.remaining: int | None = None  # bytes of the declared Content-Length not sent yet
         self.watch: asyncio.Task[None] | None = None  # set and read on the loop
         self.gone = False  # the client left (set on the loop, read in the thread)
 
@@ -169,7 +174,17 @@ class Response:
         if self.watch is None and messages[-1]["more_body"]:
             self.watch = self.loop.create_task(self.incoming.watch(self))
 
+    def send_body(self, data: bytes, last: bool = False) -> None:
+        """A non-empty chunk, sent at once; it ends the response when it is the last or completes the length."""
+        if self.ended:
+            raise RuntimeError("the WSGI app sent more than its Content-Length")
+        if self.remaining is not None:
+            self.remaining -= len(data)
+            last = last or self.remaining <= 0
+        self.emit(data, not last)
+
     def emit(self, body: bytes, more: bool) -> None:
+        self.ended = not more
         messages = [{"type": "http.response.body", "body": body, "more_body": more}]
         if not self.started:
             if self.start is None:
@@ -190,12 +205,14 @@ class Response:
         code = int(status.split(" ", 1)[0])
         raw = [(name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")) for name, value in headers]
         self.start = {"type": "http.response.start", "status": code, "headers": raw}
+        self.remaining = next((int(value) for name, value in raw if name == b"content-length" and value.isdigit()),
+                              None)
         return self.write
 
     def write(self, data: bytes) -> None:
         """The `write()` callable of start_response: sent at once (an app using it streams)."""
         if data:
-            self.emit(data, True)
+            self.send_body(data)
 
     def run(self, environ: dict[str, Any]) -> None:
         pool = self.pool
@@ -204,15 +221,22 @@ class Response:
         try:
             iterable = pool.app(environ, self.start_response)
             try:
+                whole = isinstance(iterable, (list, tuple))  # every chunk is there: hold one back, the last ends
                 pending = b""
                 for chunk in iterable:
                     if chunk:
                         if pending:
-                            self.emit(pending, True)
+                            self.send_body(pending)
                         pending = chunk
+                        if not whole:
+                            self.send_body(pending)
+                            pending = b""
                     elif self.gone:  # an app that yields empty chunks while it waits
                         raise ClientDisconnected("the client disconnected")
-                self.emit(pending, False)
+                if pending:
+                    self.send_body(pending, last=True)
+                elif not self.ended:
+                    self.emit(b"", False)
             finally:
                 close = getattr(iterable, "close", None)
                 if close is not None:
