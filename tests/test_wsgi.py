@@ -280,11 +280,15 @@ ENDLESS = """
 """
 
 
-def test_a_client_leaving_an_endless_response_frees_its_thread(corrals: list[Corral], tmp_path: Path) -> None:
+@pytest.mark.parametrize("http", ["auto", "h11"])
+def test_a_client_leaving_an_endless_response_frees_its_thread(
+    corrals: list[Corral], tmp_path: Path, http: str
+) -> None:
     """The client reads a little of a response that never ends and goes: the thread stops pulling from the
-    iterable and closes it (PEP 3333), or the app's write() raises; with one thread, the next request is served."""
+    iterable and closes it (PEP 3333), or the app's write() raises; with one thread, the next request is served.
+    Corral's HTTP protocol and uvicorn's (h11) tell the departure the same way."""
     write_app(tmp_path, ENDLESS)
-    corral = Corral(tmp_path, "app.py", "-w", "1", "--threads", "1")
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--threads", "1", "--http", http)
     corrals.append(corral)
     corral.wait_ready(1)
     for path, marker in (("/endless", "iterable-closed"), ("/endless-write", "write-stopped")):

@@ -105,9 +105,6 @@ class WSGIApp:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        if scope["type"] != "http":  # a WebSocket: WSGI has none; closing before accepting refuses it (403)
-            await send({"type": "websocket.close", "code": 1000})
-            return
         loop = asyncio.get_running_loop()
         incoming = Incoming(receive)
         environ: dict[str, Any] = dict(build_environ(scope, Body(loop, incoming.receive)))  # type: ignore[arg-type]
