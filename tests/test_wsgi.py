@@ -176,7 +176,7 @@ FLASK = """
     def stream():
         def chunks():
             yield "chunk 1\\n"
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while not os.path.exists("go") and time.monotonic() < deadline:
                 time.sleep(0.01)
             yield "chunk 2\\n"
@@ -194,7 +194,8 @@ def test_flask_hello_and_streaming_response(corrals: list[Corral], tmp_path: Pat
     assert corral.get().text.endswith(" to 127.0.0.1")
     import httpx
 
-    with httpx.stream("GET", corral.url + "/stream", timeout=40) as response:
+    # the first chunk must arrive while the generator waits (up to 60 s) for the go: well within the read timeout
+    with httpx.stream("GET", corral.url + "/stream", timeout=httpx.Timeout(70, read=30)) as response:
         chunks = response.iter_bytes()
         first = next(chunks)
         assert first == b"chunk 1\n"  # arrived while the generator waits for the go
@@ -242,3 +243,62 @@ def test_django_discovery_prefers_asgi_and_says_so(tmp_path: Path) -> None:
     target = resolve_target(None, None, tmp_path)
     assert str(target) == "mysite.asgi:application"
     assert "mysite/asgi.py picked over wsgi.py" in target.note
+
+
+ENDLESS = """
+    import itertools, time
+
+    class Endless:
+        def __init__(self, name):
+            self.name = name
+            self.count = itertools.count()
+        def __iter__(self):
+            return self
+        def __next__(self):
+            time.sleep(0.01)
+            return b"tick %d\\n" % next(self.count)
+        def close(self):
+            with open(self.name, "w") as marker:
+                marker.write("closed")
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/endless":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return Endless("iterable-closed")
+        if path == "/endless-write":
+            write = start_response("200 OK", [("Content-Type", "text/plain")])
+            try:
+                for count in itertools.count():
+                    write(b"tick %d\\n" % count)
+                    time.sleep(0.01)
+            finally:
+                with open("write-stopped", "w") as marker:
+                    marker.write(repr(__import__("sys").exc_info()[0]))
+        start_response("200 OK", [])
+        return [b"free"]
+"""
+
+
+@pytest.mark.parametrize("http", ["auto", "h11"])
+def test_a_client_leaving_an_endless_response_frees_its_thread(
+    corrals: list[Corral], tmp_path: Path, http: str
+) -> None:
+    """The client reads a little of a response that never ends and goes: the thread stops pulling from the
+    iterable and closes it (PEP 3333), or the app's write() raises; with one thread, the next request is served.
+    Corral's HTTP protocol and uvicorn's (h11) tell the departure the same way."""
+    write_app(tmp_path, ENDLESS)
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--threads", "1", "--http", http)
+    corrals.append(corral)
+    corral.wait_ready(1)
+    for path, marker in (("/endless", "iterable-closed"), ("/endless-write", "write-stopped")):
+        with socket.create_connection(("127.0.0.1", corral.port), timeout=20) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            received = b""
+            while b"tick 3\n" not in received:
+                data = sock.recv(4096)
+                assert data, received
+                received += data
+        wait_for(lambda marker=marker: (tmp_path / marker).exists(), timeout=60, what=f"the end of {path}")
+        assert corral.get("/", timeout=30).text == "free"  # the only thread serves again
+    assert "ClientDisconnected" in (tmp_path / "write-stopped").read_text()

@@ -40,12 +40,29 @@ def exec_manager(options: Options, arguments: Sequence[str], command: str = "run
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MANAGER_SIGNALS)
 
 
+def import_asyncio_without_tls() -> None:
+    """Import asyncio with `ssl` hidden, then importable again.
+
+    asyncio imports ssl (and OpenSSL's libraries) for TLS transports, which the manager never opens: TLS is the
+    workers' (the manager's certificate service and ACME client import ssl themselves when HTTPS is on). About
+    1.2 MiB of the manager's 15 MiB PSS, the process gunicorn does not have (docs/benchmarks.md, WSGI memory).
+    """
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # an import of it raises ImportError meanwhile
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def main() -> None:
     text = os.environ.pop(OPTIONS_VAR, None)
     if text is None:
         print("corral: the manager is started by `corral run`", file=sys.stderr)
         sys.exit(ExitCode.USAGE)
     set_process_title("corral")  # what `corral run` showed in ps, top and pgrep before it became python
+    import_asyncio_without_tls()
     from corral.manager.main import run
 
     try:

@@ -328,7 +328,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         date_header=settings.date_header,
         limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,  # the loop's create_server listens again with it
-        ws=settings.ws,
+        ws=settings.ws if wsgi is None else "none",  # WSGI has no WebSocket: an upgrade request is a plain request
         ws_max_size=settings.ws_max_size,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,

@@ -28,6 +28,7 @@ from corral.process import (
     die_with_parent,
     kill_adopted,
     kill_group,
+    release_free_memory,
     set_process_title,
 )
 from corral.tls.plan import https_enabled
@@ -51,6 +52,7 @@ class Template:
 
     def load(self) -> bool:
         if not self.settings.preload:
+            preload_websockets(self.settings)  # each worker tells the interface for itself
             channel.send(self.channel, {"ev": "loaded"})
             return True
         try:
@@ -64,9 +66,12 @@ class Template:
             import corral.worker.wsgi  # noqa: F401  # shared by the workers
 
             log.info("%s is a WSGI app: each worker runs it in %d threads", target, self.settings.threads)
+        else:
+            preload_websockets(self.settings)
         self.own = set(children())
         gc.collect()
         gc.freeze()  # keep the collector from writing to the shared pages of the preloaded app
+        release_free_memory()  # what the import freed goes back to the kernel before the workers inherit it
         channel.send(self.channel, {"ev": "loaded"})
         return True
 
@@ -192,16 +197,26 @@ def preload_server_modules(settings: Options) -> None:
     names = [
         "uvicorn.lifespan.on",
         "uvicorn.lifespan.off",
-        "uvicorn.protocols.websockets.auto",
         "uvicorn.protocols.http.h11_impl",
         "uvicorn.protocols.http.httptools_impl",
     ]
+    if https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol:
+        names += ["corral.tls.http_app", "corral.tls.store", "corral.tls.worker"]
+    _import_all(names)
+
+
+def preload_websockets(settings: Options) -> None:
+    """The WebSocket protocol's modules, for workers that may serve an ASGI app: a WSGI app's workers take no
+    WebSocket and do without them (about 1.7 MiB of the template)."""
+    names = ["uvicorn.protocols.websockets.auto"]
     ws_module = {"websockets": "websockets_impl", "websockets-sansio": "websockets_sansio_impl",
                  "wsproto": "wsproto_impl"}  # fmt: skip
     if settings.ws in ws_module:
         names.append(f"uvicorn.protocols.websockets.{ws_module[settings.ws]}")
-    if https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol:
-        names += ["corral.tls.http_app", "corral.tls.store", "corral.tls.worker"]
+    _import_all(names)
+
+
+def _import_all(names: list[str]) -> None:
     for name in names:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -219,6 +234,8 @@ def main() -> None:
     preload_server_modules(settings)
     if settings.user or settings.group:
         from corral.privileges import drop_privileges
+
+        preload_websockets(settings)  # the app's interface is not known yet, and the service user may not read them
 
         drop_privileges(settings.user, settings.group)
     template = Template(spec, settings)
