@@ -6,7 +6,9 @@ from __future__ import annotations
 from corral.options import Options
 from corral.worker.http.protocol import HttpProtocol
 from corral.worker.http2.limits import H2Limits
-from corral.worker.http2.protocol import H2Protocol, configure, take_over
+from corral.worker.http2.protocol import H2Protocol, configure
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def limits_from(settings: Options) -> H2Limits:
@@ -27,3 +29,20 @@ def enable(settings: Options) -> type[H2Protocol]:
     configure(limits_from(settings))
     HttpProtocol.h2c = staticmethod(take_over)
     return H2Protocol
+
+
+def take_over(h1: HttpProtocol, data: bytes) -> None:
+    """h2c by prior knowledge: the HTTP/1.1 protocol saw the HTTP/2 preface as a connection's first bytes and hands
+    the connection here, with everything it read (`data`, whose beginning may have been fed to it before)."""
+    h1._cancel_timers()
+    h1.connections.discard(h1)
+    rest = data
+    for start in range(len(PREFACE)):
+        if data.startswith(PREFACE[start:]):
+            rest = data[len(PREFACE) - start:]
+            break
+    protocol = H2Protocol(h1.config, h1.server_state, h1.app_state, h1.loop)
+    protocol.client, protocol.server = h1.client, h1.server  # a PROXY header's addresses stay
+    h1.transport.set_protocol(protocol)
+    protocol.connection_made(h1.transport)
+    protocol.data_received(PREFACE + rest)

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -38,13 +37,12 @@ from corral.worker import shedding
 from corral.worker.http.head import service_unavailable
 from corral.worker.http.protocol import HttpProtocol
 from corral.worker.http2.limits import CONTROL_WINDOW, RESET_WINDOW, Budget, H2Limits
+from corral.worker.http2.scope import request_scope
 from corral.worker.http2.stream import Stream
 from corral.worker.protocols import _Draining
 
 log = logging.getLogger("uvicorn.error")
-PATHSEND: dict[str, Any] = {}
 LAST_STREAM = 2**31 - 1
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SMALL = 4096  # a DATA frame up to this size waits for the end of the loop's pass to be written with others
 CONNECTION_WINDOW = 1024 * 1024  # the connection's receive window: request bodies buffered at most, per connection
 CONTROL_EVENTS = (
@@ -197,7 +195,7 @@ class H2Protocol(_Draining, asyncio.Protocol):
         if len(self.streams) >= self.limits.max_concurrent_streams:  # reset streams whose app still runs
             self._refuse(stream_id)
             return
-        scope = self._scope(event.headers or [])
+        scope = request_scope(self, event.headers or [])
         if scope is None:
             self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -211,51 +209,6 @@ class H2Protocol(_Draining, asyncio.Protocol):
             app = service_unavailable
         task = stream.task = self.loop.create_task(stream.run(app))
         self.tasks.add(task)
-
-    def _scope(self, raw: list[tuple[bytes, bytes]]) -> dict[str, Any] | None:
-        method = path = authority = b""
-        headers: list[tuple[bytes, bytes]] = []
-        cookies: list[bytes] = []
-        for name, value in raw:
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-            elif name == b"cookie":
-                cookies.append(value)
-            else:
-                headers.append((name, value))
-        if not method or (not path and method != b"CONNECT"):
-            return None
-        if authority and not any(name == b"host" for name, _ in headers):
-            headers.insert(0, (b"host", authority))
-        if cookies:  # HTTP/2 may split the cookie header; an HTTP/1.1 app expects one (RFC 9113, 8.2.3)
-            headers.append((b"cookie", b"; ".join(cookies)))
-        raw_path, _, query = path.partition(b"?")
-        raw_path = raw_path.partition(b"#")[0]
-        text = raw_path.decode("latin-1")
-        if "%" in text:
-            text = unquote(text)
-        root_path = self.root_path
-        return {
-            "type": "http",
-            "asgi": self.asgi,
-            "http_version": "2",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "root_path": root_path,
-            "headers": headers,
-            "state": self.app_state.copy(),
-            "method": method.decode("ascii", "replace"),
-            "path": root_path + text,
-            "raw_path": root_path.encode("ascii") + raw_path,
-            "query_string": query,
-            "extensions": {"http.response.pathsend": PATHSEND},
-        }
 
     def _refuse(self, stream_id: int) -> None:
         self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -481,20 +434,3 @@ class H2Protocol(_Draining, asyncio.Protocol):
 def configure(limits: H2Limits) -> None:
     """The worker's HTTP/2 limits, for every connection from now on."""
     H2Protocol.limits = limits
-
-
-def take_over(h1: HttpProtocol, data: bytes) -> None:
-    """h2c by prior knowledge: the HTTP/1.1 protocol saw the HTTP/2 preface as a connection's first bytes and hands
-    the connection here, with everything it read (`data`, whose beginning may have been fed to it before)."""
-    h1._cancel_timers()
-    h1.connections.discard(h1)
-    rest = data
-    for start in range(len(PREFACE)):
-        if data.startswith(PREFACE[start:]):
-            rest = data[len(PREFACE) - start:]
-            break
-    protocol = H2Protocol(h1.config, h1.server_state, h1.app_state, h1.loop)
-    protocol.client, protocol.server = h1.client, h1.server  # a PROXY header's addresses stay
-    h1.transport.set_protocol(protocol)
-    protocol.connection_made(h1.transport)
-    protocol.data_received(PREFACE + rest)
