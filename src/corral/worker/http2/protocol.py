@@ -349,7 +349,9 @@ class H2Protocol(_Draining, asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
+        """Close once what is queued is written (the transport writes its buffer before closing)."""
         if not self._closed:
+            self._flush()
             self._closed = True
             self.transport.close()
 
