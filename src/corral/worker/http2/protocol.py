@@ -31,7 +31,6 @@ from corral.worker.http.head import service_unavailable
 from corral.worker.http.protocol import HttpProtocol
 from corral.worker.http2.goaway import GoingAway
 from corral.worker.http2.limits import (
-    CONTROL_EVENTS,
     CONTROL_WINDOW,
     RESET_WINDOW,
     Budget,
@@ -45,6 +44,10 @@ from corral.worker.protocols import _Draining
 log = logging.getLogger("uvicorn.error")
 LINGER = 2.0  # seconds a connection ended for an error still reads (and discards) before it closes
 SMALL = 4096  # a DATA frame up to this size waits for the end of the loop's pass to be written with others
+CONTROL_EVENTS = (
+    h2.events.RemoteSettingsChanged, h2.events.PingReceived, h2.events.PingAckReceived, h2.events.PriorityUpdated,
+    h2.events.WindowUpdated, h2.events.SettingsAcknowledged,
+)  # fmt: skip  # what the control-frame budget counts
 CONNECTION_WINDOW = 1024 * 1024  # the connection's receive window: request bodies buffered at most, per connection
 
 
