@@ -299,6 +299,18 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             self.abort(stream, ErrorCodes.CANCEL)
         stream.lost()
 
+    def body_stalled(self, stream: Stream) -> None:
+        """A request body that stopped arriving for the keep-alive timeout while the app waits for it: 408 if no
+        response began (as on HTTP/1.1), the stream reset, and the app sees a disconnect."""
+        if stream.complete or stream.disconnected or self._closed:
+            return
+        if not stream.started:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.send_headers(stream.stream_id, [(b":status", b"408"), (b"content-length", b"0")],
+                                     end_stream=True)
+        self.abort(stream, ErrorCodes.CANCEL)
+        stream.lost()
+
     def abort(self, stream: Stream, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None:
         if self._closed:
             return
