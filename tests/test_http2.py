@@ -56,7 +56,7 @@ async def app(scope, receive, send):
         "http_version": scope["http_version"], "method": scope["method"], "path": scope["path"],
         "query": scope["query_string"].decode(), "scheme": scope["scheme"], "length": len(body),
         "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
-        "extensions": sorted(scope.get("extensions", {})), "client": scope["client"],
+        "extensions": sorted(scope.get("extensions", {})), "client": scope["client"], "pid": os.getpid(),
     }).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out)),
@@ -245,3 +245,21 @@ def test_the_proxy_protocol_header_gives_the_client_over_h2c_and_over_tls(tmp_pa
     finally:
         plain.stop()
         tls.stop()
+
+
+def test_max_requests_counts_http2_streams_and_recycles_the_worker(tmp_path: Path) -> None:
+    write_app(tmp_path, APP)
+    corral = Corral(tmp_path, "app:app", "-w", "1", "--no-access-log", "--max-requests", "10",
+                    env={"MARKER": str(tmp_path / "m")})
+    try:
+        corral.wait_ready(1)
+        pids = set()
+        for _ in range(200):  # each on a new connection, which a replacement worker may take
+            answer = curl("--http2-prior-knowledge", f"{corral.url}/")
+            assert answer.returncode == 0, answer.stderr
+            pids.add(json.loads(answer.stdout)["pid"])
+            if len(pids) > 1:
+                break
+        assert len(pids) > 1, "the worker was not recycled after --max-requests HTTP/2 streams"
+    finally:
+        corral.stop()
