@@ -29,7 +29,7 @@ from harness import Corral, write_app
 
 pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
 
-ENHANCE_YOUR_CALM, CANCEL, REFUSED_STREAM, NO_ERROR = 0xB, 0x8, 0x7, 0x0
+ENHANCE_YOUR_CALM, CANCEL, REFUSED_STREAM, PROTOCOL_ERROR, NO_ERROR = 0xB, 0x8, 0x7, 0x1, 0x0
 REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"localhost"), (b":path", b"/")]
 
 APP = """
@@ -209,3 +209,12 @@ def test_a_request_body_that_stops_arriving_is_answered_408_after_the_keep_alive
         assert 1.5 <= time.monotonic() - started < 10  # --keep-alive 2
     finally:
         sock.close()
+
+
+def test_a_client_ignoring_the_advertised_stream_limit_gets_goaway_protocol_error(server: Corral) -> None:
+    """h2's rule: the 101st stream open at once is a connection error; the GOAWAY arrives before the close."""
+    encoder = Encoder()
+    hold = [*REQUEST[:3], (b":path", b"/hold")]
+    frames = [HeadersFrame(stream_id, data=encoder.encode(hold), flags=["END_HEADERS", "END_STREAM"]).serialize()
+              for stream_id in range(1, 2 * 101, 2)]
+    assert attack(server, frames) == (PROTOCOL_ERROR, True)

@@ -129,9 +129,8 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:  # h2 queued a GOAWAY with the error's code
-            log.debug("HTTP/2 connection error from %s: %s", self.client, exc)
-            self._flush()
-            self._close()
+            log.info("HTTP/2 connection from %s closed: %s", self.client, exc)
+            self._linger()
             return
         for event in events:
             if isinstance(event, h2.events.DataReceived):
@@ -359,6 +358,10 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         log.warning("HTTP/2 connection from %s closed: %s (GOAWAY %s)", self.client, why, code.name)
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(code, last_stream_id=self.h2.highest_inbound_stream_id)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Write what is queued (a GOAWAY), then close after a while."""
         self._flush()
         self._closed = True
         for stream in self.streams.values():
