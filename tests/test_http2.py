@@ -36,6 +36,10 @@ async def app(scope, receive, send):
             message = await receive()
         open(os.environ["MARKER"], "w").write("disconnect")
         return
+    if path == "/bad-header":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-split", b"a\\r\\nb: c")]})
+        await send({"type": "http.response.body", "body": b"never"})
+        return
     if path == "/file":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": os.environ["MARKER"] + ".file"})
@@ -208,6 +212,17 @@ def test_a_client_reset_is_an_http_disconnect(plain: Corral) -> None:
         assert client.response(other)[0] == 200
     finally:
         client.close()
+
+
+def test_a_response_header_with_cr_lf_is_a_500_and_the_connection_goes_on(plain: Corral) -> None:
+    client = H2Client(plain.port)
+    try:
+        status, _, body = client.response(client.request("/bad-header"))
+        assert (status, body) == (500, b"Internal Server Error")
+        assert client.response(client.request("/after-bad"))[0] == 200
+    finally:
+        client.close()
+    assert "Invalid HTTP header: CR, LF or NUL" in plain.log
 
 
 def test_pathsend_streams_a_file_through_the_clients_window(plain: Corral) -> None:

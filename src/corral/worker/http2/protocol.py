@@ -245,7 +245,9 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             return
         try:
             self.h2.send_headers(stream.stream_id, headers, end_stream=end)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as exc:  # a header h2 refuses (CR, LF, NUL...): the stream is reset
+            log.error("Invalid HTTP response header on stream %d: %s", stream.stream_id, exc)
+            self.abort(stream)
             stream.lost()
             return
         self._flush_soon()
