@@ -15,6 +15,7 @@ from pathlib import Path
 import h2.events
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from h2_client import SETTINGS, H2Client
 from harness import Corral, wait_for, write_app
@@ -25,6 +26,13 @@ APP = """
 import asyncio, json, os
 
 async def app(scope, receive, send):
+    if scope["type"] == "websocket":  # echoes one message
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": message.get("text")})
+        await send({"type": "websocket.close"})
+        return
     if scope["type"] != "http":
         return
     path = scope["path"]
@@ -118,6 +126,13 @@ def test_curl_gets_http2_from_the_local_ca_https_with_no_flag_and_http11_with_no
                               capture_output=True, text=True, timeout=120)
         assert "Application protocol: h2" in load.stdout
         assert "400 succeeded, 0 failed, 0 errored" in load.stdout, load.stdout
+
+        # WebSockets stay on HTTP/1.1: a browser's WebSocket connection offers http/1.1 by ALPN
+        websocket_tls = ssl.create_default_context(cafile=str(root))
+        websocket_tls.set_alpn_protocols(["http/1.1"])
+        with connect(f"wss://localhost:{on.port}/ws", ssl=websocket_tls, open_timeout=20) as websocket:
+            websocket.send("echo me")
+            assert websocket.recv(timeout=20) == "echo me"
 
         # --no-http2: ALPN offers http/1.1 only, whatever the client prefers
         old = curl("--http2", "-k", "-w", "\n%{http_version}", f"https://localhost:{off.port}/")
