@@ -202,6 +202,8 @@ def preload_server_modules(settings: Options) -> None:
     ]
     if https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol:
         names += ["corral.tls.http_app", "corral.tls.store", "corral.tls.worker"]
+    if settings.http2:  # h2 itself only for ALPN; on plain listeners a worker imports it at its first h2c
+        names.append("corral.worker.http2.protocol" if https_enabled(settings) else "corral.worker.http2")
     _import_all(names)
 
 
