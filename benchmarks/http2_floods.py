@@ -29,7 +29,7 @@ from engine import HOST, cpu, free_port, tree
 from http2 import SERVERS, command, missing_peer, wait_h2c
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from h2attacks import ATTACKS, Outcome, probe  # noqa: E402
+from h2attacks import ATTACKS, Outcome, probe
 
 APP = "h2_target:app"
 
