@@ -213,6 +213,36 @@ class Options:
     server_header: bool = option(False, "send `Server: corral`", used_by=_T)
     date_header: bool = option(True, "send a `Date` header", used_by=_T)
 
+    # HTTP/2
+    http2: bool = option(
+        True, "serve HTTP/2: h2 by ALPN on HTTPS listeners, h2c by prior knowledge on plain ones", used_by=_T,
+        details=" (h2c with `--http auto` only; see http2.md)",
+    )
+    h2_max_concurrent_streams: int = option(
+        100, "HTTP/2 streams a connection may have open at once", metavar="N", low=1, high=10_000, unit="streams",
+        used_by=_T, details="; also bounds the app tasks of a connection, reset streams whose app still runs included",
+    )
+    h2_max_header_list_size: int = option(
+        65536, "largest decoded HTTP/2 request header list in bytes", metavar="BYTES", low=1024, high=16 * 1024**2,
+        unit="bytes", used_by=_T, details="; a larger one, or a larger header block in CONTINUATION frames, ends "
+        "the connection (GOAWAY ENHANCE_YOUR_CALM)",
+    )
+    h2_max_resets: int = option(
+        200, "HTTP/2 streams a client may reset within 10 s", metavar="N", low=1, high=1_000_000, unit="resets",
+        used_by=_T, details="; beyond, the connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid reset, "
+        "CVE-2023-44487)",
+    )
+    h2_max_control_frames: int = option(
+        1000, "HTTP/2 control frames (SETTINGS, PING, PRIORITY, WINDOW_UPDATE) a client may send per second",
+        metavar="N", low=10, high=1_000_000, unit="frames", used_by=_T,
+        details=", plus two per DATA frame sent to it; beyond, GOAWAY ENHANCE_YOUR_CALM",
+    )
+    h2_send_timeout: float = option(
+        30.0, "seconds an HTTP/2 response may wait on a client that reads nothing", metavar=SECONDS, low=0.1,
+        high=3600, unit="seconds", used_by=_T,
+        details=" (a zero flow-control window, a full socket buffer); then its stream is reset (CANCEL)",
+    )
+
     # HTTPS
     https: list[str] = option(  # noqa: RUF009  (a list default is copied per instance)
         [], "domain name to serve over HTTPS (repeatable)", metavar="DOMAIN", used_by=_TLS,

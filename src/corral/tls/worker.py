@@ -49,11 +49,12 @@ def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
     return SSLProtocol
 
 
-def server_context(ciphers: str | None = None, ca_certs: str | None = None) -> ssl.SSLContext:
-    """TLS 1.2 and up; --ssl-ciphers for TLS 1.2; --ssl-ca-certs: clients must show a certificate it signed."""
+def server_context(ciphers: str | None = None, ca_certs: str | None = None, http2: bool = False) -> ssl.SSLContext:
+    """TLS 1.2 and up; --ssl-ciphers for TLS 1.2; --ssl-ca-certs: clients must show a certificate it signed;
+    ALPN offers `h2` first with --http2."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     if ciphers:
         context.set_ciphers(ciphers)
     if ca_certs:
@@ -67,12 +68,12 @@ class WorkerTLS:
 
     def __init__(
         self, store: Store, plans: list[CertificatePlan], proxy_protocol: bool = False, ciphers: str | None = None,
-        ca_certs: str | None = None,
+        ca_certs: str | None = None, http2: bool = False,
     ) -> None:
         self.store = store
         self.plans = plans
         self.proxy_protocol = proxy_protocol
-        self.contexts = {plan.label: server_context(ciphers, ca_certs) for plan in plans}
+        self.contexts = {plan.label: server_context(ciphers, ca_certs, http2) for plan in plans}
         # a client without SNI connected by address: only the local certificate covers addresses
         self.context = self.contexts["local" if "local" in self.contexts else plans[0].label]
         if len(plans) > 1:
@@ -89,7 +90,7 @@ class WorkerTLS:
         if not https_enabled(settings):
             return None
         return cls(Store(state_dir), certificate_plans(settings), settings.proxy_protocol, settings.ssl_ciphers,
-                   settings.ssl_ca_certs)
+                   settings.ssl_ca_certs, settings.http2)
 
     def reload(self) -> None:
         """Load the manager's validated copies into the live contexts: new handshakes get them, open
@@ -143,10 +144,12 @@ class WorkerTLS:
         return context
 
     def protocol_class(
-        self, inner: type[asyncio.Protocol], plain_sockets: list[socket.socket]
+        self, inner: type[asyncio.Protocol], plain_sockets: list[socket.socket],
+        h2_class: type[asyncio.Protocol] | None = None,
     ) -> type[asyncio.Protocol]:
-        """uvicorn's `http` protocol class for all listeners (config `http=`; keep `ssl` unset)."""
-        return router_class(inner, self, plain_sockets, self.proxy_protocol)
+        """uvicorn's `http` protocol class for all listeners (config `http=`; keep `ssl` unset); a TLS connection
+        whose client chose `h2` by ALPN goes to `h2_class`."""
+        return router_class(inner, self, plain_sockets, self.proxy_protocol, h2_class)
 
 
 def _addresses(sockets: list[socket.socket]) -> set[Any]:
@@ -176,13 +179,16 @@ def router_class(
     tls: WorkerTLS | None,
     plain_sockets: list[socket.socket],
     proxy_protocol: bool,
+    h2_class: type[asyncio.Protocol] | None = None,
 ) -> type[asyncio.Protocol]:
     """A protocol class that routes each connection as described in the module docstring."""
     plain = _addresses(plain_sockets)
     app_class: Any = _with_proxy_addresses(inner) if proxy_protocol else inner
+    h2_app_class: Any = _with_proxy_addresses(h2_class) if proxy_protocol and h2_class is not None else h2_class
 
     class Router(asyncio.Protocol):
         def __init__(self, **kwargs: Any) -> None:
+            self._kwargs = kwargs
             self._app = app_class(**kwargs)
             self._state: DrainState = kwargs["server_state"]
             self._loop: asyncio.AbstractEventLoop = kwargs.get("_loop") or asyncio.get_running_loop()
@@ -192,6 +198,7 @@ def router_class(
             self._peek_hello = False
             self._awaiting_proxy = proxy_protocol
             self._timer: asyncio.TimerHandle | None = None
+            self.h2_class = h2_app_class
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._transport = transport
@@ -255,7 +262,11 @@ def router_class(
                 if pending:
                     self._app.data_received(pending)
                 return
-            app = _CloseAfterHandshake() if challenge is not None else self._app
+            app: asyncio.Protocol = self._app
+            if challenge is not None:
+                app = _CloseAfterHandshake()
+            elif h2_app_class is not None:
+                app = _ByAlpn(self, transport)
             protocol = _ssl_protocol_class(self._loop)(
                 self._loop,
                 app,
@@ -274,6 +285,29 @@ def router_class(
                 pending = pending[size:]
 
     return Router
+
+
+class _ByAlpn(asyncio.Protocol):
+    """A TLS connection's protocol for the length of its handshake: then HTTP/2 or HTTP/1.1, as ALPN chose."""
+
+    def __init__(self, router: Any, raw: asyncio.BaseTransport) -> None:
+        self.router = router
+        self.raw = raw
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        router = self.router
+        app = router._app
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            app = router.h2_class(**router._kwargs)
+            app.corral_proxy = getattr(router._app, "corral_proxy", None)
+            if self.raw in router._state.arriving:
+                router._state.arriving[self.raw] = app  # the drain waits for this one now
+        transport.set_protocol(app)
+        app.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # the handshake failed: the router forgets the connection
 
 
 def _with_proxy_addresses(inner: type[asyncio.Protocol]) -> type[asyncio.Protocol]:

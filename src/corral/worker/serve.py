@@ -249,6 +249,11 @@ def _https_layer(
     limits = Limits(
         settings.max_request_line, settings.max_request_head, settings.max_headers, settings.header_timeout
     )
+    h2_class = None
+    if settings.http2:  # h2 is imported only then
+        from corral.worker.http2 import enable
+
+        h2_class = enable(settings)
     if not (https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol):
         return app, protocol_class(settings.http, limits), plain, None
     from corral.tls.http_app import wrap_app
@@ -268,7 +273,7 @@ def _https_layer(
         )
     http_class = protocol_class(settings.http, limits)
     if tls is not None:
-        http_class = tls.protocol_class(http_class, plain)
+        http_class = tls.protocol_class(http_class, plain, h2_class)
     elif settings.proxy_protocol:
         http_class = router_class(http_class, None, [], True)
     return app, http_class, plain, tls

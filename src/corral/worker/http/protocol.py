@@ -39,6 +39,7 @@ METHODS: dict[bytes, str] = {}  # method names as bytes and as str, made once ea
 class HttpProtocol(_Draining, asyncio.Protocol):
     limits = Limits()  # set for the worker by `configure`
     first_answer: Callable[[], None] | None = None  # called once, as the worker's first response ends
+    h2c: Callable[[HttpProtocol, bytes], None] | None = None  # takes a connection that opens with HTTP/2's preface
 
     def __init__(
         self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
@@ -121,6 +122,9 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             self._upgrade(data[upgrade.args[0]:])
             return
         except httptools.HttpParserError as exc:
+            if self.cycle is None and self.h2c is not None and exc.args == ("Pause on PRI/Upgrade",):
+                self.h2c(self, data)  # llhttp stops at the HTTP/2 preface: h2c by prior knowledge
+                return
             refused = exc.__context__
             if isinstance(refused, Refused):
                 self._refuse(refused.status, refused.message)
