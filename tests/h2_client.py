@@ -145,32 +145,45 @@ def headers_frames(stream_id: int, block: bytes, size: int = 16384, end_stream: 
     return frames
 
 
+class FrameReader:
+    """Raw frames from a socket, parsed with hyperframe (no state machine: a GOAWAY does not stop the reading)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.closed = False
+
+    def next(self, deadline: float) -> Frame | None:
+        """The next frame, or None once the server closed or `deadline` (monotonic) passed."""
+        while True:
+            if len(self.buffer) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+                if len(self.buffer) >= 9 + length:
+                    frame.parse_body(memoryview(self.buffer[9:9 + length]))
+                    self.buffer = self.buffer[9 + length:]
+                    return frame
+            if self.closed:
+                return None
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.closed = True
+            self.buffer += data
+
+
 def frames_until_close(sock: socket.socket, timeout: float = 20.0) -> tuple[list[Frame], bool]:
     """Read raw frames until the server closes: the frames, and whether it closed (not our timeout)."""
-    buffer = b""
-    frames: list[Frame] = []
+    reader = FrameReader(sock)
     deadline = time.monotonic() + timeout
-    closed = False
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            closed = True
-            break
-        buffer += data
-        while len(buffer) >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
-            if len(buffer) < 9 + length:
-                break
-            frame.parse_body(memoryview(buffer[9:9 + length]))
-            frames.append(frame)
-            buffer = buffer[9 + length:]
-    return frames, closed
+    frames: list[Frame] = []
+    while (frame := reader.next(deadline)) is not None:
+        frames.append(frame)
+    return frames, reader.closed
 
 
 def goaway_code(frames: list[Frame]) -> int | None:

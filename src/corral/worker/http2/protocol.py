@@ -43,6 +43,7 @@ from corral.worker.protocols import _Draining
 
 log = logging.getLogger("uvicorn.error")
 LAST_STREAM = 2**31 - 1
+LINGER = 2.0  # seconds a connection ended for an error still reads (and discards) before it closes
 SMALL = 4096  # a DATA frame up to this size waits for the end of the loop's pass to be written with others
 CONNECTION_WINDOW = 1024 * 1024  # the connection's receive window: request bodies buffered at most, per connection
 CONTROL_EVENTS = (
@@ -124,6 +125,8 @@ class H2Protocol(_Draining, asyncio.Protocol):
         pass
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:  # lingering after a GOAWAY for an error
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:  # h2 queued a GOAWAY with the error's code
@@ -194,10 +197,11 @@ class H2Protocol(_Draining, asyncio.Protocol):
             return
         if len(self.streams) >= self.limits.max_concurrent_streams:  # reset streams whose app still runs
             self._refuse(stream_id)
+            self._count_reset()  # a client opening and resetting faster than its apps end: rapid reset
             return
         scope = request_scope(self, event.headers or [])
         if scope is None:
-            self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self._refuse(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
         stream = Stream(stream_id, scope, self, scope["method"] == "HEAD")
         if event.stream_ended is not None:
@@ -210,8 +214,9 @@ class H2Protocol(_Draining, asyncio.Protocol):
         task = stream.task = self.loop.create_task(stream.run(app))
         self.tasks.add(task)
 
-    def _refuse(self, stream_id: int) -> None:
-        self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+    def _refuse(self, stream_id: int, code: ErrorCodes = ErrorCodes.REFUSED_STREAM) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the client may have reset it in the same read
+            self.h2.reset_stream(stream_id, code)
 
     def _reset_by_client(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
@@ -220,7 +225,10 @@ class H2Protocol(_Draining, asyncio.Protocol):
             if stream.unacknowledged:  # what the app will never read opens the connection's window again
                 self._acknowledge(stream_id, stream.unacknowledged)
                 stream.unacknowledged = 0
-        if not self.resets.spend(self.loop.time()):
+        self._count_reset()
+
+    def _count_reset(self) -> None:
+        if not self.resets.spend(self.loop.time()) and not self._closed:
             self._fail(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
 
     # What a stream calls (`corral.worker.http2.stream.Connection`)
@@ -346,10 +354,20 @@ class H2Protocol(_Draining, asyncio.Protocol):
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(code, last_stream_id=self.h2.highest_inbound_stream_id)
         self._flush()
-        self._close()
+        self._closed = True
+        for stream in self.streams.values():
+            stream.lost()
+        # Linger: the client may still be sending; closing now would reset the connection and could lose the
+        # GOAWAY in its receive buffer. What arrives meanwhile is discarded unread.
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
 
     def _close(self) -> None:
+        """Close once what is queued is written (the transport writes its buffer before closing)."""
         if not self._closed:
+            self._flush()
             self._closed = True
             self.transport.close()
 
