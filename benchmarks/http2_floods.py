@@ -2,7 +2,7 @@
 """The published HTTP/2 attacks against Corral, granian, uvicorn (zttp) and hypercorn over h2c, one worker each.
 
 For every server and attack: a fresh server (`benchmarks/apps/h2_target.py`, 1 worker), its worker found by
-asking `/pid`, then the attack (tests/h2attacks.py, bounded in time) while a well-behaved client asks `GET /` on a
+asking `/pid`, then the attack (benchmarks/h2_attacks.py, bounded in time) while a well-behaved client asks `GET /` on a
 new connection every 0.2 s (5 s timeout) and the worker's RSS is sampled every 0.1 s. The table gives what the
 server did to the attacker, the worker's RSS before, at its peak and 1 s after, the CPU the server's whole tree
 used during the attack, and how the normal client fared.
@@ -26,10 +26,8 @@ from pathlib import Path
 
 import psutil
 from engine import HOST, cpu, free_port, tree
+from h2_attacks import ATTACKS, Outcome, probe
 from http2 import SERVERS, command, missing_peer, wait_h2c
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from h2attacks import ATTACKS, Outcome, probe
 
 APP = "h2_target:app"
 

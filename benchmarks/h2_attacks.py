@@ -38,6 +38,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+CLOSE_WAIT = 8  # tcp_info's first byte, the connection's state: the peer sent its FIN
+
 
 def code_name(code: int) -> str:
     with contextlib.suppress(ValueError):
@@ -61,18 +63,22 @@ class Outcome:
     responses: int = 0  # response HEADERS received
     connections: int = 1
     open_at_end: int = 0  # connections the server still held when the attack ended
+    discarded: tuple[int, float] | None = None  # bytes the server took after its FIN, and for how long
 
     def summary(self) -> str:
         """One short line: what the server did."""
         parts = []
-        if self.goaway:
-            parts.append(f"GOAWAY {self.goaway} at {self.goaway_after:.1f} s")
+        if self.goaway:  # read when the attacker reads: a flood's comes with its close, whose time is given
+            at = f" at {self.goaway_after:.1f} s" if self.closed_after is None else ""
+            parts.append(f"GOAWAY {self.goaway}{at}")
         if self.resets:
             parts.append(", ".join(f"{count:,} RST {code}" for code, count in self.resets.most_common()))
         if self.stalled_after is not None:
             parts.append(f"stopped reading at {self.stalled_after:.1f} s")
         if self.closed_after is not None:
-            parts.append(f"closed at {self.closed_after:.1f} s")
+            parts.append(f"closed at {self.closed_after:.2f} s")
+        if self.discarded is not None:
+            parts.append(f"then took {self.discarded[0] / 2**20:,.0f} MiB more in {self.discarded[1]:.1f} s")
         if self.connections > 1:
             parts.append(f"{self.open_at_end} of {self.connections} connections open at the end")
         if not parts:
@@ -119,6 +125,13 @@ class Peer:
             self.broken = True
             self.pump(0)  # a GOAWAY sent before the close may still be waiting to be read
             self.mark_closed()
+            return False
+        if self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == CLOSE_WAIT:
+            # the server closed its side (its FIN came) while we did not read: the attack is over even if the
+            # server still reads and discards what we send (a linger)
+            self.broken = True
+            if self.outcome.closed_after is None:
+                self.outcome.closed_after = self.elapsed()
             return False
         return True
 
@@ -201,8 +214,23 @@ def flood(name: str, host: str, port: int, frame: bytes, seconds: float, batch: 
     while time.monotonic() - started < seconds and peer.send(chunk):
         outcome.sent += batch
     peer.pump(2.0, until=lambda: outcome.goaway is not None)
+    if outcome.closed_after is not None and not peer.closed:
+        outcome.discarded = discarded(peer.sock, chunk)
     outcome.open_at_end = int(peer.close())
     return outcome
+
+
+def discarded(sock: socket.socket, chunk: bytes, seconds: float = 5.0) -> tuple[int, float]:
+    """After the server's FIN: the bytes it still takes (reads and discards, or lets queue) until it resets the
+    connection or stops taking them, and for how long."""
+    started, taken = time.monotonic(), 0
+    sock.settimeout(0.5)
+    while time.monotonic() - started < seconds:
+        try:
+            taken += sock.send(chunk)
+        except OSError:
+            break
+    return taken, time.monotonic() - started
 
 
 def settings_flood(host: str, port: int, seconds: float = 5) -> Outcome:
