@@ -59,7 +59,7 @@ def test_the_issues_examples_are_one_line_and_exit_2(tmp_path: Path, args: list[
 def test_the_documented_ranges_are_the_enforced_ones() -> None:
     reference = (ROOT / "docs" / "configuration.md").read_text()
     section = reference.split("## Ranges", 1)[1].split("\n## ", 1)[0]
-    rows = dict(re.findall(r"^\| `(--[a-z-]+)` \| (.+?) \|$", section, re.MULTILINE))
+    rows = dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| (.+?) \|$", section, re.MULTILINE))
     for field, (low, high, unit) in BOUNDS.items():
         assert rows.get("--" + field.replace("_", "-")) == f"{_number(low)} to {_number(high)} {unit}", field
     assert rows["--workers"] == f"1 to {MAX_WORKERS}, or `auto`"

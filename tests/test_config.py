@@ -524,6 +524,12 @@ def every_option_changed() -> dict[str, Any]:
         "header": ["X-Team: shop"],
         "server_header": True,
         "date_header": False,
+        "http2": False,
+        "h2_max_concurrent_streams": 50,
+        "h2_max_header_list_size": 32768,
+        "h2_max_resets": 100,
+        "h2_max_control_frames": 500,
+        "h2_send_timeout": 10.0,
     }
 
 

@@ -11,6 +11,9 @@ and how long a response may wait on a client that does not read (a zero window, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import h2.events
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,10 @@ class H2Limits:
     keep_alive: float = 5.0  # seconds a connection with no stream stays open (--keep-alive)
 
 
+CONTROL_EVENTS = (
+    h2.events.RemoteSettingsChanged, h2.events.PingReceived, h2.events.PingAckReceived, h2.events.PriorityUpdated,
+    h2.events.WindowUpdated, h2.events.SettingsAcknowledged,
+)  # fmt: skip  # what the control-frame budget counts
 RESET_WINDOW = 10.0  # seconds over which client resets are counted
 CONTROL_WINDOW = 1.0  # seconds over which control frames are counted
 
@@ -57,3 +64,10 @@ class Budget:
     def refund(self, amount: int) -> None:
         """Give back budget: each DATA frame sent earns the client two WINDOW_UPDATEs."""
         self._count -= amount
+
+
+def header_block_pending(connection: Any) -> int:
+    """Bytes of a header block still arriving in CONTINUATION frames (h2 holds them until the block ends, up to 64
+    frames): a flood is stopped at the header list's size rather than h2's frame count."""
+    frames = getattr(connection.incoming_buffer, "_headers_buffer", None)
+    return sum(len(frame.data) for frame in frames) if frames else 0

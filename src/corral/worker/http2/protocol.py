@@ -5,16 +5,10 @@ opens with the HTTP/2 preface (h2c by prior knowledge). The scope is HTTP/1.1's 
 `:authority` as `host`. Everything a worker counts is counted per stream: in-flight tasks, `total_requests` (the
 heartbeat's count for `--max-requests`), the first answer, the metrics (`corral.worker.metrics.record`).
 
-The drain (`drain`, called as on the HTTP/1.1 protocols): GOAWAY with the largest stream id and a PING; once the
-PING comes back (every stream the client sent before it saw the GOAWAY has arrived), or after the grace, a second
-GOAWAY names the last stream that will be served. Those streams finish; a later one is refused (REFUSED_STREAM,
-which clients retry elsewhere); the connection closes once no stream is left. A response is never cut.
+How a connection goes away (idle, drained, refusing the streams after its last): `corral.worker.http2.goaway`.
 
-Defences (`corral.worker.http2.limits`): the streams a connection may run, the header list's decoded size and the
-header block's encoded size, client resets per window (rapid reset), control frames per second (SETTINGS, PING,
-PRIORITY, WINDOW_UPDATE and RST_STREAM floods), a response that cannot be written for `send_timeout` (zero window,
-a client that does not read), reading paused while the client does not read what it is sent, a connection with no
-stream closed after the keep-alive timeout (the header timeout before its first request).
+Defences: the budgets of `corral.worker.http2.limits`, a response that cannot be written for `send_timeout`
+reset, reading paused while the client does not read, an idle connection closed (header timeout, then keep-alive).
 """
 
 from __future__ import annotations
@@ -30,29 +24,31 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from corral.worker import shedding
 from corral.worker.http.head import service_unavailable
 from corral.worker.http.protocol import HttpProtocol
-from corral.worker.http2.limits import CONTROL_WINDOW, RESET_WINDOW, Budget, H2Limits
+from corral.worker.http2.goaway import GoingAway
+from corral.worker.http2.limits import (
+    CONTROL_EVENTS,
+    CONTROL_WINDOW,
+    RESET_WINDOW,
+    Budget,
+    H2Limits,
+    header_block_pending,
+)
 from corral.worker.http2.scope import request_scope
 from corral.worker.http2.stream import Stream
 from corral.worker.protocols import _Draining
 
 log = logging.getLogger("uvicorn.error")
-LAST_STREAM = 2**31 - 1
 LINGER = 2.0  # seconds a connection ended for an error still reads (and discards) before it closes
 SMALL = 4096  # a DATA frame up to this size waits for the end of the loop's pass to be written with others
 CONNECTION_WINDOW = 1024 * 1024  # the connection's receive window: request bodies buffered at most, per connection
-CONTROL_EVENTS = (
-    h2.events.RemoteSettingsChanged, h2.events.PingReceived, h2.events.PingAckReceived, h2.events.PriorityUpdated,
-    h2.events.WindowUpdated, h2.events.SettingsAcknowledged,
-)  # fmt: skip
 
 
-class H2Protocol(_Draining, asyncio.Protocol):
+class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
     limits = H2Limits()  # set for the worker by `configure`
 
     def __init__(
@@ -160,7 +156,7 @@ class H2Protocol(_Draining, asyncio.Protocol):
             # TrailersReceived: request trailers are dropped; UnknownFrameReceived: ignored
             if self._closed:
                 return
-        if self._headers_pending() > self.limits.max_header_list_size:  # a CONTINUATION flood
+        if header_block_pending(self.h2) > self.limits.max_header_list_size:  # a CONTINUATION flood
             self._fail(ErrorCodes.ENHANCE_YOUR_CALM, "header block too large")
             return
         self._flush()
@@ -179,11 +175,6 @@ class H2Protocol(_Draining, asyncio.Protocol):
             self._final_goaway()
         if not self.control.spend(self.loop.time()):
             self._fail(ErrorCodes.ENHANCE_YOUR_CALM, "control frame flood")
-
-    def _headers_pending(self) -> int:
-        """Bytes of a header block still arriving in CONTINUATION frames (h2 keeps them until the block ends)."""
-        frames = getattr(self.h2.incoming_buffer, "_headers_buffer", None)
-        return sum(len(frame.data) for frame in frames) if frames else 0
 
     # Requests
     def _request(self, event: h2.events.RequestReceived) -> None:
@@ -370,56 +361,6 @@ class H2Protocol(_Draining, asyncio.Protocol):
             self._flush()
             self._closed = True
             self.transport.close()
-
-    # Idle connections
-    def _arm_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        timeout = self.limits.keep_alive if self._served_any else self.limits.header_timeout
-        self._idle_timer = self.loop.call_later(timeout, self._idle)
-
-    def _idle(self) -> None:
-        self._idle_timer = None
-        if not self.streams and not self._closed:
-            self._goaway(self.h2.highest_inbound_stream_id, ErrorCodes.NO_ERROR)
-            self._close()
-
-    # GOAWAY
-    def _goaway(self, last_stream: int, code: ErrorCodes) -> None:
-        """A GOAWAY written beside h2's state machine, which would refuse to send anything after its own."""
-        self._flush()
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = last_stream
-        frame.error_code = code
-        if not self._closed:
-            self.transport.write(frame.serialize())
-
-    def _goaway_gracefully(self) -> None:
-        self._going_away = True
-        self._goaway(LAST_STREAM, ErrorCodes.NO_ERROR)
-        self.h2.ping(b"corral\x00\x00")
-        self._flush()
-        self._ping_timer = self.loop.call_later(self.server_state.drain_grace or 2.0, self._final_goaway)
-
-    def _final_goaway(self) -> None:
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-            self._ping_timer = None
-        if self._closed or self._last_stream is not None:
-            return
-        self._last_stream = self.h2.highest_inbound_stream_id
-        self._goaway(self._last_stream, ErrorCodes.NO_ERROR)
-        if not self.streams:
-            self._close()
-
-    # The drain (`_Draining`)
-    def drain(self, grace: float) -> None:
-        self.draining = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        if not self._closed and not self._going_away:
-            self._goaway_gracefully()
 
     def _unset_keepalive_if_required(self) -> None:
         pass
