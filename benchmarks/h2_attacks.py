@@ -129,10 +129,9 @@ class Peer:
         if self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == CLOSE_WAIT:
             # the server closed its side (its FIN came) while we did not read: the attack is over even if the
             # server still reads and discards what we send (a linger)
-            self.broken = True
+            self.broken = True  # what was just written counts as sent; the next write is refused
             if self.outcome.closed_after is None:
                 self.outcome.closed_after = self.elapsed()
-            return False
         return True
 
     def flush(self) -> bool:
