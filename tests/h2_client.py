@@ -25,8 +25,10 @@ class H2Client:
     """One HTTP/2 connection (h2c, or TLS with `context`), driven step by step."""
 
     def __init__(self, port: int, settings: dict[int, int] | None = None, context: ssl.SSLContext | None = None,
-                 timeout: float = 20.0) -> None:
+                 timeout: float = 20.0, prefix: bytes = b"") -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if prefix:  # a PROXY protocol header
+            raw.sendall(prefix)
         self.sock: socket.socket = context.wrap_socket(raw, server_hostname="localhost") if context else raw
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.conn.initiate_connection()

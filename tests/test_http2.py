@@ -36,6 +36,10 @@ async def app(scope, receive, send):
             message = await receive()
         open(os.environ["MARKER"], "w").write("disconnect")
         return
+    if path == "/file":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": os.environ["MARKER"] + ".file"})
+        return
     body = b""
     while True:
         message = await receive()
@@ -52,7 +56,7 @@ async def app(scope, receive, send):
         "http_version": scope["http_version"], "method": scope["method"], "path": scope["path"],
         "query": scope["query_string"].decode(), "scheme": scope["scheme"], "length": len(body),
         "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
-        "extensions": sorted(scope.get("extensions", {})),
+        "extensions": sorted(scope.get("extensions", {})), "client": scope["client"], "pid": os.getpid(),
     }).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out)),
@@ -204,3 +208,58 @@ def test_a_client_reset_is_an_http_disconnect(plain: Corral) -> None:
         assert client.response(other)[0] == 200
     finally:
         client.close()
+
+
+def test_pathsend_streams_a_file_through_the_clients_window(plain: Corral) -> None:
+    content = bytes(range(256)) * 4096  # 1 MiB
+    (plain.tmp_path / "marker.file").write_bytes(content)
+    client = H2Client(plain.port, settings={SETTINGS.INITIAL_WINDOW_SIZE: 16384})
+    try:
+        status, _, body = client.response(client.request("/file"))
+        assert status == 200 and body == content
+    finally:
+        client.close()
+
+
+def test_the_proxy_protocol_header_gives_the_client_over_h2c_and_over_tls(tmp_path: Path) -> None:
+    write_app(tmp_path, APP)
+    state = tmp_path / "state"
+    plain = Corral(tmp_path, "app:app", "-w", "1", "--proxy-protocol", env={"MARKER": str(tmp_path / "m")})
+    tls = Corral(tmp_path, "app:app", "-w", "1", "--proxy-protocol", "--https", "localhost", "--state-dir",
+                 str(state), env={"MARKER": str(tmp_path / "m")})
+    try:
+        plain.wait_ready(1)
+        tls.wait_ready(1)
+        for corral, context in ((plain, None), (tls, ssl.create_default_context(cafile=str(state / "ca" /
+                                                                                            "root.pem")))):
+            if context is not None:
+                context.set_alpn_protocols(["h2", "http/1.1"])
+            header = f"PROXY TCP4 203.0.113.7 127.0.0.1 40000 {corral.port}\r\n".encode()
+            client = H2Client(corral.port, context=context, prefix=header)
+            try:
+                status, _, body = client.response(client.request("/proxied"))
+            finally:
+                client.close()
+            seen = json.loads(body)
+            assert status == 200 and seen["http_version"] == "2" and seen["client"] == ["203.0.113.7", 40000]
+    finally:
+        plain.stop()
+        tls.stop()
+
+
+def test_max_requests_counts_http2_streams_and_recycles_the_worker(tmp_path: Path) -> None:
+    write_app(tmp_path, APP)
+    corral = Corral(tmp_path, "app:app", "-w", "1", "--no-access-log", "--max-requests", "10",
+                    env={"MARKER": str(tmp_path / "m")})
+    try:
+        corral.wait_ready(1)
+        pids = set()
+        for _ in range(200):  # each on a new connection, which a replacement worker may take
+            answer = curl("--http2-prior-knowledge", f"{corral.url}/")
+            assert answer.returncode == 0, answer.stderr
+            pids.add(json.loads(answer.stdout)["pid"])
+            if len(pids) > 1:
+                break
+        assert len(pids) > 1, "the worker was not recycled after --max-requests HTTP/2 streams"
+    finally:
+        corral.stop()

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from hpack import Encoder
+from hpack import Decoder, Encoder
 from hyperframe.frame import (
     ContinuationFrame,
+    DataFrame,
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
@@ -28,7 +29,7 @@ from harness import Corral, write_app
 
 pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
 
-ENHANCE_YOUR_CALM, CANCEL, REFUSED_STREAM, NO_ERROR = 0xB, 0x8, 0x7, 0x0
+ENHANCE_YOUR_CALM, CANCEL, REFUSED_STREAM, PROTOCOL_ERROR, NO_ERROR = 0xB, 0x8, 0x7, 0x1, 0x0
 REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"localhost"), (b":path", b"/")]
 
 APP = """
@@ -39,6 +40,9 @@ async def app(scope, receive, send):
         return
     if scope["path"] == "/hold":  # an app that does not notice its client left
         await asyncio.sleep(3)
+    if scope["path"] == "/read":
+        while (await receive()).get("more_body"):
+            pass
     body = b"x" * (1024 * 1024) if scope["path"] == "/big" else b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
@@ -184,3 +188,33 @@ def test_an_idle_connection_without_a_request_is_closed_after_the_header_timeout
         sock.close()
     assert closed and goaway_code(received) == NO_ERROR
     assert 1.5 <= time.monotonic() - started < 10  # --header-timeout 2
+
+
+def test_a_request_body_that_stops_arriving_is_answered_408_after_the_keep_alive_timeout(server: Corral) -> None:
+    sock = raw_connection(server.port)
+    try:
+        post = [(b":method", b"POST"), *REQUEST[1:3], (b":path", b"/read")]
+        sock.sendall(HeadersFrame(1, data=header_block(post), flags=["END_HEADERS"]).serialize()
+                     + DataFrame(1, data=b"0123456789").serialize())  # and then nothing
+        started = time.monotonic()
+        reader = FrameReader(sock)
+        seen = []
+        while (frame := reader.next(started + 20)) is not None:
+            seen.append(frame)
+            if isinstance(frame, RstStreamFrame):
+                break
+        headers = [f for f in seen if isinstance(f, HeadersFrame) and f.stream_id == 1]
+        assert headers and Decoder().decode(headers[0].data) == [(":status", "408"), ("content-length", "0")]
+        assert (seen[-1].stream_id, seen[-1].error_code) == (1, CANCEL)
+        assert 1.5 <= time.monotonic() - started < 10  # --keep-alive 2
+    finally:
+        sock.close()
+
+
+def test_a_client_ignoring_the_advertised_stream_limit_gets_goaway_protocol_error(server: Corral) -> None:
+    """h2's rule: the 101st stream open at once is a connection error; the GOAWAY arrives before the close."""
+    encoder = Encoder()
+    hold = [*REQUEST[:3], (b":path", b"/hold")]
+    frames = [HeadersFrame(stream_id, data=encoder.encode(hold), flags=["END_HEADERS", "END_STREAM"]).serialize()
+              for stream_id in range(1, 2 * 101, 2)]
+    assert attack(server, frames) == (PROTOCOL_ERROR, True)

@@ -250,10 +250,10 @@ def _https_layer(
         settings.max_request_line, settings.max_request_head, settings.max_headers, settings.header_timeout
     )
     h2_class = None
-    if settings.http2:  # h2 is imported only then
+    if settings.http2:
         from corral.worker.http2 import enable
 
-        h2_class = enable(settings)
+        h2_class = enable(settings, tls=https_enabled(settings))
     if not (https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol):
         return app, protocol_class(settings.http, limits), plain, None
     from corral.tls.http_app import wrap_app

@@ -202,8 +202,8 @@ def preload_server_modules(settings: Options) -> None:
         names.append(f"uvicorn.protocols.websockets.{ws_module[settings.ws]}")
     if https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol:
         names += ["corral.tls.http_app", "corral.tls.store", "corral.tls.worker"]
-    if settings.http2:
-        names.append("corral.worker.http2")  # h2, hpack and hyperframe: shared by the workers
+    if settings.http2:  # h2 itself only for ALPN; on plain listeners a worker imports it at its first h2c
+        names.append("corral.worker.http2.protocol" if https_enabled(settings) else "corral.worker.http2")
     for name in names:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import h2.events
-
 
 @dataclass(frozen=True, slots=True)
 class H2Limits:
@@ -28,10 +26,6 @@ class H2Limits:
     keep_alive: float = 5.0  # seconds a connection with no stream stays open (--keep-alive)
 
 
-CONTROL_EVENTS = (
-    h2.events.RemoteSettingsChanged, h2.events.PingReceived, h2.events.PingAckReceived, h2.events.PriorityUpdated,
-    h2.events.WindowUpdated, h2.events.SettingsAcknowledged,
-)  # fmt: skip  # what the control-frame budget counts
 RESET_WINDOW = 10.0  # seconds over which client resets are counted
 CONTROL_WINDOW = 1.0  # seconds over which control frames are counted
 

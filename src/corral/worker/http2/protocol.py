@@ -31,7 +31,6 @@ from corral.worker.http.head import service_unavailable
 from corral.worker.http.protocol import HttpProtocol
 from corral.worker.http2.goaway import GoingAway
 from corral.worker.http2.limits import (
-    CONTROL_EVENTS,
     CONTROL_WINDOW,
     RESET_WINDOW,
     Budget,
@@ -45,6 +44,10 @@ from corral.worker.protocols import _Draining
 log = logging.getLogger("uvicorn.error")
 LINGER = 2.0  # seconds a connection ended for an error still reads (and discards) before it closes
 SMALL = 4096  # a DATA frame up to this size waits for the end of the loop's pass to be written with others
+CONTROL_EVENTS = (
+    h2.events.RemoteSettingsChanged, h2.events.PingReceived, h2.events.PingAckReceived, h2.events.PriorityUpdated,
+    h2.events.WindowUpdated, h2.events.SettingsAcknowledged,
+)  # fmt: skip  # what the control-frame budget counts
 CONNECTION_WINDOW = 1024 * 1024  # the connection's receive window: request bodies buffered at most, per connection
 
 
@@ -126,9 +129,8 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:  # h2 queued a GOAWAY with the error's code
-            log.debug("HTTP/2 connection error from %s: %s", self.client, exc)
-            self._flush()
-            self._close()
+            log.info("HTTP/2 connection from %s closed: %s", self.client, exc)
+            self._linger()
             return
         for event in events:
             if isinstance(event, h2.events.DataReceived):
@@ -296,6 +298,18 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             self.abort(stream, ErrorCodes.CANCEL)
         stream.lost()
 
+    def body_stalled(self, stream: Stream) -> None:
+        """A request body that stopped arriving for the keep-alive timeout while the app waits for it: 408 if no
+        response began (as on HTTP/1.1), the stream reset, and the app sees a disconnect."""
+        if stream.complete or stream.disconnected or self._closed:
+            return
+        if not stream.started:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.send_headers(stream.stream_id, [(b":status", b"408"), (b"content-length", b"0")],
+                                     end_stream=True)
+        self.abort(stream, ErrorCodes.CANCEL)
+        stream.lost()
+
     def abort(self, stream: Stream, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None:
         if self._closed:
             return
@@ -344,6 +358,10 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         log.warning("HTTP/2 connection from %s closed: %s (GOAWAY %s)", self.client, why, code.name)
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(code, last_stream_id=self.h2.highest_inbound_stream_id)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Write what is queued (a GOAWAY), then close after a while."""
         self._flush()
         self._closed = True
         for stream in self.streams.values():

@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import Any, Protocol
 
 from corral.worker import metrics
+from corral.worker.http2.limits import H2Limits
 
 log = logging.getLogger("uvicorn.error")
 
@@ -32,12 +33,14 @@ class Connection(Protocol):
     loop: asyncio.AbstractEventLoop
     tasks: set[asyncio.Task[None]]
     timed: bool
+    limits: H2Limits
 
     def default_headers(self) -> list[tuple[bytes, bytes]]: ...
     def acknowledge(self, stream: Stream, size: int) -> None: ...
     def send_head(self, stream: Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None: ...
     async def send_data(self, stream: Stream, data: bytes, end: bool) -> None: ...
     def abort(self, stream: Stream) -> None: ...
+    def body_stalled(self, stream: Stream) -> None: ...
     def stream_done(self, stream: Stream) -> None: ...
 
 
@@ -147,11 +150,16 @@ class Stream:
 
     async def receive(self) -> dict[str, Any]:
         if not self.chunks and (self.more_body or self.ended) and not self.disconnected and not self.complete:
-            self.waiter = self.connection.loop.create_future()
+            connection = self.connection
+            self.waiter = connection.loop.create_future()
+            stall = (connection.loop.call_later(connection.limits.keep_alive, connection.body_stalled, self)
+                     if self.more_body else None)  # a body that stops arriving, as on HTTP/1.1
             try:
                 await self.waiter
             finally:
                 self.waiter = None
+                if stall is not None:
+                    stall.cancel()
         if self.disconnected or self.complete:
             return {"type": "http.disconnect"}
         chunks = self.chunks
