@@ -27,6 +27,7 @@ class H2Client:
     def __init__(self, port: int, settings: dict[int, int] | None = None, context: ssl.SSLContext | None = None,
                  timeout: float = 20.0, prefix: bytes = b"") -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if prefix:  # a PROXY protocol header
             raw.sendall(prefix)
         self.sock: socket.socket = context.wrap_socket(raw, server_hostname="localhost") if context else raw

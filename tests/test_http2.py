@@ -15,6 +15,7 @@ from pathlib import Path
 import h2.events
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from h2_client import SETTINGS, H2Client
 from harness import Corral, wait_for, write_app
@@ -25,6 +26,13 @@ APP = """
 import asyncio, json, os
 
 async def app(scope, receive, send):
+    if scope["type"] == "websocket":  # echoes one message
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": message.get("text")})
+        await send({"type": "websocket.close"})
+        return
     if scope["type"] != "http":
         return
     path = scope["path"]
@@ -35,6 +43,10 @@ async def app(scope, receive, send):
         while message["type"] != "http.disconnect":
             message = await receive()
         open(os.environ["MARKER"], "w").write("disconnect")
+        return
+    if path == "/bad-header":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-split", b"a\\r\\nb: c")]})
+        await send({"type": "http.response.body", "body": b"never"})
         return
     if path == "/file":
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -114,6 +126,13 @@ def test_curl_gets_http2_from_the_local_ca_https_with_no_flag_and_http11_with_no
                               capture_output=True, text=True, timeout=120)
         assert "Application protocol: h2" in load.stdout
         assert "400 succeeded, 0 failed, 0 errored" in load.stdout, load.stdout
+
+        # WebSockets stay on HTTP/1.1: a browser's WebSocket connection offers http/1.1 by ALPN
+        websocket_tls = ssl.create_default_context(cafile=str(root))
+        websocket_tls.set_alpn_protocols(["http/1.1"])
+        with connect(f"wss://localhost:{on.port}/ws", ssl=websocket_tls, open_timeout=20) as websocket:
+            websocket.send("echo me")
+            assert websocket.recv(timeout=20) == "echo me"
 
         # --no-http2: ALPN offers http/1.1 only, whatever the client prefers
         old = curl("--http2", "-k", "-w", "\n%{http_version}", f"https://localhost:{off.port}/")
@@ -208,6 +227,17 @@ def test_a_client_reset_is_an_http_disconnect(plain: Corral) -> None:
         assert client.response(other)[0] == 200
     finally:
         client.close()
+
+
+def test_a_response_header_with_cr_lf_is_a_500_and_the_connection_goes_on(plain: Corral) -> None:
+    client = H2Client(plain.port)
+    try:
+        status, _, body = client.response(client.request("/bad-header"))
+        assert (status, body) == (500, b"Internal Server Error")
+        assert client.response(client.request("/after-bad"))[0] == 200
+    finally:
+        client.close()
+    assert "Invalid HTTP header: CR, LF or NUL" in plain.log
 
 
 def test_pathsend_streams_a_file_through_the_clients_window(plain: Corral) -> None:

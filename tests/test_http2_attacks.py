@@ -24,7 +24,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from h2_client import SETTINGS, FrameReader, frames_until_close, goaway_code, header_block, raw_connection
+from h2_client import SETTINGS, FrameReader, H2Client, frames_until_close, goaway_code, header_block, raw_connection
 from harness import Corral, write_app
 
 pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
@@ -33,7 +33,7 @@ ENHANCE_YOUR_CALM, CANCEL, REFUSED_STREAM, PROTOCOL_ERROR, NO_ERROR = 0xB, 0x8, 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"localhost"), (b":path", b"/")]
 
 APP = """
-import asyncio
+import asyncio, os
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -44,7 +44,10 @@ async def app(scope, receive, send):
         while (await receive()).get("more_body"):
             pass
     body = b"x" * (1024 * 1024) if scope["path"] == "/big" else b"ok"
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    headers = [(b"content-length", b"%d" % len(body))]
+    if scope["path"] == "/unique":  # a header value never sent before, as a request id would be
+        headers.append((b"x-id", os.urandom(4096).hex().encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 """
 
@@ -218,3 +221,21 @@ def test_a_client_ignoring_the_advertised_stream_limit_gets_goaway_protocol_erro
     frames = [HeadersFrame(stream_id, data=encoder.encode(hold), flags=["END_HEADERS", "END_STREAM"]).serialize()
               for stream_id in range(1, 2 * 101, 2)]
     assert attack(server, frames) == (PROTOCOL_ERROR, True)
+
+
+def test_a_client_allowing_a_huge_hpack_table_does_not_make_the_worker_keep_one(server: Corral) -> None:
+    """The client allows a 1 GiB table for response headers, and the app sends unique 8 KB values (a request id
+    would be): the server's encoder keeps 4 KiB whatever the client allows. HPACK keeps the client's decoder table
+    the same as the server's encoder table, so the client sees its size."""
+    client = H2Client(server.port, settings={SETTINGS.HEADER_TABLE_SIZE: 2**30})
+    client.conn.decoder.max_allowed_table_size = 2**30
+    client.conn.decoder.max_header_list_size = 2**20
+    try:
+        for _ in range(4):
+            streams = [client.request("/unique") for _ in range(5)]
+            for stream in streams:
+                assert client.response(stream)[0] == 200
+        table = client.conn.decoder.header_table
+        assert table.maxsize <= 4096 and table._current_size <= 4096
+    finally:
+        client.close()

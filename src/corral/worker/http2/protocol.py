@@ -43,6 +43,7 @@ from corral.worker.protocols import _Draining
 
 log = logging.getLogger("uvicorn.error")
 LINGER = 2.0  # seconds a connection ended for an error still reads (and discards) before it closes
+ENCODER_TABLE = 4096  # bytes of HPACK table for response headers, whatever size the client allows (RFC 7541, 4.2)
 SMALL = 4096  # a DATA frame up to this size waits for the end of the loop's pass to be written with others
 CONTROL_EVENTS = (
     h2.events.RemoteSettingsChanged, h2.events.PingReceived, h2.events.PingAckReceived, h2.events.PriorityUpdated,
@@ -171,6 +172,8 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             elif event.stream_id in self.streams:
                 self.streams[event.stream_id].window_opened()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if self.h2.encoder.header_table_size > ENCODER_TABLE:  # the client's allowance is not an obligation
+                self.h2.encoder.header_table_size = ENCODER_TABLE
             for stream in self.streams.values():
                 stream.window_opened()
         elif isinstance(event, h2.events.PingAckReceived) and self._going_away and self._last_stream is None:
@@ -242,7 +245,9 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             return
         try:
             self.h2.send_headers(stream.stream_id, headers, end_stream=end)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as exc:  # a header h2 refuses (CR, LF, NUL...): the stream is reset
+            log.error("Invalid HTTP response header on stream %d: %s", stream.stream_id, exc)
+            self.abort(stream)
             stream.lost()
             return
         self._flush_soon()

@@ -194,10 +194,14 @@ class Stream:
         if not 100 <= status <= 599:
             raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
         headers = [(b":status", b"%d" % status), *self.connection.default_headers()]
-        for name, value in message.get("headers", ()):
+        given = message.get("headers", ())
+        for name, value in given:
             name = bytes(name).lower()
             if name not in CONNECTION_HEADERS:
                 headers.append((name, bytes(value)))
+        block = b"".join(name + value for name, value in headers)
+        if b"\r" in block or b"\n" in block or b"\0" in block:  # what an HTTP/1.1 hop after us would split on
+            raise RuntimeError("Invalid HTTP header: CR, LF or NUL in a name or value.")
         if message.get("trailers"):
             raise RuntimeError("Response trailers are not supported (the scope offers no 'http.response.trailers').")
         self.head = headers
