@@ -48,9 +48,9 @@ def test_h2load_through_two_reloads_loses_no_stream(tmp_path: Path) -> None:
     try:
         corral.wait_ready(2)
         load = subprocess.Popen(
-            ["h2load", "-n", "16000", "-c", "1600", "-m", "10", "-r", "16", "--rate-period", "100ms",
+            ["h2load", "-n", "24000", "-c", "2400", "-m", "10", "-r", "16", "--rate-period", "100ms",
              corral.url + "/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # 1,600 connections of 10 streams, 16 every 100 ms: about 10 s
+        )  # 2,400 connections of 10 streams, 16 every 100 ms: about 15 s, two reloads take 2 to 6 s here
         time.sleep(1.0)
         generation = corral.status()["generation"]
         reload(corral)
@@ -58,7 +58,7 @@ def test_h2load_through_two_reloads_loses_no_stream(tmp_path: Path) -> None:
         assert corral.status()["generation"] == generation + 2
         assert load.poll() is None, "h2load ended before the second reload: the test proves nothing"
         output, _ = load.communicate(timeout=120)
-        assert "16000 succeeded, 0 failed, 0 errored, 0 timeout" in output, output
+        assert "24000 succeeded, 0 failed, 0 errored, 0 timeout" in output, output
     finally:
         corral.stop()
 
