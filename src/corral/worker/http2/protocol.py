@@ -30,6 +30,7 @@ from corral.worker import shedding
 from corral.worker.http.head import service_unavailable
 from corral.worker.http.protocol import HttpProtocol
 from corral.worker.http2.goaway import GoingAway
+from corral.worker.http2.hpack_cache import CachingDecoder, CachingEncoder
 from corral.worker.http2.limits import (
     CONTROL_WINDOW,
     RESET_WINDOW,
@@ -37,7 +38,7 @@ from corral.worker.http2.limits import (
     H2Limits,
     header_block_pending,
 )
-from corral.worker.http2.scope import request_scope
+from corral.worker.http2.scope import CheckedHeaders, request_scope
 from corral.worker.http2.stream import Stream
 from corral.worker.protocols import _Draining
 
@@ -78,14 +79,16 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         self.timeout_keep_alive_task: asyncio.TimerHandle | None = None
         limits = self.limits
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True,
-        ))  # fmt: skip
+            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
+            validate_inbound_headers=False, normalize_inbound_headers=False,
+        ))  # fmt: skip  # `_request` runs h2's inbound checks (remembered), `Stream._start` checks the heads sent
+        self.h2.encoder = CachingEncoder()
+        self.h2.decoder = CachingDecoder(limits.max_header_list_size)
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })  # fmt: skip
-        self.h2.decoder.max_header_list_size = limits.max_header_list_size  # before the client acknowledges
         self.streams: dict[int, Stream] = {}  # streams whose app task runs
         self.resets = Budget(limits.max_resets, RESET_WINDOW)
         self.control = Budget(limits.max_control_frames, CONTROL_WINDOW)
@@ -98,6 +101,7 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._flush_scheduled = False
+        self.checked = CheckedHeaders()
 
     # Connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -195,7 +199,13 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             self._refuse(stream_id)
             self._count_reset()  # a client opening and resetting faster than its apps end: rapid reset
             return
-        scope = request_scope(self, event.headers or [])
+        raw = event.headers or []
+        problem = self.checked.problem(raw)
+        if problem is not None:  # a malformed request ends the connection, as h2 does
+            log.info("HTTP/2 connection from %s closed: %s", self.client, problem)
+            self._fail_quietly(ErrorCodes.PROTOCOL_ERROR)
+            return
+        scope = request_scope(self, raw)
         if scope is None:
             self._refuse(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -361,6 +371,9 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
     def _fail(self, code: ErrorCodes, why: str) -> None:
         """A connection error: GOAWAY with `code`, then close (the streams' apps see a disconnect)."""
         log.warning("HTTP/2 connection from %s closed: %s (GOAWAY %s)", self.client, why, code.name)
+        self._fail_quietly(code)
+
+    def _fail_quietly(self, code: ErrorCodes) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(code, last_stream_id=self.h2.highest_inbound_stream_id)
         self._linger()

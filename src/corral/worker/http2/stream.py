@@ -198,6 +198,8 @@ class Stream:
         for name, value in given:
             name = bytes(name).lower()
             if name not in CONNECTION_HEADERS:
+                if not name or name[0] == 58:  # b":": a pseudo-header is the server's to send
+                    raise RuntimeError(f"Invalid HTTP header name {name!r}.")
                 headers.append((name, bytes(value)))
         block = b"".join(name + value for name, value in headers)
         if b"\r" in block or b"\n" in block or b"\0" in block:  # what an HTTP/1.1 hop after us would split on
