@@ -101,6 +101,7 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._flush_scheduled = False
+        self._heads: list[Stream] = []  # responses started whose head waits for a body or the end of the pass
         self.checked = CheckedHeaders()
 
     # Connection
@@ -250,6 +251,10 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.acknowledge_received_data(size, stream_id)
 
+    def head_ready(self, stream: Stream) -> None:
+        self._heads.append(stream)
+        self._flush_soon()
+
     def send_head(self, stream: Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         if self._closed or stream.disconnected:
             return
@@ -357,6 +362,10 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
 
     # Output
     def _flush(self) -> None:
+        if self._heads:
+            heads, self._heads = self._heads, []
+            for stream in heads:
+                stream.flush_head()
         self._flush_scheduled = False
         data = self.h2.data_to_send()
         if data and not self._closed:

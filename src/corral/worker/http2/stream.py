@@ -38,6 +38,7 @@ class Connection(Protocol):
     def default_headers(self) -> list[tuple[bytes, bytes]]: ...
     def acknowledge(self, stream: Stream, size: int) -> None: ...
     def send_head(self, stream: Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None: ...
+    def head_ready(self, stream: Stream) -> None: ...
     async def send_data(self, stream: Stream, data: bytes, end: bool) -> None: ...
     def abort(self, stream: Stream) -> None: ...
     def body_stalled(self, stream: Stream) -> None: ...
@@ -209,7 +210,7 @@ class Stream:
         self.head = headers
         self.status = status
         self.started = True
-        self.connection.loop.call_soon(self._flush_head)  # a stream's head goes out even if its body waits
+        self.connection.head_ready(self)  # written at the end of the loop's pass even if the body waits
 
     def _write_head(self, end: bool) -> None:
         head = self.head
@@ -220,7 +221,7 @@ class Stream:
             metrics.record(self.status, perf_counter() - self.read_at)
         self.connection.send_head(self, head, end)
 
-    def _flush_head(self) -> None:
+    def flush_head(self) -> None:
         if self.head is not None and not self.disconnected and not self.complete:
             self._write_head(False)
 
