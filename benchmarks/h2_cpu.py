@@ -4,9 +4,10 @@
 The protocol is fed what `h2load -m 10` sends over one connection (ten GET streams at a time, HPACK-encoded by an
 `h2` client, with windows of 2^30 as h2load asks) on a stand-in transport that keeps nothing, on uvloop, serving
 the raw ASGI hello; the process's CPU time is read around a batch and the best of several batches kept (the one
-other work on the machine disturbed least). `--profile` prints cProfile's top entries for one batch instead.
+other work on the machine disturbed least). `--vary` answers bodies of changing lengths; `--profile` prints
+cProfile's top entries for one batch instead.
 
-    .venv/bin/python benchmarks/h2_cpu.py [--requests 20000] [--batches 5] [--profile]
+    .venv/bin/python benchmarks/h2_cpu.py [--requests 20000] [--batches 5] [--vary] [--profile]
 """
 
 from __future__ import annotations
@@ -71,6 +72,19 @@ async def batch(config: uvicorn.Config, state: Any, chunks: list[bytes]) -> floa
     return used / ((len(chunks) - 1) * CONCURRENT) * 1e6
 
 
+def varying_app() -> Any:
+    from _common import respond
+
+    count = 0
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal count
+        count += 1
+        await respond(send, b"x" * (count % 50 + 1))
+
+    return app
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20000)
@@ -78,10 +92,13 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--vary", action="store_true", help="bodies of 1 to 50 bytes: a content-length that changes")
     args = parser.parse_args()
     from corral.worker.protocols import DrainState
 
     app = __import__("hello_raw").app
+    if args.vary:
+        app = varying_app()
     config = uvicorn.Config(app, lifespan="off", proxy_headers=False, log_level="warning", access_log=False)
     config.load()
     state = DrainState()

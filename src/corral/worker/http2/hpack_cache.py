@@ -24,6 +24,7 @@ from hpack.table import HeaderTable
 ENTRIES = 8
 FIELDS = 32
 BLOCK = 256
+LENGTH = b"\x0f\x0d"  # a literal without indexing whose name is the static table's 28, content-length
 
 
 class VersionedTable(HeaderTable):
@@ -48,7 +49,11 @@ class VersionedTable(HeaderTable):
 
 
 class CachingEncoder(Encoder):
-    """Takes lists of plain `(name, value)` bytes tuples (what Corral sends; never-indexed fields are not used)."""
+    """Takes lists of plain `(name, value)` bytes tuples (what Corral sends; never-indexed fields are not used).
+
+    `content-length`, which changes from response to response, is sent after the other fields as a literal that
+    does not enter the table (RFC 7541, 6.2.2), so that it neither evicts entries nor stops the rest of the head
+    from being reused."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,9 +62,17 @@ class CachingEncoder(Encoder):
         self.version = 0
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        table = self.table
-        if table.resized or type(headers) is not list or len(headers) > FIELDS:  # a size update goes first
+        if self.table.resized or type(headers) is not list or len(headers) > FIELDS:  # a size update goes first
             return super().encode(headers, huffman)
+        for index, (name, value) in enumerate(headers):
+            if name == b"content-length" and len(value) < 127:
+                value = bytes(value)
+                rest = headers[:index] + headers[index + 1:]
+                return self._reused(rest, huffman) + LENGTH + bytes((len(value),)) + value
+        return self._reused(headers, huffman)
+
+    def _reused(self, headers: list[Any], huffman: bool) -> bytes:
+        table = self.table
         key = tuple(headers)
         version = table.version
         if version != self.version:
