@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from itertools import chain
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -202,7 +203,7 @@ class Stream:
                 if not name or name[0] == 58:  # b":": a pseudo-header is the server's to send
                     raise RuntimeError(f"Invalid HTTP header name {name!r}.")
                 headers.append((name, bytes(value)))
-        block = b"".join(name + value for name, value in headers)
+        block = b"".join(chain.from_iterable(headers))
         if b"\r" in block or b"\n" in block or b"\0" in block:  # what an HTTP/1.1 hop after us would split on
             raise RuntimeError("Invalid HTTP header: CR, LF or NUL in a name or value.")
         if message.get("trailers"):
