@@ -237,6 +237,17 @@ def test_a_malformed_request_after_well_formed_ones_gets_goaway_protocol_error(
     assert attack(server, frames) == (PROTOCOL_ERROR, True)
 
 
+def test_trailers_with_a_pseudo_header_get_goaway_protocol_error(server: Corral) -> None:
+    """Request trailers are dropped, but checked first as h2 would (RFC 9113, 8.1: no pseudo-header in trailers)."""
+    encoder = Encoder()
+    post = [(b":method", b"POST"), *REQUEST[1:]]
+    frames = [HeadersFrame(1, data=encoder.encode(post), flags=["END_HEADERS"]).serialize(),
+              DataFrame(1, data=b"body").serialize(),
+              HeadersFrame(1, data=encoder.encode([(b":path", b"/again")]), flags=["END_HEADERS", "END_STREAM"])
+              .serialize()]
+    assert attack(server, frames) == (PROTOCOL_ERROR, True)
+
+
 def test_a_client_allowing_a_huge_hpack_table_does_not_make_the_worker_keep_one(server: Corral) -> None:
     """The client allows a 1 GiB table for response headers, and the app sends unique 8 KB values (a request id
     would be): the server's encoder keeps 4 KiB whatever the client allows. HPACK keeps the client's decoder table

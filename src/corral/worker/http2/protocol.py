@@ -161,7 +161,9 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
                 self._flush()
                 self._close()
                 return
-            # TrailersReceived: request trailers are dropped; UnknownFrameReceived: ignored
+            elif isinstance(event, h2.events.TrailersReceived):  # dropped, once checked as h2 would
+                self._malformed(self.checked.problem(event.headers or [], trailers=True))
+            # UnknownFrameReceived: ignored
             if self._closed:
                 return
         if header_block_pending(self.h2) > self.limits.max_header_list_size:  # a CONTINUATION flood
@@ -201,10 +203,7 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             self._count_reset()  # a client opening and resetting faster than its apps end: rapid reset
             return
         raw = event.headers or []
-        problem = self.checked.problem(raw)
-        if problem is not None:  # a malformed request ends the connection, as h2 does
-            log.info("HTTP/2 connection from %s closed: %s", self.client, problem)
-            self._fail_quietly(ErrorCodes.PROTOCOL_ERROR)
+        if self._malformed(self.checked.problem(raw)):
             return
         scope = request_scope(self, raw)
         if scope is None:
@@ -220,6 +219,13 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             app = service_unavailable
         task = stream.task = self.loop.create_task(stream.run(app))
         self.tasks.add(task)
+
+    def _malformed(self, problem: str | None) -> bool:
+        """A malformed request ends the connection (GOAWAY PROTOCOL_ERROR), as h2 does."""
+        if problem is not None:
+            log.info("HTTP/2 connection from %s closed: %s", self.client, problem)
+            self._fail_quietly(ErrorCodes.PROTOCOL_ERROR)
+        return problem is not None
 
     def _refuse(self, stream_id: int, code: ErrorCodes = ErrorCodes.REFUSED_STREAM) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):  # the client may have reset it in the same read

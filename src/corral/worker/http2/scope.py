@@ -13,6 +13,7 @@ PATHSEND: dict[str, Any] = {}  # the extension has no parameters
 REQUEST = h2.utilities.HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False,
 )  # fmt: skip
+TRAILERS = REQUEST._replace(is_trailer=True)
 REMEMBERED = 8  # header lists remembered as checked, per connection: at most `SMALL` bytes each
 SMALL = 2048
 
@@ -27,17 +28,19 @@ class CheckedHeaders:
     def __init__(self) -> None:
         self.passed: set[tuple[Any, ...]] = set()
 
-    def problem(self, headers: list[Any]) -> str | None:
-        """What makes the request malformed, or None."""
+    def problem(self, headers: list[Any], trailers: bool = False) -> str | None:
+        """What makes the request (or its `trailers`, never remembered) malformed, or None."""
         key = tuple(headers)
-        if key in self.passed:
+        if key in self.passed and not trailers:
             return None
         try:
-            for _ in h2.utilities.validate_headers(headers, REQUEST):
+            for _ in h2.utilities.validate_headers(headers, TRAILERS if trailers else REQUEST):
                 pass
         except h2.exceptions.ProtocolError as exc:
             return str(exc)
-        if len(self.passed) < REMEMBERED and sum(len(name) + len(value) for name, value in headers) <= SMALL:
+        if trailers or len(self.passed) >= REMEMBERED:
+            return None
+        if sum(len(name) + len(value) for name, value in headers) <= SMALL:
             self.passed.add(key)
         return None
 
