@@ -44,6 +44,10 @@ async def app(scope, receive, send):
             message = await receive()
         open(os.environ["MARKER"], "w").write("disconnect")
         return
+    if path == "/pseudo-header":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b":status", b"201")]})
+        await send({"type": "http.response.body", "body": b"never"})
+        return
     if path == "/bad-header":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-split", b"a\\r\\nb: c")]})
         await send({"type": "http.response.body", "body": b"never"})
@@ -238,6 +242,18 @@ def test_a_response_header_with_cr_lf_is_a_500_and_the_connection_goes_on(plain:
     finally:
         client.close()
     assert "Invalid HTTP header: CR, LF or NUL" in plain.log
+
+
+def test_a_pseudo_header_from_the_app_is_a_500(plain: Corral) -> None:
+    """h2 checks no response head (Corral does, more cheaply): a `:status` the app sends is an app error."""
+    client = H2Client(plain.port)
+    try:
+        status, _, body = client.response(client.request("/pseudo-header"))
+        assert (status, body) == (500, b"Internal Server Error")
+        assert client.response(client.request("/after-pseudo"))[0] == 200
+    finally:
+        client.close()
+    assert "Invalid HTTP header name b':status'" in plain.log
 
 
 def test_pathsend_streams_a_file_through_the_clients_window(plain: Corral) -> None:

@@ -223,6 +223,31 @@ def test_a_client_ignoring_the_advertised_stream_limit_gets_goaway_protocol_erro
     assert attack(server, frames) == (PROTOCOL_ERROR, True)
 
 
+@pytest.mark.parametrize("field", [(b"X-Upper", b"1"), (b"connection", b"close"), (b"te", b"gzip"), (b"x", b"a\0b")])
+def test_a_malformed_request_after_well_formed_ones_gets_goaway_protocol_error(
+    server: Corral, field: tuple[bytes, bytes]
+) -> None:
+    """Corral runs h2's header checks itself and remembers the lists that passed: the same request twice (the
+    second from memory), then one with a field RFC 9113 forbids, ends the connection as h2 would."""
+    encoder = Encoder()
+    frames = [HeadersFrame(stream_id, data=encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize()
+              for stream_id in (1, 3)]
+    frames.append(HeadersFrame(5, data=encoder.encode([*REQUEST, field]), flags=["END_HEADERS", "END_STREAM"])
+                  .serialize())
+    assert attack(server, frames) == (PROTOCOL_ERROR, True)
+
+
+def test_trailers_with_a_pseudo_header_get_goaway_protocol_error(server: Corral) -> None:
+    """Request trailers are dropped, but checked first as h2 would (RFC 9113, 8.1: no pseudo-header in trailers)."""
+    encoder = Encoder()
+    post = [(b":method", b"POST"), *REQUEST[1:]]
+    frames = [HeadersFrame(1, data=encoder.encode(post), flags=["END_HEADERS"]).serialize(),
+              DataFrame(1, data=b"body").serialize(),
+              HeadersFrame(1, data=encoder.encode([(b":path", b"/again")]), flags=["END_HEADERS", "END_STREAM"])
+              .serialize()]
+    assert attack(server, frames) == (PROTOCOL_ERROR, True)
+
+
 def test_a_client_allowing_a_huge_hpack_table_does_not_make_the_worker_keep_one(server: Corral) -> None:
     """The client allows a 1 GiB table for response headers, and the app sends unique 8 KB values (a request id
     would be): the server's encoder keeps 4 KiB whatever the client allows. HPACK keeps the client's decoder table

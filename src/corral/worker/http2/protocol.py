@@ -30,6 +30,7 @@ from corral.worker import shedding
 from corral.worker.http.head import service_unavailable
 from corral.worker.http.protocol import HttpProtocol
 from corral.worker.http2.goaway import GoingAway
+from corral.worker.http2.hpack_cache import CachingDecoder, CachingEncoder
 from corral.worker.http2.limits import (
     CONTROL_WINDOW,
     RESET_WINDOW,
@@ -37,7 +38,7 @@ from corral.worker.http2.limits import (
     H2Limits,
     header_block_pending,
 )
-from corral.worker.http2.scope import request_scope
+from corral.worker.http2.scope import CheckedHeaders, request_scope
 from corral.worker.http2.stream import Stream
 from corral.worker.protocols import _Draining
 
@@ -78,14 +79,16 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         self.timeout_keep_alive_task: asyncio.TimerHandle | None = None
         limits = self.limits
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True,
-        ))  # fmt: skip
+            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
+            validate_inbound_headers=False, normalize_inbound_headers=False,
+        ))  # fmt: skip  # `_request` runs h2's inbound checks (remembered), `Stream._start` checks the heads sent
+        self.h2.encoder = CachingEncoder()
+        self.h2.decoder = CachingDecoder(limits.max_header_list_size)
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })  # fmt: skip
-        self.h2.decoder.max_header_list_size = limits.max_header_list_size  # before the client acknowledges
         self.streams: dict[int, Stream] = {}  # streams whose app task runs
         self.resets = Budget(limits.max_resets, RESET_WINDOW)
         self.control = Budget(limits.max_control_frames, CONTROL_WINDOW)
@@ -98,6 +101,8 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._flush_scheduled = False
+        self._heads: list[Stream] = []  # responses started whose head waits for a body or the end of the pass
+        self.checked = CheckedHeaders()
 
     # Connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -156,7 +161,9 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
                 self._flush()
                 self._close()
                 return
-            # TrailersReceived: request trailers are dropped; UnknownFrameReceived: ignored
+            elif isinstance(event, h2.events.TrailersReceived):  # dropped, once checked as h2 would
+                self._malformed(self.checked.problem(event.headers or [], trailers=True))
+            # UnknownFrameReceived: ignored
             if self._closed:
                 return
         if header_block_pending(self.h2) > self.limits.max_header_list_size:  # a CONTINUATION flood
@@ -195,7 +202,10 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             self._refuse(stream_id)
             self._count_reset()  # a client opening and resetting faster than its apps end: rapid reset
             return
-        scope = request_scope(self, event.headers or [])
+        raw = event.headers or []
+        if self._malformed(self.checked.problem(raw)):
+            return
+        scope = request_scope(self, raw)
         if scope is None:
             self._refuse(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -209,6 +219,13 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
             app = service_unavailable
         task = stream.task = self.loop.create_task(stream.run(app))
         self.tasks.add(task)
+
+    def _malformed(self, problem: str | None) -> bool:
+        """A malformed request ends the connection (GOAWAY PROTOCOL_ERROR), as h2 does."""
+        if problem is not None:
+            log.info("HTTP/2 connection from %s closed: %s", self.client, problem)
+            self._fail_quietly(ErrorCodes.PROTOCOL_ERROR)
+        return problem is not None
 
     def _refuse(self, stream_id: int, code: ErrorCodes = ErrorCodes.REFUSED_STREAM) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):  # the client may have reset it in the same read
@@ -239,6 +256,10 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
     def _acknowledge(self, stream_id: int, size: int) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.acknowledge_received_data(size, stream_id)
+
+    def head_ready(self, stream: Stream) -> None:
+        self._heads.append(stream)
+        self._flush_soon()
 
     def send_head(self, stream: Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         if self._closed or stream.disconnected:
@@ -347,6 +368,10 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
 
     # Output
     def _flush(self) -> None:
+        if self._heads:
+            heads, self._heads = self._heads, []
+            for stream in heads:
+                stream.flush_head()
         self._flush_scheduled = False
         data = self.h2.data_to_send()
         if data and not self._closed:
@@ -361,6 +386,9 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
     def _fail(self, code: ErrorCodes, why: str) -> None:
         """A connection error: GOAWAY with `code`, then close (the streams' apps see a disconnect)."""
         log.warning("HTTP/2 connection from %s closed: %s (GOAWAY %s)", self.client, why, code.name)
+        self._fail_quietly(code)
+
+    def _fail_quietly(self, code: ErrorCodes) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(code, last_stream_id=self.h2.highest_inbound_stream_id)
         self._linger()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from itertools import chain
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ class Connection(Protocol):
     def default_headers(self) -> list[tuple[bytes, bytes]]: ...
     def acknowledge(self, stream: Stream, size: int) -> None: ...
     def send_head(self, stream: Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None: ...
+    def head_ready(self, stream: Stream) -> None: ...
     async def send_data(self, stream: Stream, data: bytes, end: bool) -> None: ...
     def abort(self, stream: Stream) -> None: ...
     def body_stalled(self, stream: Stream) -> None: ...
@@ -198,8 +200,10 @@ class Stream:
         for name, value in given:
             name = bytes(name).lower()
             if name not in CONNECTION_HEADERS:
+                if not name or name[0] == 58:  # b":": a pseudo-header is the server's to send
+                    raise RuntimeError(f"Invalid HTTP header name {name!r}.")
                 headers.append((name, bytes(value)))
-        block = b"".join(name + value for name, value in headers)
+        block = b"".join(chain.from_iterable(headers))
         if b"\r" in block or b"\n" in block or b"\0" in block:  # what an HTTP/1.1 hop after us would split on
             raise RuntimeError("Invalid HTTP header: CR, LF or NUL in a name or value.")
         if message.get("trailers"):
@@ -207,7 +211,7 @@ class Stream:
         self.head = headers
         self.status = status
         self.started = True
-        self.connection.loop.call_soon(self._flush_head)  # a stream's head goes out even if its body waits
+        self.connection.head_ready(self)  # written at the end of the loop's pass even if the body waits
 
     def _write_head(self, end: bool) -> None:
         head = self.head
@@ -218,7 +222,7 @@ class Stream:
             metrics.record(self.status, perf_counter() - self.read_at)
         self.connection.send_head(self, head, end)
 
-    def _flush_head(self) -> None:
+    def flush_head(self) -> None:
         if self.head is not None and not self.disconnected and not self.complete:
             self._write_head(False)
 
