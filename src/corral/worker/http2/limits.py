@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import h2.settings
+
 
 @dataclass(frozen=True, slots=True)
 class H2Limits:
@@ -58,6 +60,24 @@ class Budget:
     def refund(self, amount: int) -> None:
         """Give back budget: each DATA frame sent earns the client two WINDOW_UPDATEs."""
         self._count -= amount
+
+
+class LocalSettings(h2.settings.Settings):
+    """The settings Corral advertises, with h2's own count of open streams set at twice the advertised limit.
+
+    RFC 9113, 5.1.2: a stream past the advertised limit is a stream error. h2 makes it a connection error, so its
+    count is only the last resort (h2 reads a whole packet before Corral sees its streams); Corral refuses the
+    stream itself (REFUSED_STREAM, which clients retry) and counts the refusal as a reset, so a client that keeps
+    ignoring the limit ends on the reset budget.
+    """
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return 2 * self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS]
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = value
 
 
 def header_block_pending(connection: Any) -> int:

@@ -36,6 +36,7 @@ from corral.worker.http2.limits import (
     RESET_WINDOW,
     Budget,
     H2Limits,
+    LocalSettings,
     header_block_pending,
 )
 from corral.worker.http2.scope import CheckedHeaders, request_scope
@@ -84,7 +85,7 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         ))  # fmt: skip  # `_request` runs h2's inbound checks (remembered), `Stream._start` checks the heads sent
         self.h2.encoder = CachingEncoder()
         self.h2.decoder = CachingDecoder(limits.max_header_list_size)
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        self.h2.local_settings = LocalSettings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
@@ -400,10 +401,11 @@ class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
         for stream in self.streams.values():
             stream.lost()
         # Linger: the client may still be sending; closing now would reset the connection and could lose the
-        # GOAWAY in its receive buffer. What arrives meanwhile is discarded unread.
+        # GOAWAY in its receive buffer. Reading stops: a flooding client's writes block on its side meanwhile.
         with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
             if self.transport.can_write_eof():
                 self.transport.write_eof()
+            self.transport.pause_reading()
         self.loop.call_later(LINGER, self.transport.close)
 
     def _close(self) -> None:
