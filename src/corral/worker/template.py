@@ -189,13 +189,9 @@ def preload_server_modules(settings: Options) -> None:
 
     config = uvicorn.Config(lambda *_: None, http=settings.http, log_config=None)
     config.get_loop_factory()
-    names = [
-        "uvicorn.lifespan.on",
-        "uvicorn.lifespan.off",
-        "uvicorn.protocols.websockets.auto",
-        "uvicorn.protocols.http.h11_impl",
-        "uvicorn.protocols.http.httptools_impl",
-    ]
+    names = ["uvicorn.lifespan.on", "uvicorn.lifespan.off", "uvicorn.protocols.websockets.auto"]
+    # The HTTP protocol the workers run: Corral's, or uvicorn's (only then its modules and h11)
+    names.append("corral.worker.http.protocol" if settings.http == "auto" else "corral.worker.uvicorn_http")
     ws_module = {"websockets": "websockets_impl", "websockets-sansio": "websockets_sansio_impl",
                  "wsproto": "wsproto_impl"}  # fmt: skip
     if settings.ws in ws_module:

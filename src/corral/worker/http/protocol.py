@@ -258,7 +258,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         if self.pipeline:
             self._run(self.pipeline.popleft())
         elif cycle is self.cycle and not self._in_head:
-            self._idle_at = self.loop.time()
+            self._idle_at = cycle.done_at or perf_counter()  # the clock the count read as the response went out
             if self._idle_timer is None:
                 self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
@@ -267,7 +267,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         idle_at = self._idle_at
         if idle_at is None or self.transport.is_closing():
             return
-        left = idle_at + self.timeout_keep_alive - self.loop.time()
+        left = idle_at + self.timeout_keep_alive - perf_counter()
         if left <= 0:
             self.transport.close()
         else:
