@@ -83,6 +83,8 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_continue = False
         self._upgrade_header = False  # an Upgrade header came: llhttp's verdict is asked only then
+        self._connection_header = False  # a Connection (or Proxy-Connection) header came
+        self._scope: dict[str, Any] | None = None  # what every request's scope on this connection starts from
 
     # Connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -145,6 +147,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.headers = []
         self.expect_continue = False
         self._upgrade_header = False
+        self._connection_header = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -158,6 +161,8 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             self.expect_continue = True
         elif name == b"upgrade":
             self._upgrade_header = True
+        elif name == b"connection" or name == b"proxy-connection":
+            self._connection_header = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -179,7 +184,10 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             return  # `data_received` hands the connection over
         raw_method = parser.get_method()
         method = METHODS.get(raw_method) or METHODS.setdefault(raw_method, raw_method.decode("ascii"))
-        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        # Without a Connection header llhttp keeps a request alive in HTTP/1.1 only (it refuses versions other than
+        # 0.9, 1.0, 1.1 and 2.0): the version need not be asked then, which formats a new string each time.
+        version = "1.1" if keep_alive and not self._connection_header else parser.get_http_version()
         if url[:1] == b"/" and b"#" not in url:
             raw_path, _, query = url.partition(b"?")
         else:
@@ -188,27 +196,30 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
-        root_path = self.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": self.asgi,
-            "http_version": version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "root_path": root_path,
-            "headers": headers,
-            "state": self.app_state.copy(),
-            "method": method,
-            "path": root_path + path if root_path else path,
-            "raw_path": self.raw_root + raw_path if root_path else raw_path,
-            "query_string": query,
-            "extensions": {"http.response.pathsend": PATHSEND},
-        }
+        scope = self._scope
+        if scope is None:  # made at the first request: a router may set the addresses after `connection_made`
+            scope = self._scope = {
+                "type": "http", "asgi": self.asgi, "http_version": "1.1", "server": self.server,
+                "client": self.client, "scheme": self.scheme, "root_path": self.root_path, "headers": [], "state": {},
+                "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "extensions": {},
+            }  # fmt: skip
+        scope = scope.copy()  # a copy of a dict with the same keys, cheaper than a new one (the values are set next)
+        scope["http_version"] = version
+        scope["headers"] = headers
+        scope["state"] = self.app_state.copy()
+        scope["method"] = method
+        if self.root_path:
+            scope["path"] = self.root_path + path
+            scope["raw_path"] = self.raw_root + raw_path
+        else:
+            scope["path"] = path
+            scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["extensions"] = {"http.response.pathsend": PATHSEND}
         http10 = version == "1.0"
         cycle = Cycle(
-            scope, self, not http10 and parser.should_keep_alive() and not self.draining, self.expect_continue,
-            method == "HEAD", http10,
+            scope, self, keep_alive and not http10 and not self.draining, self.expect_continue, method == "HEAD",
+            http10,
         )
         if self.timed:
             cycle.read_at = perf_counter()
