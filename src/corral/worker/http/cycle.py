@@ -337,7 +337,8 @@ class Cycle:
 
     def _finish(self) -> None:
         self.complete = True
-        self.wake()
+        if self.waiter is not None:
+            self.wake()
         if not self.keep_alive:
             self.transport.close()
         self.protocol.response_done(self)

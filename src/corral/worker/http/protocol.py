@@ -255,7 +255,9 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.tasks.add(task)
 
     def default_headers(self) -> bytes:
-        return self._defaults.get(self.server_state.default_headers)
+        defaults = self._defaults
+        headers = self.server_state.default_headers
+        return defaults.block if headers is defaults.source else defaults.get(headers)
 
     def response_done(self, cycle: Cycle) -> None:
         """A response ended: the next pipelined request starts, or the connection waits idle."""
@@ -265,7 +267,8 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             HttpProtocol.first_answer()
         if self.transport.is_closing():
             return
-        self.resume_reading()
+        if self.read_paused:
+            self.resume_reading()
         if self.pipeline:
             self._run(self.pipeline.popleft())
         elif cycle is self.cycle and not self._in_head:
