@@ -55,6 +55,11 @@ APP = """
         if path == "/block":
             import time
             time.sleep(3600)
+        if path == "/send":  # what the app's `send` is: the server's own, or a layer's around it
+            body = getattr(send, "__qualname__", "").encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
         status = {"/missing": 404, "/bogus": 999}.get(path, 200)
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"x" * 100})
@@ -457,6 +462,19 @@ def test_text_logs_use_corrals_format_for_uvicorns_lines(tmp_path: Path, corrals
     started = [line for line in corral.log.splitlines() if "Started server process" in line]
     assert started and all(re.match(r"\d\d:\d\d:\d\d \[worker [12]\] INFO ", line) for line in started), started
     assert "INFO:     " not in corral.log
+
+
+def test_corrals_protocol_writes_the_access_log_without_a_layer_around_the_app(
+    tmp_path: Path, corrals: list[Corral]
+) -> None:
+    """With the access log on, Corral's protocol logs each request itself: the app gets the protocol's own `send`,
+    not a closure made for the request, and the line is the same."""
+    corral, _ = serve(tmp_path, corrals, "-w", "2", "--access-log")
+    answer = corral.get("/send")
+    assert answer.status_code == 200 and answer.text == "Cycle.send"
+    wait_for(lambda: '"GET /send HTTP/1.1" 200 10B' in corral.log, 30, "the access log line")
+    assert corral.get("/missing?x=1").status_code == 404
+    wait_for(lambda: '"GET /missing?x=1 HTTP/1.1" 404 100B' in corral.log, 30, "the 404's access log line")
 
 
 def test_json_formatter_one_object_per_line_with_extra_fields() -> None:

@@ -12,8 +12,9 @@ system call, no lock per request. `publish`, called with each heartbeat and as t
 into the worker's cell (`corral.metrics_shm`), where the manager reads it for `/metrics` and `corral status`: the
 figures there are up to one heartbeat old. Requests in flight are stamped with the same heartbeat.
 
-The access log, when on, is an ASGI layer: it writes one line per request with the worker id, status, bytes and
-latency (to the response's end).
+The access log, when on, writes one line per request with the worker id, status, bytes and latency (to the app's
+end). It is an ASGI layer around the app (`Logged`), which Corral's own HTTP/1.1 protocol takes off and replaces:
+it logs where its cycle ends (`Logged.log`), with no closure per request.
 """
 
 from __future__ import annotations
@@ -121,9 +122,9 @@ class Logged:
         try:
             await self.app(scope, receive, logged)
         finally:
-            self._log(scope, status or 500, sent, perf_counter() - start)
+            self.log(scope, status or 500, sent, perf_counter() - start)
 
-    def _log(self, scope: Scope, status: int, sent: int, elapsed: float) -> None:
+    def log(self, scope: Scope, status: int, sent: int, elapsed: float) -> None:
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "-"
         path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from corral.metrics_shm import BOUNDS
 from corral.worker import metrics, shedding
 from corral.worker.http.head import CONTINUE, STATUS_LINE
-from corral.worker.metrics import FIRST_BOUND, ROW_OF, SUM, TABLE
+from corral.worker.metrics import FIRST_BOUND, ROW_OF, SUM, TABLE, Logged
 
 log = logging.getLogger("uvicorn.error")
 
@@ -86,6 +86,7 @@ class Cycle:
         "read_at",
         "remaining",
         "scope",
+        "sent",
         "started",
         "status",
         "task",
@@ -115,6 +116,7 @@ class Cycle:
         self.framing = LENGTH
         self.remaining = 0
         self.status = 0
+        self.sent = 0  # body bytes the app sent, for the access log
         self.head: bytes | None = None  # written with the first body message
         self.read_at = 0.0  # when the request's head was parsed, if responses are counted
         self.done_at = 0.0  # when the response was sent whole in one step, if counted: the connection's idle start
@@ -138,7 +140,9 @@ class Cycle:
             waiter.set_result(None)
 
     # ASGI
-    async def run(self, app: Any) -> None:
+    async def run(self, app: Any, access: Logged | None) -> None:
+        """Runs the app; with the access log on (`access`), logs the request as the app ends, as `Logged` does."""
+        start = perf_counter() if access is not None else 0.0
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
@@ -161,6 +165,8 @@ class Cycle:
                 self.transport.close()
         finally:
             self.protocol.tasks.discard(self.task)
+            if access is not None:
+                access.log(self.scope, self.status or 500, self.sent, perf_counter() - start)
 
     async def _send_500(self) -> None:
         await self.send({
@@ -218,7 +224,9 @@ class Cycle:
         elif self.complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
         elif kind == "http.response.body":
-            self._body(message.get("body", b""), message.get("more_body", False))
+            body = message.get("body", b"")
+            self.sent += len(body)
+            self._body(body, message.get("more_body", False))
         elif kind == "http.response.pathsend":
             return self._send_file(message["path"])
         else:

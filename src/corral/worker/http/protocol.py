@@ -29,6 +29,7 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from corral.worker.http.cycle import Cycle
 from corral.worker.http.head import DefaultHeaders, refusal, service_unavailable
 from corral.worker.http.limits import Limits, Refused, head_size
+from corral.worker.metrics import Logged
 from corral.worker.protocols import _Draining
 
 log = logging.getLogger("uvicorn.error")
@@ -47,6 +48,10 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             config.load()
         self.config = config
         self.app = config.loaded_app
+        self.access: Logged | None = None  # the access log, written here rather than by its layer around the app
+        if type(self.app) is Logged:  # (other protocols of the worker, uvicorn's WebSocket one, keep the layer)
+            self.access = self.app
+            self.app = self.access.app
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         self.connections: set[Any] = server_state.connections
@@ -251,7 +256,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         app = self.app
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             app = service_unavailable
-        task = cycle.task = self.loop.create_task(cycle.run(app))
+        task = cycle.task = self.loop.create_task(cycle.run(app, self.access if app is self.app else None))
         self.tasks.add(task)
 
     def default_headers(self) -> bytes:
