@@ -78,14 +78,14 @@ async def batch(protocol_class: type[Any], config: uvicorn.Config, state: Any, r
 
 def measure(app_name: str, metrics: bool, requests: int, batches: int) -> dict[str, float]:
     from corral.worker.http.protocol import HttpProtocol
-    from corral.worker.protocols import DrainingHttpToolsProtocol, DrainState
+    from corral.worker.protocols import DrainState, uvicorn_protocol_class
 
     module, _, attr = app_name.partition(":")
     app = getattr(__import__(module), attr)
     config = uvicorn.Config(app, lifespan="off", proxy_headers=False, log_level="warning", access_log=False)
     config.load()
     results = {}
-    for name, protocol_class in (("corral", HttpProtocol), ("uvicorn httptools", DrainingHttpToolsProtocol)):
+    for name, protocol_class in (("corral", HttpProtocol), ("uvicorn httptools", uvicorn_protocol_class("httptools"))):
         state = DrainState()
         state.default_headers = [(b"date", b"Sun, 06 Dec 2026 09:00:00 GMT")]
         times = [uvloop.run(batch(protocol_class, config, state, requests)) for _ in range(batches)]

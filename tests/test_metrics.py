@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,6 +55,11 @@ APP = """
         if path == "/block":
             import time
             time.sleep(3600)
+        if path == "/send":  # what the app's `send` is: the server's own, or a layer's around it
+            body = getattr(send, "__qualname__", "").encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
         status = {"/missing": 404, "/bogus": 999}.get(path, 200)
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"x" * 100})
@@ -110,15 +116,19 @@ def test_a_cell_sums_its_table_into_status_classes_and_buckets() -> None:
 
 def test_a_counted_response_lands_in_the_bucket_of_its_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bound belongs to its own bucket (Prometheus' `le`), the next float above it to the next one; statuses
-    outside 100..599 count as 5xx. The clock is fixed, so latencies are exact."""
+    outside 100..599 count as 5xx. The clock is fixed, so latencies are exact. The counts reach the shared cell
+    when the worker publishes them (with its heartbeat), not before."""
     from uvicorn.protocols.http import h11_impl, httptools_impl
 
-    from corral.worker import metrics, protocols
+    from corral.worker import metrics, protocols, uvicorn_http
 
     for owner, name in ((h11_impl, "RequestResponseCycle"), (httptools_impl, "RequestResponseCycle"),
-                        (protocols._Draining, "timed")):
+                        (protocols._Draining, "timed"), (uvicorn_http, "_counting"), (metrics, "_figures"),
+                        (metrics, "_cell")):
         monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
-    monkeypatch.setattr(metrics, "perf_counter", lambda: 0.0)
+    monkeypatch.setattr(uvicorn_http, "perf_counter", lambda: 0.0)
+    saved = metrics.TABLE[:]
+    metrics.TABLE[:] = [0] * metrics.TABLE_WORDS + [0.0]
 
     class Cycle:
         response_started = False
@@ -131,7 +141,7 @@ def test_a_counted_response_lands_in_the_bucket_of_its_latency(monkeypatch: pyte
     figures = RequestFigures.create(board.fd)
     try:
         metrics.count_requests(figures, 2)
-        counted = metrics._counted(Cycle)
+        counted = uvicorn_http._counted(Cycle)
         latencies = [0.0, *BOUNDS, *(math.nextafter(bound, math.inf) for bound in BOUNDS)]
         for status, latency in [(200, latency) for latency in latencies] + [(404, 0.0), (999, 0.0), ("x", 0.0)]:
             cycle = counted()
@@ -139,11 +149,15 @@ def test_a_counted_response_lands_in_the_bucket_of_its_latency(monkeypatch: pyte
             for message in ({"type": "http.response.start", "status": status}, {"type": "http.response.body"}):
                 with contextlib.suppress(StopIteration):
                     cycle.send(message).send(None)
+        assert figures.read(2) == Figures.zero()  # not published yet
+        metrics.publish(3)
         read = figures.read(2)
         assert read.status == (0, len(latencies), 0, 1, 2)
         assert read.buckets == (5, *([2] * (len(BOUNDS) - 1)), 1)
         assert read.latency_sum == pytest.approx(sum(latencies))
+        assert read.in_flight == 3
     finally:
+        metrics.TABLE[:] = saved
         figures.close()
         board.close()
 
@@ -238,12 +252,18 @@ def test_metrics_count_requests_by_status_and_latency(tmp_path: Path, corrals: l
         assert corral.get("/missing").status_code == 404
     assert corral.get("/boom").status_code == 500
     assert corral.get("/slow").status_code == 200
-    response = httpx.get(f"{admin}/metrics", timeout=30)
+
+    def scraped() -> tuple[httpx.Response, dict[str, float]]:
+        response = httpx.get(f"{admin}/metrics", timeout=30)
+        total = {code: sum(metric(response.text, "corral_requests_total", f'code="{code}",worker="{w}"')
+                           for w in (1, 2)) for code in ("2xx", "4xx", "5xx")}
+        return response, total
+
+    # the workers publish their counts with their heartbeat: the figures are up to one heartbeat old
+    response, total = wait_for(lambda: (r := scraped())[1]["2xx"] == 11 and r, 30, "the heartbeat's counts")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
-    total = {code: sum(metric(text, "corral_requests_total", f'code="{code}",worker="{w}"') for w in (1, 2))
-             for code in ("2xx", "4xx", "5xx")}
     assert total == {"2xx": 11, "4xx": 3, "5xx": 1}
     slow = sum(metric(text, "corral_request_duration_seconds_bucket", f'le="0.1",worker="{w}"') for w in (1, 2))
     everything = sum(metric(text, "corral_request_duration_seconds_count", f'worker="{w}"') for w in (1, 2))
@@ -260,6 +280,25 @@ def test_metrics_count_requests_by_status_and_latency(tmp_path: Path, corrals: l
         assert lint.returncode == 0, lint.stdout + lint.stderr
     elif sys.platform == "linux":
         pytest.fail("promtool is missing (Debian package prometheus, in scripts/apt-packages.txt)")
+
+
+def test_a_worker_publishes_its_last_counts_as_it_exits(tmp_path: Path, corrals: list[Corral]) -> None:
+    """Counts reach the shared cell with the heartbeat (once a second); those of a worker's last second are not
+    lost when it exits between two heartbeats: it publishes them as it ends, and the manager folds them."""
+    corral, admin = serve(tmp_path, corrals, "-w", "2", "--no-access-log")
+    for _ in range(6):
+        assert corral.get("/").status_code == 200
+    victims = corral.ready_pids()
+    for victim in victims:
+        os.kill(victim, signal.SIGTERM)  # each drains at once: no connection is open
+    wait_for(lambda: len(corral.ready_pids()) == 2 and not set(victims) & set(corral.ready_pids()), 60,
+             "two replacement workers")
+
+    def counted() -> float:
+        text = httpx.get(f"{admin}/metrics", timeout=30).text
+        return sum(metric(text, "corral_requests_total", f'code="2xx",worker="{w}"') for w in (1, 2))
+
+    assert wait_for(lambda: counted() >= 6, 30, "six requests counted") and counted() == 6
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
@@ -300,8 +339,10 @@ def test_status_has_recent_rates_and_percentiles(tmp_path: Path, corrals: list[C
     while time.monotonic() < deadline:
         assert corral.get("/").status_code == 200
         sent += 1
+    # the workers publish their counts with the heartbeat: up to one heartbeat late
     status = wait_for(lambda: (s := control_request(corral.control, {"cmd": "status"})) and
-                      s["pool"]["requests_per_second"] > 0 and s, 30, "a request rate")
+                      s["pool"]["requests_per_second"] > 0 and s["pool"]["requests_total"] == sent and s, 30,
+                      "a request rate and every request counted")
     pool = status["pool"]
     assert pool["requests_total"] == sent
     assert pool["requests_by_status"]["2xx"] == sent
@@ -421,6 +462,19 @@ def test_text_logs_use_corrals_format_for_uvicorns_lines(tmp_path: Path, corrals
     started = [line for line in corral.log.splitlines() if "Started server process" in line]
     assert started and all(re.match(r"\d\d:\d\d:\d\d \[worker [12]\] INFO ", line) for line in started), started
     assert "INFO:     " not in corral.log
+
+
+def test_corrals_protocol_writes_the_access_log_without_a_layer_around_the_app(
+    tmp_path: Path, corrals: list[Corral]
+) -> None:
+    """With the access log on, Corral's protocol logs each request itself: the app gets the protocol's own `send`,
+    not a closure made for the request, and the line is the same."""
+    corral, _ = serve(tmp_path, corrals, "-w", "2", "--access-log")
+    answer = corral.get("/send")
+    assert answer.status_code == 200 and answer.text == "Cycle.send"
+    wait_for(lambda: '"GET /send HTTP/1.1" 200 10B' in corral.log, 30, "the access log line")
+    assert corral.get("/missing?x=1").status_code == 404
+    wait_for(lambda: '"GET /missing?x=1 HTTP/1.1" 404 100B' in corral.log, 30, "the 404's access log line")
 
 
 def test_json_formatter_one_object_per_line_with_extra_fields() -> None:

@@ -4,11 +4,11 @@ The region lives in the scoreboard's memfd, after the scoreboard's cells, so wor
 descriptor they already inherit.
 
 Shared by the manager (creates the region, names each cell's slot before the fork, reads, folds the figures
-of dead workers) and the workers (count every request into their own cell, `corral.worker.metrics`). A request
-costs two writes to this mapping, no system call, no lock: one count in a table of status class by latency bucket
-(from which both the requests by status class and the latency histogram are summed), and its latency added to
-the sum. Counters are 64-bit and aligned, so a reader never sees a torn value; it may see a request counted a
-moment before its latency is added to the sum, which the next read fixes.
+of dead workers) and the workers (each copies its counts into its own cell with its heartbeat and as it exits,
+`corral.worker.metrics`): a table of status class by latency bucket (from which both the requests by status
+class and the latency histogram are summed), the latency sum, the requests in flight. Counters are 64-bit and
+aligned, so a reader never sees a torn value; it may see a request counted a moment before its latency is added
+to the sum, which the next read fixes.
 """
 
 from __future__ import annotations

@@ -11,23 +11,20 @@ and the first such stamp puts uvicorn's own classes back, so later requests pay 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, MutableMapping
 from types import ModuleType
 from typing import Any
 
-from uvicorn.protocols.http import h11_impl
-
 from corral.worker.http.protocol import HttpProtocol
 
-try:
-    from uvicorn.protocols.http import httptools_impl
-except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
-    httptools_impl = None  # type: ignore[assignment]
+UVICORN_PROTOCOLS = ("uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl")
 
 
 def stamp_on_first_answer(stamp: Callable[[], None]) -> None:
-    """Call `stamp` once, when the first response of this worker has been sent (any status)."""
-    modules: list[ModuleType] = [m for m in (h11_impl, httptools_impl) if m is not None]
+    """Call `stamp` once, when the first response of this worker has been sent (any status). Called once the
+    worker's HTTP protocol is chosen: uvicorn's modules are loaded then if it runs them (and only then)."""
+    modules: list[ModuleType] = [m for name in UVICORN_PROTOCOLS if (m := sys.modules.get(name)) is not None]
     originals = {module: module.RequestResponseCycle for module in modules}
     done = False
 

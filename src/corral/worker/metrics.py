@@ -2,30 +2,30 @@
 
 Requests are counted by the HTTP protocol the worker runs, not by an ASGI layer around the app: a layer costs a
 coroutine and a closure per request, measurable on a small endpoint (docs/benchmarks.md, "Metrics overhead").
-`count_requests` makes uvicorn build its request-response cycles from subclasses whose `send` counts the
-response as it starts, and has the protocol (`corral.worker.protocols`) stamp each cycle with the time its
-request's headers were parsed: a request's latency runs from then to its response's start (status and headers
-handed to the server).
+Corral's own protocol (`corral.worker.http`) calls `record` where it writes a response's head; with
+`--http h11|httptools`, uvicorn's cycles count through `corral.worker.uvicorn_http`. A request's latency runs
+from the parse of its headers to its response's start (status and headers handed to the server).
 
-A response is counted in the worker's cell (`corral.metrics_shm`) with two plain writes to a shared mapping, no
-system call, no lock: one count in the table of status class by latency bucket, and the latency added to the sum.
-Counting each response as it starts costs fewer instructions than batching the counts once per pass of the event
-loop, which an earlier version did (docs/benchmarks.md). Requests in flight are not counted here but stamped
-with the heartbeat (`stamp_in_flight`). The manager reads the cells for `/metrics` and `corral status`.
+A response is counted in a plain list of this process (`TABLE`: one count in the table of status class by latency
+bucket, and the latency added to the sum at its end), the cheapest write Python has: no shared memory, no
+system call, no lock per request. `publish`, called with each heartbeat and as the worker exits, copies the table
+into the worker's cell (`corral.metrics_shm`), where the manager reads it for `/metrics` and `corral status`: the
+figures there are up to one heartbeat old. Requests in flight are stamped with the same heartbeat.
 
-The access log, when on, is an ASGI layer: it writes one line per request with the worker id, status, bytes and
-latency (to the response's end).
+The access log, when on, writes one line per request with the worker id, status, bytes and latency (to the app's
+end). It is an ASGI layer around the app (`Logged`), which Corral's own HTTP/1.1 protocol takes off and replaces:
+it logs where its cycle ends (`Logged.log`), with no closure per request.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from array import array
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
-
-from uvicorn.protocols.http import h11_impl
 
 from corral.metrics_shm import (
     BOUNDS,
@@ -37,11 +37,6 @@ from corral.metrics_shm import (
     STATUS_CLASSES,
     RequestFigures,
 )
-
-try:
-    from uvicorn.protocols.http import httptools_impl
-except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
-    httptools_impl = None  # type: ignore[assignment]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,46 +52,47 @@ OTHER = (len(STATUS_CLASSES) - 1) * CLASS_STRIDE
 ROW_OF = {code: (code // 100 - 1) * CLASS_STRIDE for code in range(100, 600)}
 FIRST_BOUND = BOUNDS[0]  # a response within it skips the search: the common case where the cost shows most
 
-# Where this worker counts: set by `count_requests` (a worker serves one cell).
-_words: memoryview[int]
-_floats: memoryview[float]
-_counts = 0
-_latency = 0
+# This process's counts, laid out as the cell's table (rows of CLASS_STRIDE words), then the latency sum.
+TABLE_WORDS = len(STATUS_CLASSES) * CLASS_STRIDE
+SUM = TABLE_WORDS
+TABLE: list[Any] = [0] * TABLE_WORDS + [0.0]
+
+# Where this worker publishes: set by `count_requests` (a worker serves one cell).
+_figures: RequestFigures | None = None
+_cell = 0
 
 
-def _counted(cycle_class: type[Any]) -> type[Any]:
-    """A subclass of one of uvicorn's request-response cycles whose `send` counts the response as it starts.
-
-    `send` returns the server's own coroutine rather than being one; the read time the protocol stamps lives in a
-    slot rather than in each cycle's attribute dict."""
-    server_send = cycle_class.send
-
-    def send(self: Any, message: Message) -> Awaitable[None]:
-        if not self.response_started and message["type"] == "http.response.start":
-            elapsed = perf_counter() - self.read_at
-            try:
-                row = ROW_OF[message["status"]]
-            except (KeyError, TypeError):  # uvicorn fails such a response: the count says 5xx
-                row = OTHER
-            _words[_counts + row + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1
-            _floats[_latency] += elapsed
-        return server_send(self, message)  # type: ignore[no-any-return]
-
-    return type(f"Counted{cycle_class.__name__}", (cycle_class,), {"__slots__": ("read_at",), "send": send})
+def record(status: int, elapsed: float) -> None:
+    """Count one response, `elapsed` seconds after its request's head was parsed (any HTTP protocol of the
+    worker calls this where the response starts)."""
+    TABLE[ROW_OF.get(status, OTHER) + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1
+    TABLE[SUM] += elapsed
 
 
 def count_requests(figures: RequestFigures, cell: int) -> None:
-    """From now on, every HTTP request this worker answers counts into `cell`: uvicorn's cycles count, and the
-    protocols stamp the read time they count from (one switch for both, so neither runs without the other)."""
-    global _words, _floats, _counts, _latency
-    _words, _floats = figures.words, figures.floats
-    _counts, _latency = cell * CELL_WORDS + COUNTS, cell * CELL_WORDS + LATENCY_SUM
-    for module in (h11_impl, httptools_impl):
-        if module is not None:
-            module.RequestResponseCycle = _counted(module.RequestResponseCycle)  # type: ignore[attr-defined]
+    """From now on, every HTTP request this worker answers counts, and `publish` writes the counts to `cell`.
+    The protocols stamp each request with its read time, uvicorn's cycles count (when `--http h11|httptools`
+    loaded them): one switch for all, so that none runs without the others."""
+    global _figures, _cell
+    _figures, _cell = figures, cell
     from corral.worker.protocols import _Draining  # imported here: the protocols import this module
 
-    _Draining.timed = True  # the counted cycles need their read time: one switch for both
+    _Draining.timed = True
+    uvicorn_http = sys.modules.get("corral.worker.uvicorn_http")
+    if uvicorn_http is not None:  # else it counts as it is imported
+        uvicorn_http.count_cycles()
+
+
+def publish(in_flight: int) -> None:
+    """Copy the counts into the worker's cell, with the requests in flight (a gauge): called with the heartbeat
+    and as the worker exits. Each word is written whole, so a reader never sees a torn value; it may see a
+    request counted a moment before its latency is added to the sum, which the next read fixes."""
+    if _figures is None:
+        return
+    base = _cell * CELL_WORDS
+    _figures.words[base + COUNTS : base + COUNTS + TABLE_WORDS] = array("q", TABLE[:TABLE_WORDS])
+    _figures.floats[base + LATENCY_SUM] = TABLE[SUM]
+    _figures.words[base + IN_FLIGHT] = in_flight
 
 
 class Logged:
@@ -126,9 +122,9 @@ class Logged:
         try:
             await self.app(scope, receive, logged)
         finally:
-            self._log(scope, status or 500, sent, perf_counter() - start)
+            self.log(scope, status or 500, sent, perf_counter() - start)
 
-    def _log(self, scope: Scope, status: int, sent: int, elapsed: float) -> None:
+    def log(self, scope: Scope, status: int, sent: int, elapsed: float) -> None:
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "-"
         path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")
@@ -150,15 +146,3 @@ class Logged:
                 "duration_seconds": round(elapsed, 6),
             },
         )
-
-
-def stamp_in_flight(figures: RequestFigures, cell: int, requests: int) -> None:
-    """The requests being answered now, written with the heartbeat (a gauge: a second old at most)."""
-    figures.words[cell * CELL_WORDS + IN_FLIGHT] = requests
-
-
-def record(status: int, elapsed: float) -> None:
-    """Count one response of Corral's own protocol (`corral.worker.http`), `elapsed` seconds after its head was read."""
-    row = ROW_OF.get(status, OTHER)
-    _words[_counts + row + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1
-    _floats[_latency] += elapsed

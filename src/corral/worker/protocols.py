@@ -1,6 +1,6 @@
-"""How a worker's HTTP protocols drain (`_Draining`, shared with Corral's own, `corral.worker.http`), and uvicorn's
-HTTP protocols as a worker runs them for `--http h11|httptools`: they drain without losing a request, and note when each
-request was read for the metrics.
+"""How a worker's HTTP protocols drain (`_Draining`, shared by Corral's own, `corral.worker.http`, and uvicorn's,
+`corral.worker.uvicorn_http`): they drain without losing a request, and note when each request was read for the
+metrics.
 
 uvicorn closes an idle keep-alive connection the moment shutdown starts; a request the client sent at that
 instant is lost. Here an idle connection stays open for a short grace: a request arriving in it is answered
@@ -11,7 +11,7 @@ A connection the protocol gets after the drain began (its TLS handshake or PROXY
 at once; until then the drain waits for it in `DrainState.arriving`, for at most `ARRIVAL_WAIT`.
 
 With `--metrics`, each new request-response cycle is stamped with the time its request's headers were parsed;
-its `send` counts the response (`corral.worker.metrics`).
+the response is counted from then (`corral.worker.metrics`).
 
 A worker the manager asked to shed keep-alive clients (`corral.worker.shedding`) answers that many requests that
 would have kept their connection open with `Connection: close`; the clients reconnect through the shared accept
@@ -25,20 +25,11 @@ import select
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from corral.worker import shedding
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    HAS_HTTPTOOLS = True
-except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
-    HAS_HTTPTOOLS = False
-
 READ_FIRST = 0.01  # seconds: a timer due later than now comes after the loop's next read of the sockets
-CLOSE = (b"connection", b"close")
 PRUNE_AT = 64  # connections arriving: the least size at which `DrainState.arrive` prunes
 # How long a draining worker waits for connections still arriving: as long as a PROXY header may take (a TLS
 # handshake takes far less), not the 30 s handshake timeout, which a stalled handshake would add to every reload.
@@ -147,45 +138,9 @@ def _unread(transport: asyncio.BaseTransport) -> bool:
     return bool(poller.poll(0))
 
 
-class DrainingH11Protocol(_Draining, H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._after_connecting()
-
-    def handle_events(self) -> None:
-        previous = self.cycle
-        super().handle_events()
-        self._after_parsing(previous)
-
-    def _keeps_alive(self, cycle: Any) -> bool:
-        """h11 decides at the response; the request says it already: HTTP/1.1 without `Connection: close`."""
-        if cycle.scope["http_version"] != "1.1":
-            return False
-        return not any(name == b"connection" and b"close" in value.lower() for name, value in self.headers)
-
-    def _close_after(self, cycle: Any) -> None:
-        """uvicorn's h11 cycle closes without a `Connection: close`, so a client could send its next request into
-        a closing connection. With the header in the response, h11 closes after it, and the client knows."""
-        cycle.keep_alive = False
-        if not cycle.response_started and CLOSE not in cycle.default_headers:
-            cycle.default_headers = [*cycle.default_headers, CLOSE]
-
-
-if HAS_HTTPTOOLS:
-
-    class DrainingHttpToolsProtocol(_Draining, HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._after_connecting()
-
-        def on_headers_complete(self) -> None:
-            previous = self.cycle
-            super().on_headers_complete()
-            self._after_parsing(previous)
-
-
 def uvicorn_protocol_class(http: str) -> type[asyncio.Protocol]:
-    """uvicorn's protocol for `--http h11` or `--http httptools` (Corral's own is `corral.worker.http`)."""
-    if http == "httptools" and HAS_HTTPTOOLS:
-        return DrainingHttpToolsProtocol
-    return DrainingH11Protocol
+    """uvicorn's protocol for `--http h11` or `--http httptools` (Corral's own is `corral.worker.http`). Its
+    modules are imported only then: a worker on Corral's protocol does not carry them."""
+    from corral.worker.uvicorn_http import protocol_class
+
+    return protocol_class(http)

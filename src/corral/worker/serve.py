@@ -32,11 +32,12 @@ from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.shed_orders import ShedOrders
 from corral.tls.plan import https_enabled, https_port
+from corral.worker import metrics
 from corral.worker.busy import WorkerLoad
 from corral.worker.first_answer import stamp_on_first_answer
 from corral.worker.http import protocol_class
 from corral.worker.http.limits import Limits
-from corral.worker.metrics import Logged, count_requests, stamp_in_flight
+from corral.worker.metrics import Logged, count_requests
 from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining
 from corral.worker.shedding import Orders
 from corral.worker.spec import TemplateSpec
@@ -169,6 +170,7 @@ def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, chann
     except BaseException:
         log.exception("the worker stopped on an unexpected error")
     finally:
+        metrics.publish(0)  # the requests counted since the last heartbeat (nothing if metrics are off)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(code))
@@ -279,9 +281,14 @@ def _https_layer(
     return app, http_class, plain, tls
 
 
+def _quit(*_: object) -> None:
+    metrics.publish(0)  # the requests counted since the last heartbeat
+    os._exit(0)
+
+
 def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
-    signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+    signal.signal(signal.SIGQUIT, _quit)
     signal.signal(signal.SIGHUP, lambda *_: None)  # a reload meant for the manager (`pkill -HUP corral`)
     faulthandler.register(DUMP_STACKS, all_threads=True, chain=False)
     scoreboard = Scoreboard(spec.scoreboard_fd)
@@ -358,7 +365,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         requests = server.server_state.total_requests
         busy = load.sample()
         if settings.metrics:
-            stamp_in_flight(figures, cell, len(server.server_state.tasks))
+            metrics.publish(len(server.server_state.tasks))
         heartbeat = time.monotonic() if wsgi is None else stuck_since(wsgi)
         scoreboard.write(cell, Cell(pid, spec.generation, state, heartbeat, started_at, requests, connections, busy))
         stall.arm()

@@ -194,12 +194,9 @@ def preload_server_modules(settings: Options) -> None:
 
     config = uvicorn.Config(lambda *_: None, http=settings.http, log_config=None)
     config.get_loop_factory()
-    names = [
-        "uvicorn.lifespan.on",
-        "uvicorn.lifespan.off",
-        "uvicorn.protocols.http.h11_impl",
-        "uvicorn.protocols.http.httptools_impl",
-    ]
+    names = ["uvicorn.lifespan.on", "uvicorn.lifespan.off"]
+    # The HTTP protocol the workers run: Corral's, or uvicorn's (only then its modules and h11)
+    names.append("corral.worker.http.protocol" if settings.http == "auto" else "corral.worker.uvicorn_http")
     if https_enabled(settings) or settings.hsts or settings.forwarded_allow_ips or settings.proxy_protocol:
         names += ["corral.tls.http_app", "corral.tls.store", "corral.tls.worker"]
     if settings.http2:  # h2 itself only for ALPN; on plain listeners a worker imports it at its first h2c

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Generator
+from bisect import bisect_left
+from collections.abc import Awaitable, Generator, Iterable
 from time import perf_counter
 from typing import Any, Protocol
 
+from corral.metrics_shm import BOUNDS
 from corral.worker import metrics, shedding
 from corral.worker.http.head import CONTINUE, STATUS_LINE
+from corral.worker.metrics import FIRST_BOUND, ROW_OF, SUM, TABLE, Logged
 
 log = logging.getLogger("uvicorn.error")
 
@@ -48,6 +51,8 @@ JOIN_LIMIT = 65536  # a larger body is written beside its head (one writev), not
 FILE_CHUNK = 256 * 1024
 # Response framing
 LENGTH, CHUNKED, NONE, UNTIL_CLOSE = 0, 1, 2, 3
+UNSET = -1
+HEADS_KEPT = 64  # response header lists whose checked bytes are kept: most apps answer with a few over and over
 
 
 class _Done:
@@ -68,6 +73,7 @@ class Cycle:
         "chunks",
         "complete",
         "disconnected",
+        "done_at",
         "ended",
         "expect_continue",
         "framing",
@@ -80,6 +86,7 @@ class Cycle:
         "read_at",
         "remaining",
         "scope",
+        "sent",
         "started",
         "status",
         "task",
@@ -109,8 +116,10 @@ class Cycle:
         self.framing = LENGTH
         self.remaining = 0
         self.status = 0
+        self.sent = 0  # body bytes the app sent, for the access log
         self.head: bytes | None = None  # written with the first body message
-        self.read_at = 0.0
+        self.read_at = 0.0  # when the request's head was parsed, if responses are counted
+        self.done_at = 0.0  # when the response was sent whole in one step, if counted: the connection's idle start
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -131,7 +140,9 @@ class Cycle:
             waiter.set_result(None)
 
     # ASGI
-    async def run(self, app: Any) -> None:
+    async def run(self, app: Any, access: Logged | None) -> None:
+        """Runs the app; with the access log on (`access`), logs the request as the app ends, as `Logged` does."""
+        start = perf_counter() if access is not None else 0.0
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
@@ -154,6 +165,8 @@ class Cycle:
                 self.transport.close()
         finally:
             self.protocol.tasks.discard(self.task)
+            if access is not None:
+                access.log(self.scope, self.status or 500, self.sent, perf_counter() - start)
 
     async def _send_500(self) -> None:
         await self.send({
@@ -211,7 +224,9 @@ class Cycle:
         elif self.complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
         elif kind == "http.response.body":
-            self._body(message.get("body", b""), message.get("more_body", False))
+            body = message.get("body", b"")
+            self.sent += len(body)
+            self._body(body, message.get("more_body", False))
         elif kind == "http.response.pathsend":
             return self._send_file(message["path"])
         else:
@@ -224,30 +239,21 @@ class Cycle:
 
     def _start(self, message: dict[str, Any]) -> None:
         status = message["status"]
-        keep_alive = self.keep_alive
-        framing = -1
-        close_given = False
-        fields: list[bytes] = []
-        for name, value in message.get("headers", ()):
-            name = name.lower()
-            if name == b"content-length":
-                if framing == -1:
-                    self.remaining = int(value.decode())
-                    framing = LENGTH
-            elif name == b"transfer-encoding":
-                if value.lower() == b"chunked":
-                    self.remaining = 0
-                    framing = CHUNKED
-            elif name == b"connection" and b"close" in [token.strip() for token in value.lower().split(b",")]:
-                keep_alive = False
-                close_given = True
-            fields += (name, b": ", value, b"\r\n")
-        block = b"".join(fields)
-        lines = len(fields) >> 2
-        if block.count(b"\n") != lines or block.count(b"\r") != lines:  # what would split the response
-            raise RuntimeError("Invalid HTTP header: CR or LF in a name or value.")
+        fields = tuple(message.get("headers", ()))
+        try:
+            known = _HEADS.get(fields)
+        except TypeError:  # a field that is not a tuple of bytes: checked each time
+            known = _response_fields(fields)
+        else:
+            if known is None:
+                known = _response_fields(fields)
+                if len(_HEADS) >= HEADS_KEPT:
+                    _HEADS.clear()
+                _HEADS[fields] = known
+        block, framing, remaining, close_given = known
+        keep_alive = self.keep_alive and not close_given
         chunks = b""
-        if framing == -1:
+        if framing == UNSET:
             if self.head_only or status == 204 or status == 304:
                 framing = LENGTH
             elif self.http10:  # an HTTP/1.0 client knows no chunks: the body ends with the connection
@@ -261,6 +267,7 @@ class Cycle:
         extra = chunks if keep_alive or close_given else b"connection: close\r\n" + chunks
         self.head = b"".join((STATUS_LINE[status], self.protocol.default_headers(), block, extra, b"\r\n"))
         self.status = status
+        self.remaining = remaining
         self.framing = framing
         self.keep_alive = keep_alive
         self.started = True
@@ -272,7 +279,7 @@ class Cycle:
         head = self.head
         if head is not None and not self.disconnected:
             self.head = None
-            if self.protocol.timed:
+            if self.read_at:
                 metrics.record(self.status, perf_counter() - self.read_at)
             self.transport.write(head)
 
@@ -299,8 +306,14 @@ class Cycle:
         head = self.head
         if head is not None:
             self.head = None
-            if self.protocol.timed:
-                metrics.record(self.status, perf_counter() - self.read_at)
+            read_at = self.read_at
+            if read_at:  # counted: `metrics.record` inlined (the hot path), its clock read kept for the idle timer
+                now = perf_counter()
+                elapsed = now - read_at
+                TABLE[ROW_OF[self.status] + (0 if elapsed <= FIRST_BOUND else bisect_left(BOUNDS, elapsed))] += 1
+                TABLE[SUM] += elapsed
+                if not more_body:
+                    self.done_at = now
             if len(data) > JOIN_LIMIT:
                 self.transport.writelines((head, data))
             else:
@@ -332,7 +345,39 @@ class Cycle:
 
     def _finish(self) -> None:
         self.complete = True
-        self.wake()
+        if self.waiter is not None:
+            self.wake()
         if not self.keep_alive:
             self.transport.close()
         self.protocol.response_done(self)
+
+
+_HEADS: dict[tuple[Any, ...], tuple[bytes, int, int, bool]] = {}
+
+
+def _response_fields(fields: Iterable[Any]) -> tuple[bytes, int, int, bool]:
+    """An app's response header fields as the head's bytes (names lowercased), checked for what would split the
+    response, with the framing they ask for (`Content-Length`: LENGTH and the length, `Transfer-Encoding:
+    chunked`: CHUNKED, else UNSET) and whether they say `Connection: close`."""
+    framing = UNSET
+    remaining = 0
+    close_given = False
+    parts: list[bytes] = []
+    for name, value in fields:
+        name = name.lower()
+        if name == b"content-length":
+            if framing == UNSET:
+                remaining = int(value.decode())
+                framing = LENGTH
+        elif name == b"transfer-encoding":
+            if value.lower() == b"chunked":
+                remaining = 0
+                framing = CHUNKED
+        elif name == b"connection" and b"close" in [token.strip() for token in value.lower().split(b",")]:
+            close_given = True
+        parts += (name, b": ", value, b"\r\n")
+    block = b"".join(parts)
+    lines = len(parts) >> 2
+    if block.count(b"\n") != lines or block.count(b"\r") != lines:
+        raise RuntimeError("Invalid HTTP header: CR or LF in a name or value.")
+    return block, framing, remaining, close_given

@@ -26,15 +26,15 @@ class DefaultHeaders:
     """The server-wide headers as one block of bytes, rebuilt only when the server replaces its list (the Date
     header changes once a second): a response costs one identity check, not a join of each header."""
 
-    __slots__ = ("_source", "block")
+    __slots__ = ("block", "source")
 
     def __init__(self) -> None:
-        self._source: list[tuple[bytes, bytes]] | None = None
+        self.source: list[tuple[bytes, bytes]] | None = None
         self.block = b""
 
     def get(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        if headers is not self._source:
-            self._source = headers
+        if headers is not self.source:
+            self.source = headers
             self.block = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
         return self.block
 

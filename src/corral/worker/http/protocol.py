@@ -29,6 +29,7 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from corral.worker.http.cycle import Cycle
 from corral.worker.http.head import DefaultHeaders, refusal, service_unavailable
 from corral.worker.http.limits import Limits, Refused, head_size
+from corral.worker.metrics import Logged
 from corral.worker.protocols import _Draining
 
 log = logging.getLogger("uvicorn.error")
@@ -48,6 +49,10 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             config.load()
         self.config = config
         self.app = config.loaded_app
+        self.access: Logged | None = None  # the access log, written here rather than by its layer around the app
+        if type(self.app) is Logged:  # (other protocols of the worker, uvicorn's WebSocket one, keep the layer)
+            self.access = self.app
+            self.app = self.access.app
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         self.connections: set[Any] = server_state.connections
@@ -84,6 +89,8 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_continue = False
         self._upgrade_header = False  # an Upgrade header came: llhttp's verdict is asked only then
+        self._connection_header = False  # a Connection (or Proxy-Connection) header came
+        self._scope: dict[str, Any] | None = None  # what every request's scope on this connection starts from
 
     # Connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -149,6 +156,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         self.headers = []
         self.expect_continue = False
         self._upgrade_header = False
+        self._connection_header = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -162,6 +170,8 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             self.expect_continue = True
         elif name == b"upgrade":
             self._upgrade_header = True
+        elif name == b"connection" or name == b"proxy-connection":
+            self._connection_header = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -183,7 +193,10 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             return  # `data_received` hands the connection over
         raw_method = parser.get_method()
         method = METHODS.get(raw_method) or METHODS.setdefault(raw_method, raw_method.decode("ascii"))
-        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        # Without a Connection header llhttp keeps a request alive in HTTP/1.1 only (it refuses versions other than
+        # 0.9, 1.0, 1.1 and 2.0): the version need not be asked then, which formats a new string each time.
+        version = "1.1" if keep_alive and not self._connection_header else parser.get_http_version()
         if url[:1] == b"/" and b"#" not in url:
             raw_path, _, query = url.partition(b"?")
         else:
@@ -192,27 +205,30 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
-        root_path = self.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": self.asgi,
-            "http_version": version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "root_path": root_path,
-            "headers": headers,
-            "state": self.app_state.copy(),
-            "method": method,
-            "path": root_path + path if root_path else path,
-            "raw_path": self.raw_root + raw_path if root_path else raw_path,
-            "query_string": query,
-            "extensions": {"http.response.pathsend": PATHSEND},
-        }
+        scope = self._scope
+        if scope is None:  # made at the first request: a router may set the addresses after `connection_made`
+            scope = self._scope = {
+                "type": "http", "asgi": self.asgi, "http_version": "1.1", "server": self.server,
+                "client": self.client, "scheme": self.scheme, "root_path": self.root_path, "headers": [], "state": {},
+                "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "extensions": {},
+            }  # fmt: skip
+        scope = scope.copy()  # a copy of a dict with the same keys, cheaper than a new one (the values are set next)
+        scope["http_version"] = version
+        scope["headers"] = headers
+        scope["state"] = self.app_state.copy()
+        scope["method"] = method
+        if self.root_path:
+            scope["path"] = self.root_path + path
+            scope["raw_path"] = self.raw_root + raw_path
+        else:
+            scope["path"] = path
+            scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["extensions"] = {"http.response.pathsend": PATHSEND}
         http10 = version == "1.0"
         cycle = Cycle(
-            scope, self, not http10 and parser.should_keep_alive() and not self.draining, self.expect_continue,
-            method == "HEAD", http10,
+            scope, self, keep_alive and not http10 and not self.draining, self.expect_continue, method == "HEAD",
+            http10,
         )
         if self.timed:
             cycle.read_at = perf_counter()
@@ -244,11 +260,13 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         app = self.app
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             app = service_unavailable
-        task = cycle.task = self.loop.create_task(cycle.run(app))
+        task = cycle.task = self.loop.create_task(cycle.run(app, self.access if app is self.app else None))
         self.tasks.add(task)
 
     def default_headers(self) -> bytes:
-        return self._defaults.get(self.server_state.default_headers)
+        defaults = self._defaults
+        headers = self.server_state.default_headers
+        return defaults.block if headers is defaults.source else defaults.get(headers)
 
     def response_done(self, cycle: Cycle) -> None:
         """A response ended: the next pipelined request starts, or the connection waits idle."""
@@ -258,11 +276,12 @@ class HttpProtocol(_Draining, asyncio.Protocol):
             HttpProtocol.first_answer()
         if self.transport.is_closing():
             return
-        self.resume_reading()
+        if self.read_paused:
+            self.resume_reading()
         if self.pipeline:
             self._run(self.pipeline.popleft())
         elif cycle is self.cycle and not self._in_head:
-            self._idle_at = self.loop.time()
+            self._idle_at = cycle.done_at or perf_counter()  # the clock the count read as the response went out
             if self._idle_timer is None:
                 self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
@@ -271,7 +290,7 @@ class HttpProtocol(_Draining, asyncio.Protocol):
         idle_at = self._idle_at
         if idle_at is None or self.transport.is_closing():
             return
-        left = idle_at + self.timeout_keep_alive - self.loop.time()
+        left = idle_at + self.timeout_keep_alive - perf_counter()
         if left <= 0:
             self.transport.close()
         else:
