@@ -19,7 +19,8 @@ from corral.metrics_shm import RequestFigures
 from corral.scoreboard import Scoreboard
 from corral.shed_orders import ShedOrders
 from corral.worker import shedding
-from corral.worker.protocols import DrainState, uvicorn_protocol_class
+from corral.worker.protocols import DrainState
+from corral.worker.uvicorn_http import protocol_class as uvicorn_protocol_class
 from harness import wait_for
 
 

@@ -136,11 +136,3 @@ def _unread(transport: asyncio.BaseTransport) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     return bool(poller.poll(0))
-
-
-def uvicorn_protocol_class(http: str) -> type[asyncio.Protocol]:
-    """uvicorn's protocol for `--http h11` or `--http httptools` (Corral's own is `corral.worker.http`). Its
-    modules are imported only then: a worker on Corral's protocol does not carry them."""
-    from corral.worker.uvicorn_http import protocol_class
-
-    return protocol_class(http)

@@ -6,7 +6,6 @@ import asyncio
 
 from corral.worker.http.limits import Limits
 from corral.worker.http.protocol import HttpProtocol, configure
-from corral.worker.protocols import uvicorn_protocol_class
 
 
 def protocol_class(http: str, limits: Limits) -> type[asyncio.Protocol]:
@@ -14,4 +13,6 @@ def protocol_class(http: str, limits: Limits) -> type[asyncio.Protocol]:
     if http == "auto":
         configure(limits)
         return HttpProtocol
+    from corral.worker.uvicorn_http import protocol_class as uvicorn_protocol_class  # only then: h11 and more
+
     return uvicorn_protocol_class(http)
