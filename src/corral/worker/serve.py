@@ -28,7 +28,7 @@ from corral.errors import ExitCode
 from corral.heartbeat import heartbeat_interval
 from corral.metrics_shm import RequestFigures
 from corral.options import Options
-from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
+from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, serve_normally
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.shed_orders import ShedOrders
 from corral.tls.plan import https_enabled, https_port
@@ -37,6 +37,7 @@ from corral.worker.first_answer import stamp_on_first_answer
 from corral.worker.http import protocol_class
 from corral.worker.http.limits import Limits
 from corral.worker.metrics import Logged, count_requests, stamp_in_flight
+from corral.worker.parking import wait_for_promotion
 from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining
 from corral.worker.shedding import Orders
 from corral.worker.spec import TemplateSpec
@@ -161,11 +162,13 @@ def with_root_path(app: Any, root_path: str) -> Any:
     return rooted
 
 
-def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> None:
-    """Body of a forked worker; ends the process."""
+def run_worker(
+    spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket, park: int | None = None
+) -> None:
+    """Body of a forked worker; ends the process. `park`: a spare's end of its promotion pipe (`worker/parking.py`)."""
     code: int = ExitCode.ERROR
     try:
-        code = _serve(spec, settings, app, cell, channel_sock)
+        code = _serve(spec, settings, app, cell, channel_sock, park)
     except BaseException:
         log.exception("the worker stopped on an unexpected error")
     finally:
@@ -274,7 +277,9 @@ def _https_layer(
     return app, http_class, plain, tls
 
 
-def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> int:
+def _serve(
+    spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket, park: int | None
+) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
     signal.signal(signal.SIGHUP, lambda *_: None)  # a reload meant for the manager (`pkill -HUP corral`)
@@ -311,8 +316,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         count_requests(figures, cell)
     if settings.root_path:
         app = with_root_path(app, settings.root_path)
-    if settings.access_log:
-        app = Logged(app, figures.slot(cell))
+    logged = Logged(app, figures.slot(cell)) if settings.access_log else None
+    app = logged or app
     config = uvicorn.Config(
         app,
         http=http_class,
@@ -384,6 +389,7 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)
         # in the server's task: AnyIO's thread limiter is per loop
         load.threadpool.start(None if wsgi is None else wsgi.occupancy)
+        serve_normally()  # the short time slice of a starting worker (`process.start_quickly`) ends here
         stamp()
         report("ready")
 
@@ -394,6 +400,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             stamp()
             await asyncio.sleep(interval)
 
+    stopped_parked: list[bool] = []  # a spare told to stop before it served
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         _dump_tasks_too(loop)
@@ -401,6 +409,16 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             loop.add_signal_handler(RELOAD_CERTIFICATES, tls.reload)
         beat = asyncio.create_task(heartbeat())
         try:
+            if park is not None:  # a spare: all is ready but the app's lifespan startup and the listeners
+                config.load()
+                slot = await wait_for_promotion(park, server.begin_drain)
+                if slot is None:
+                    stopped_parked.append(True)
+                    return
+                figures.set_slot(cell, slot)  # the slot it now fills: the next spare takes it from here
+                logs.configure_from(settings, f"worker {slot}", worker=slot)
+                if logged is not None:
+                    logged.worker = slot
             await server.serve(sockets=sockets)
         finally:
             beat.cancel()
@@ -415,6 +433,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
                    traceback=clip(startup_errors.traceback))
             return ExitCode.APP_FAILED_TO_START
         return int(exc.code or 0) if isinstance(exc.code, int) else ExitCode.ERROR
+    if stopped_parked:
+        return ExitCode.OK
     if not server.started:
         report("boot_failed", error=startup_errors.cause or "the server did not start",
                traceback=clip(startup_errors.traceback))
