@@ -131,9 +131,12 @@ def _kernel_has_custom_slices() -> bool:
 
 
 @pytest.mark.skipif(not _kernel_has_custom_slices(), reason="custom time slices need Linux 6.12 (EEVDF)")
-def test_the_template_waits_for_a_cpu_less_than_the_workers_it_forks(corrals: list[Corral], tmp_path: Path) -> None:
-    """The template (which reaps, promotes the spare and forks) asks for a short time slice, so a busy pool does
-    not keep it from running when a worker dies; a worker keeps it while it starts, and serves with the default."""
+def test_the_template_and_a_parked_spare_wait_for_a_cpu_less_than_serving_workers(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """The template (which reaps and wakes the spare) and a parked spare ask for a short time slice, so a busy pool
+    does not keep them from running when a worker dies; workers serve with the default slice, a promoted spare
+    too."""
     started = tmp_path / "started"
     started.mkdir()
     write_app(tmp_path, APP)
@@ -144,3 +147,15 @@ def test_the_template_waits_for_a_cpu_less_than_the_workers_it_forks(corrals: li
     default = _time_slice(corral.process.pid)  # the manager's: untouched
     assert _time_slice(template) == 100_000 < default
     assert [_time_slice(pid) for pid in workers] == [default, default]
+    assert corral.get("/pid").status_code == 200  # one of them has answered: the first crash while serving
+    crash(corral)
+    spare = one_spare(corral)["pid"]
+    assert _time_slice(spare) == 100_000
+    for _ in range(10):  # until the crash reaches the worker that answered: the spare takes its place
+        if spare in corral.ready_pids():
+            break
+        corral.get("/pid")
+        crash(corral)
+        wait_for(lambda: len(corral.ready_pids()) == 2, what="2 ready workers")
+    assert spare in corral.ready_pids(), corral.log
+    assert _time_slice(spare) == default

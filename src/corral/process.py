@@ -67,8 +67,9 @@ def _sched_attr(values: tuple[int, ...] | None = None) -> tuple[int, ...] | None
 def start_quickly(slice_ns: int = 100_000) -> None:
     """Ask the scheduler for a short time slice (Linux 6.12+, EEVDF; no privilege needed, nice and policy kept):
     when such a process wakes, it runs before the tasks that hold a long slice instead of after them. For the
-    template and the workers it forks until they serve: on a busy host a replacement is not left waiting behind
-    the serving workers for a CPU at every step. Older kernels ignore it."""
+    processes that sleep and wake for a short burst when a worker dies (the template that reaps it, the parked
+    spare that takes its place), so that on a busy host they do not wait behind the serving workers for a CPU.
+    Older kernels ignore it."""
     attr = _sched_attr()
     if attr is None or attr[1] not in _FAIR_POLICIES:
         return
@@ -77,7 +78,8 @@ def start_quickly(slice_ns: int = 100_000) -> None:
 
 
 def serve_normally() -> None:
-    """Back to the kernel's default slice after `start_quickly` (a worker, once it serves)."""
+    """Back to the kernel's default slice after `start_quickly` (a worker forked by the template, a spare once it
+    serves)."""
     attr = _sched_attr() if _quick else None
     if attr is not None:
         _sched_attr((*attr[:5], 0, *attr[6:]))  # 0: the default slice (the sysctl's), not a custom one

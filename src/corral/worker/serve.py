@@ -389,7 +389,7 @@ def _serve(
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)
         # in the server's task: AnyIO's thread limiter is per loop
         load.threadpool.start(None if wsgi is None else wsgi.occupancy)
-        serve_normally()  # the short time slice of a starting worker (`process.start_quickly`) ends here
+        serve_normally()  # a promoted spare's short time slice (`process.start_quickly`) ends here
         stamp()
         report("ready")
 
