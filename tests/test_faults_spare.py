@@ -10,6 +10,7 @@ before the crash. Real processes on loopback; the crashes are real `os._exit` ca
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def test_a_serving_crash_is_replaced_by_the_spare_parked_before_it(corrals: list
     # Parked: it accepts nothing (every request goes to the one worker) and its app has not started.
     assert {corral.get("/pid").text for _ in range(20)} == {str(second)}
     assert not (started / str(spare)).exists()
+    table = run_cli("status", "--control", str(corral.control), env={**os.environ, "COLUMNS": "200"}).stdout
+    assert re.search(rf"spare\W+{spare}\W+parked", table), table  # `corral status` shows it on its own row
 
     crash(corral)  # the worker that answered above dies: the template wakes the spare in its slot
     third = serving_pid(corral, {first, second})

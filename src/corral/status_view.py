@@ -39,17 +39,17 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     )
     for column in ("worker", "pid", "state", "gen", "uptime", "restarts", "requests", "cpu", "private mem", "pss"):
         table.add_column(column, justify="right" if column not in ("state",) else "left")
-    state_style = {"ready": "green", "starting": "yellow", "draining": "magenta"}
+    state_style = {"ready": "green", "starting": "yellow", "draining": "magenta", "parked": "cyan"}
     for name, process, state in [
         ("manager", status.get("manager"), ""),
         *((f"template {t['generation']}", t, t["phase"]) for t in status.get("templates", [])),
     ]:
         if process:
             table.add_row(name, str(process["pid"]), state, "", "", "", "", "", *_memory(process))
-    for worker in status["workers"]:
+    for worker in [*status["workers"], *status.get("spares", [])]:  # a spare: parked, accepting nothing
         uss = worker.get("memory_uss")
         table.add_row(
-            str(worker["id"]),
+            "spare" if worker["state"] == "parked" else str(worker["id"]),
             str(worker["pid"] or "-"),
             f"[{state_style.get(worker['state'], 'white')}]{worker['state']}[/]",
             str(worker["generation"]),
