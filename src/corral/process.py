@@ -9,7 +9,6 @@ import ctypes.util
 import functools
 import os
 import signal
-import struct
 import sys
 from pathlib import Path
 
@@ -43,46 +42,6 @@ def die_with_parent(expected_parent: int, sig: signal.Signals = signal.SIGKILL) 
         _libc().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if os.getppid() != expected_parent:
         os._exit(1)
-
-
-_SCHED_ATTR = struct.Struct("=IIQiIQQQII")  # struct sched_attr
-_SCHED_CALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}  # sched_setattr, sched_getattr
-_FAIR_POLICIES = (0, 3)  # SCHED_OTHER, SCHED_BATCH
-_quick: list[bool] = []  # set once `start_quickly` took effect; inherited by a fork
-
-
-def _sched_attr(values: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
-    """Read (or, given `values`, write) this process's scheduling attributes; None where not available."""
-    calls = _SCHED_CALLS.get(os.uname().machine) if sys.platform == "linux" else None
-    if calls is None:
-        return None
-    buffer = ctypes.create_string_buffer(_SCHED_ATTR.pack(*values) if values else _SCHED_ATTR.size)
-    if values is not None:
-        return values if _libc().syscall(calls[0], 0, buffer, 0) == 0 else None
-    if _libc().syscall(calls[1], 0, buffer, _SCHED_ATTR.size, 0) != 0:
-        return None
-    return tuple(_SCHED_ATTR.unpack(buffer.raw))
-
-
-def start_quickly(slice_ns: int = 100_000) -> None:
-    """Ask the scheduler for a short time slice (Linux 6.12+, EEVDF; no privilege needed, nice and policy kept):
-    when such a process wakes, it runs before the tasks that hold a long slice instead of after them. For the
-    processes that sleep and wake for a short burst when a worker dies (the template that reaps it, the parked
-    spare that takes its place), so that on a busy host they do not wait behind the serving workers for a CPU.
-    Older kernels ignore it."""
-    attr = _sched_attr()
-    if attr is None or attr[1] not in _FAIR_POLICIES:
-        return
-    if _sched_attr((*attr[:5], slice_ns, *attr[6:])) is not None and not _quick:
-        _quick.append(True)
-
-
-def serve_normally() -> None:
-    """Back to the kernel's default slice after `start_quickly` (a worker forked by the template, a spare once it
-    serves)."""
-    attr = _sched_attr() if _quick else None
-    if attr is not None:
-        _sched_attr((*attr[:5], 0, *attr[6:]))  # 0: the default slice (the sysctl's), not a custom one
 
 
 def become_subreaper() -> None:

@@ -28,7 +28,7 @@ from corral.errors import ExitCode
 from corral.heartbeat import heartbeat_interval
 from corral.metrics_shm import RequestFigures
 from corral.options import Options
-from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES, serve_normally
+from corral.process import DUMP_STACKS, RELOAD_CERTIFICATES
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.shed_orders import ShedOrders
 from corral.tls.plan import https_enabled, https_port
@@ -389,7 +389,6 @@ def _serve(
         logging.getLogger("uvicorn.error").removeFilter(startup_errors)
         # in the server's task: AnyIO's thread limiter is per loop
         load.threadpool.start(None if wsgi is None else wsgi.occupancy)
-        serve_normally()  # a promoted spare's short time slice (`process.start_quickly`) ends here
         stamp()
         report("ready")
 

@@ -29,9 +29,7 @@ from corral.process import (
     die_with_parent,
     kill_adopted,
     kill_group,
-    serve_normally,
     set_process_title,
-    start_quickly,
 )
 from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled
@@ -85,7 +83,6 @@ class Template:
         # From now on the template outlives the manager long enough to take the app's processes with it:
         # SIGHUP on the manager's death (instead of SIGKILL) kills every worker, then the orphans they leave.
         die_with_parent(self.spec.manager_pid, signal.SIGHUP)
-        start_quickly()  # the template, and a spare until it serves: processes that wake for a short burst
         selector = selectors.DefaultSelector()
         selector.register(self.channel, selectors.EVENT_READ)
         selector.register(self.wakeup_read, selectors.EVENT_READ)
@@ -163,8 +160,6 @@ class Template:
             become_subreaper()  # the app's orphans stay below this worker while it lives
             die_with_parent(template_pid)
             set_process_title(f"corral-w{self.spec.generation}")
-            if park is None:
-                serve_normally()  # a worker's setup is no short burst: the default slice, as it will serve with
             run_worker(self.spec, self.settings, self.app, cell, self.channel, park[0] if park else None)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also here, so that no kill of the group can come before the child's own call
