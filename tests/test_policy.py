@@ -64,6 +64,14 @@ def test_a_proven_worker_resets_its_slot_backoff() -> None:
     assert policy.restart_delay(policy.failures_after_exit(0, None, 0, backoff), backoff) == 0.0
 
 
+def test_a_spare_is_kept_only_while_workers_crash_while_serving() -> None:
+    assert not policy.keep_spare(100.0, None)  # no crash yet: no spare, no memory spent
+    assert policy.keep_spare(100.0, 99.0)
+    assert policy.keep_spare(100.0, 100.0 - policy.SPARE_WINDOW)
+    assert not policy.keep_spare(100.0, 99.0 - policy.SPARE_WINDOW)  # crashes stopped: the spare goes
+    assert not policy.keep_spare(100.0, 95.0, window=4.0)
+
+
 def test_backoff_never_leaves_the_pool_empty() -> None:
     assert policy.start_despite_backoff(ready_or_starting=0, waiting_slots=3)
     assert not policy.start_despite_backoff(ready_or_starting=1, waiting_slots=3)

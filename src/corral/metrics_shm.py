@@ -107,6 +107,10 @@ class RequestFigures:
     def slot(self, cell: int) -> int:
         return int(self.words[cell * CELL_WORDS + SLOT])
 
+    def set_slot(self, cell: int, slot: int) -> None:
+        """A promoted spare's new slot, written by the spare itself (worker/parking.py)."""
+        self.words[cell * CELL_WORDS + SLOT] = slot
+
     def close(self) -> None:
         self.words.release()
         self.floats.release()

@@ -8,7 +8,7 @@ from typing import Any
 from corral.terminal import Cell, Terminal
 from corral.text import format_bytes, plural
 
-STATE_STYLE = {"ready": "green", "starting": "yellow", "draining": "magenta"}
+STATE_STYLE = {"ready": "green", "starting": "yellow", "draining": "magenta", "parked": "cyan"}
 COLUMNS = (("worker", True), ("pid", True), ("state", False), ("gen", True), ("uptime", True), ("restarts", True),
            ("requests", True), ("cpu", True), ("private mem", True), ("pss", True))  # fmt: skip
 
@@ -41,10 +41,10 @@ def print_status(status: dict[str, Any], terminal: Terminal) -> None:
     ]:
         if process:
             rows.append([name, str(process["pid"]), state, "", "", "", "", "", *_memory(process)])
-    for worker in status["workers"]:
+    for worker in [*status["workers"], *status.get("spares", [])]:  # a spare: parked, accepting nothing
         uss = worker.get("memory_uss")
         rows.append([
-            str(worker["id"]),
+            "spare" if worker["state"] == "parked" else str(worker["id"]),
             str(worker["pid"] or "-"),
             (str(worker["state"]), STATE_STYLE.get(worker["state"], "")),
             str(worker["generation"]),

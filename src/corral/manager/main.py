@@ -245,7 +245,8 @@ async def _serve(
     pool_metrics = PoolMetrics(supervisor, figures, [sock for sock, _ in listeners], app_metrics, admin.started_at)
     supervisor.on_ready.append(
         lambda: print_banner(
-            settings, target, listeners + plain, sorted(w.pid for w in supervisor.workers.values() if w.pid),
+            settings, target, listeners + plain,
+            sorted(w.pid for w in supervisor.workers.values() if w.pid and w.state != "parked"),
             control_path, state_dir, admin.socket, admin.paths,
         )
     )

@@ -53,6 +53,19 @@ def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
     return min(backoff.maximum, delay)
 
 
+SPARE_WINDOW = 60.0  # seconds after a crash while serving during which a spare worker is kept parked
+
+
+def keep_spare(now: float, last_serving_crash: float | None, window: float = SPARE_WINDOW) -> bool:
+    """Keep one spare worker parked while workers crash while serving (one did within `window`).
+
+    The template promotes it at once in place of a worker that dies after answering a request, so a pool whose
+    workers die on requests does not wait for a fork and a worker's setup on a busy host (worker/parking.py).
+    A pool that does not crash pays nothing: no spare until the first crash, none once crashes stop.
+    """
+    return last_serving_crash is not None and now - last_serving_crash <= window
+
+
 def start_despite_backoff(ready_or_starting: int, waiting_slots: int) -> bool:
     """Backoff never leaves the pool at zero: with no worker ready or starting, one waiting slot starts now.
 

@@ -25,6 +25,8 @@ from corral.scoreboard import CELLS, CellState, Scoreboard
 
 log = logging.getLogger("corral")
 
+SPARE_SLOT = 0  # the slot of a parked spare: none of 1..N until it is promoted
+
 
 @dataclass
 class Worker:
@@ -33,7 +35,7 @@ class Worker:
     generation: int
     forked_at: float
     pid: int | None = None
-    state: str = "starting"  # starting, ready, draining
+    state: str = "starting"  # starting, ready, draining; parked: a spare (slot 0) until promoted
     started_at: float = field(default_factory=time.time)
     ready_at: float | None = None
     stop_reason: str | None = None  # set when the manager asked it to stop: its exit is not a crash
@@ -54,7 +56,8 @@ class Pool:
         self.on_worker_forked: list[Callable[[Worker], object]] = []  # before the template is asked to fork
         self.on_worker_gone: list[Callable[[Worker], object]] = []
 
-    def fork(self, slot: int, generation: Generation) -> Worker:
+    def fork(self, slot: int, generation: Generation, spare: bool = False) -> Worker:
+        """Ask the template for a worker in `slot`; a spare (slot 0) parks until the template promotes it."""
         used = set(self.workers)
         cell = next(i for i in range(CELLS) if i not in used)
         self.scoreboard.reset(cell, generation.number)
@@ -62,11 +65,27 @@ class Pool:
             self.settings.max_requests, self.settings.max_requests_jitter, random.random()
         )
         worker = Worker(slot, cell, generation.number, time.monotonic(), request_limit=limit)
+        if spare:
+            worker.slot, worker.state = SPARE_SLOT, "parked"
         self.workers[cell] = worker
         for hook in self.on_worker_forked:
             hook(worker)
-        generation.send({"op": "fork", "cell": cell})
+        generation.send({"op": "fork", "cell": cell, **({"spare": True} if spare else {})})
         return worker
+
+    def promoted(self, spare: Worker | None, dead: Worker) -> None:
+        """The template woke the spare in place of `dead` (its standing order): the spare takes the slot. If the
+        slot needs no one (the manager had asked `dead` to stop, or another worker fills it), the spare drains."""
+        if spare is None or spare.state != "parked":
+            return
+        spare.slot, spare.state, spare.forked_at = dead.slot, "starting", time.monotonic()
+        log.info("worker %d (pid %s): the spare (pid %s) takes its place", dead.slot, dead.pid, spare.pid)
+        filled = any(
+            w.slot == dead.slot and w is not spare and w is not dead and w.generation == spare.generation
+            and not w.replacing and w.stop_reason is None for w in self.workers.values()
+        )
+        if filled or (dead.stop_reason is not None and dead.fault is None):
+            self.drain(spare, "its slot is filled")
 
     def became_ready(self, worker: Worker) -> bool:
         """A worker's `ready` message; False when it was not starting (a late or repeated message)."""
@@ -91,6 +110,9 @@ class Pool:
 
     def of_generation(self, number: int) -> list[Worker]:
         return [w for w in self.workers.values() if w.generation == number]
+
+    def spares(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state == "parked"]
 
     def ready_workers(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == "ready")

@@ -47,7 +47,7 @@ class Recycler:
         (draining workers too: keep-alive clients still reach them)."""
         limit = self.settings.max_memory
         for worker in self.pool.workers.values():
-            if not worker.pid or worker.state == "starting" or worker.memory_killed or worker.fault:
+            if not worker.pid or worker.state in ("starting", "parked") or worker.memory_killed or worker.fault:
                 continue
             if not policy.memory_check(resources.rss(worker.pid), limit):
                 worker.memory_uss = None

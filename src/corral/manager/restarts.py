@@ -39,6 +39,7 @@ class Restarts:
         self.failed_starts: list[float] = []
         self.last_proof: float | None = None
         self.crashes = 0  # proven workers that died
+        self.last_crash: float | None = None  # when a proven worker last died (a spare is kept a while after)
         self.failed = 0  # failed starts, all time
 
     def slot(self, number: int) -> Slot:
@@ -54,7 +55,7 @@ class Restarts:
         crash = policy.proved(ready_for, answered, self.backoff)
         if crash:
             self.crashes += 1
-            self.last_proof = now
+            self.last_proof = self.last_crash = now
         else:
             self._failed_start(now)
         return Verdict(crash, delay, slot.failures)

@@ -2,7 +2,7 @@
 
 The target changes by `corral scale`, TTIN/TTOU or the autoscaler's decision (`Supervisor.scale`); each tick,
 `reconcile` forks the slots up to the target that have no worker (unless they wait in backoff) and drains those
-above it.
+above it; `tend_spare` keeps the spare worker that replaces crashed ones at once.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from corral.manager import policy, resources
 from corral.manager.generation import Generation
-from corral.manager.pool import Pool, Worker
+from corral.manager.pool import SPARE_SLOT, Pool, Worker
 from corral.manager.restarts import Restarts
+from corral.scoreboard import CELLS
 
 if TYPE_CHECKING:
     from corral.manager.autoscaler import AutoscaleDecision, Autoscaler
@@ -62,7 +63,7 @@ def reconcile(
         if not active and now >= book.slot(slot_number).next_start:
             fork(slot_number, current)
     waiting = book.waiting(range(1, target + 1), now)
-    serving = sum(1 for w in pool.workers.values() if w.state != "draining" and w.stop_reason is None)
+    serving = sum(1 for w in pool.workers.values() if w.state not in ("draining", "parked") and w.stop_reason is None)
     if policy.start_despite_backoff(serving, len(waiting)):
         slot_number = min(waiting, key=lambda n: book.slot(n).next_start)
         log.warning("worker %d: starting before its backoff ends: no worker is ready", slot_number)
@@ -87,3 +88,16 @@ def memory_plan(
     in_use = shared + sum(private)
     available = resources.memory_available() + in_use
     return policy.plan_memory(wanted, explicit, max(private, default=0), shared, available)
+
+
+def tend_spare(pool: Pool, book: Restarts, current: Generation, now: float) -> None:
+    """One spare of the current generation parked while `policy.keep_spare` says so; any other one drains. A spare
+    that died on its own waits out its backoff like a slot (`SPARE_SLOT` in the restart book)."""
+    wanted = policy.keep_spare(now, book.last_crash)
+    spares = pool.spares()
+    for spare in spares:
+        if not wanted or spare.generation != current.number:
+            pool.drain(spare, "no spare needed")
+    have = any(s.generation == current.number for s in spares)
+    if wanted and not have and now >= book.slot(SPARE_SLOT).next_start and len(pool.workers) < CELLS - 1:
+        pool.fork(SPARE_SLOT, current, spare=True)

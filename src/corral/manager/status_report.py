@@ -31,13 +31,14 @@ def pool_status(
     autoscaler: dict[str, Any] | None,
 ) -> dict[str, Any]:
     workers = worker_rows(pool, sampler, book)
+    spares = worker_rows(pool, sampler, book, parked=True)
     templates = [
         {"generation": g.number, "pid": g.process.pid, "phase": g.phase.value, **memory_of(sampler, g.process.pid)}
         for g in generations
     ]
     manager: dict[str, Any] = {"pid": os.getpid(), **memory_of(sampler, os.getpid())}
     tree = resources.tree_pss(os.getpid())
-    listed = {p["pid"] for p in [manager, *templates, *workers]}
+    listed = {p["pid"] for p in [manager, *templates, *workers, *spares]}
     return {
         "manager_pid": os.getpid(),
         "manager": manager,
@@ -53,14 +54,20 @@ def pool_status(
         "stopping": stopping,
         "templates": templates,
         "workers": workers,
+        "spares": spares,  # parked while workers crash while serving: not serving, replaces a crashed one at once
         "certificates": certificates,
         "autoscaler": autoscaler,
     }
 
 
-def worker_rows(pool: Pool, sampler: resources.ProcessSampler, book: Restarts) -> list[dict[str, Any]]:
+def worker_rows(
+    pool: Pool, sampler: resources.ProcessSampler, book: Restarts, parked: bool = False
+) -> list[dict[str, Any]]:
+    """The workers (`parked`: the spares), by slot."""
     rows = []
     for worker in sorted(pool.workers.values(), key=lambda w: (w.slot, w.generation)):
+        if (worker.state == "parked") != parked:
+            continue
         cell = pool.scoreboard.read(worker.cell)
         memory = sampler.memory(worker.pid) if worker.pid else None
         rows.append(

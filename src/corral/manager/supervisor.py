@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral")
 
 
-
 class Supervisor:
     def __init__(
         self,
@@ -128,6 +127,7 @@ class Supervisor:
                 self._autoscale(self.autoscaler, now)
             if self.current is not None and self.current.phase is Phase.CURRENT:
                 scaling.reconcile(self.pool, self.book, self.target, self.current, now, self._fork)
+                scaling.tend_spare(self.pool, self.book, self.current, now)
         self._retire_generations()
 
     def _autoscale(self, autoscaler: Autoscaler, now: float) -> None:
@@ -200,6 +200,7 @@ class Supervisor:
             if generation.phase is not Phase.PROVING:
                 log.error("worker %d (pid %s) failed to start: %s", worker.slot, worker.pid, generation.boot_error)
         elif event == "exited":
+            self.pool.promoted(self.workers.get(int(message.get("promoted", -1))), worker)  # the template's spare
             self._on_worker_exit(worker, int(message["status"]))
 
     def _on_loaded(self, generation: Generation) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
-import inspect
 import logging
 import os
 import signal
@@ -38,10 +37,12 @@ from corral.worker.first_answer import stamp_on_first_answer
 from corral.worker.http import protocol_class
 from corral.worker.http.limits import Limits
 from corral.worker.metrics import Logged, count_requests
+from corral.worker.parking import wait_for_promotion
 from corral.worker.protocols import ARRIVAL_WAIT, DrainState, _Draining
 from corral.worker.shedding import Orders
 from corral.worker.spec import TemplateSpec
 from corral.worker.stall import StallRecorder
+from corral.worker.task_dump import dump_tasks_too
 
 if TYPE_CHECKING:
     from corral.tls.worker import WorkerTLS
@@ -162,11 +163,13 @@ def with_root_path(app: Any, root_path: str) -> Any:
     return rooted
 
 
-def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> None:
-    """Body of a forked worker; ends the process."""
+def run_worker(
+    spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket, park: int | None = None
+) -> None:
+    """Body of a forked worker; ends the process. `park`: a spare's end of its promotion pipe (`worker/parking.py`)."""
     code: int = ExitCode.ERROR
     try:
-        code = _serve(spec, settings, app, cell, channel_sock)
+        code = _serve(spec, settings, app, cell, channel_sock, park)
     except BaseException:
         log.exception("the worker stopped on an unexpected error")
     finally:
@@ -174,70 +177,6 @@ def run_worker(spec: TemplateSpec, settings: Options, app: Any, cell: int, chann
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(code))
-
-
-def _dump_tasks_too(loop: asyncio.AbstractEventLoop) -> None:
-    """On DUMP_STACKS, faulthandler writes every thread's stack at once (even with the loop blocked); it then
-    chains to a loop handler that also prints the suspended coroutines, when the loop is free to run it
-    (a worker stuck awaiting something that never comes shows where it waits)."""
-
-    def print_tasks() -> None:
-        lines = []
-        for task in asyncio.all_tasks(loop):
-            lines.append(f"Task {task.get_name()} (outermost call first):")
-            lines += await_chain(task.get_coro())
-        print("\n".join(lines), file=sys.stderr, flush=True)
-
-    faulthandler.unregister(DUMP_STACKS)
-    loop.add_signal_handler(DUMP_STACKS, print_tasks)
-    faulthandler.register(DUMP_STACKS, all_threads=True, chain=True)
-
-
-def await_chain(awaited: Any, limit: int = 200) -> list[str]:
-    """The lines a suspended coroutine waits on, outermost first: through coroutines, generators, async
-    generators (an `async with` of an @asynccontextmanager awaits its generator's `asend`, which shows no frame:
-    the generator is found among the awaiting frame's locals) and the futures and tasks at the bottom."""
-    lines: list[str] = []
-    frame: Any = None
-    seen: set[int] = set()
-    while awaited is not None and id(awaited) not in seen and len(lines) < limit:
-        seen.add(id(awaited))
-        if isinstance(awaited, asyncio.Task):
-            lines.append(f"  awaiting task {awaited.get_name()}:")
-            awaited = awaited.get_coro()
-            continue
-        if isinstance(awaited, asyncio.Future):
-            lines.append(f"  awaiting {awaited!r}")
-            break
-        code_frame = (
-            getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-            or getattr(awaited, "ag_frame", None)
-        )
-        if code_frame is None:
-            generator = _suspended_async_generator(frame)
-            if generator is None:  # a future's own iterator (C asyncio), a callback-based awaitable
-                lines.append(f"  awaiting {type(awaited).__name__}")
-            awaited = generator
-            continue
-        frame = code_frame
-        lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno} in {frame.f_code.co_name}')
-        awaited = (
-            getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-            or getattr(awaited, "ag_await", None)
-        )
-    return lines
-
-
-def _suspended_async_generator(frame: Any) -> Any:
-    """The async generator that `frame` is awaiting, among its locals (directly or as `.gen`, which is how
-    contextlib's async context managers hold theirs)."""
-    if frame is None:
-        return None
-    for value in list(frame.f_locals.values()):
-        for candidate in (value, getattr(value, "gen", None)):
-            if inspect.isasyncgen(candidate) and candidate.ag_await is not None:
-                return candidate
-    return None
 
 
 def _https_layer(
@@ -286,7 +225,9 @@ def _quit(*_: object) -> None:
     os._exit(0)
 
 
-def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket) -> int:
+def _serve(
+    spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket, park: int | None
+) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which drains us
     signal.signal(signal.SIGQUIT, _quit)
     signal.signal(signal.SIGHUP, lambda *_: None)  # a reload meant for the manager (`pkill -HUP corral`)
@@ -323,8 +264,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
         count_requests(figures, cell)
     if settings.root_path:
         app = with_root_path(app, settings.root_path)
-    if settings.access_log:
-        app = Logged(app, figures.slot(cell))
+    logged = Logged(app, figures.slot(cell)) if settings.access_log else None
+    app = logged or app
     config = uvicorn.Config(
         app,
         http=http_class,
@@ -406,13 +347,25 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
             stamp()
             await asyncio.sleep(interval)
 
+    stopped_parked: list[bool] = []  # a spare told to stop before it served
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        _dump_tasks_too(loop)
+        dump_tasks_too(loop)
         if tls is not None:
             loop.add_signal_handler(RELOAD_CERTIFICATES, tls.reload)
         beat = asyncio.create_task(heartbeat())
         try:
+            if park is not None:  # a spare: all is ready but the app's lifespan startup and the listeners
+                config.load()
+                slot = await wait_for_promotion(park, server.begin_drain)
+                if slot is None:
+                    stopped_parked.append(True)
+                    return
+                figures.set_slot(cell, slot)  # the slot it now fills: the next spare takes it from here
+                logs.configure_from(settings, f"worker {slot}", worker=slot)
+                if logged is not None:
+                    logged.worker = slot
             await server.serve(sockets=sockets)
         finally:
             beat.cancel()
@@ -427,6 +380,8 @@ def _serve(spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_s
                    traceback=clip(startup_errors.traceback))
             return ExitCode.APP_FAILED_TO_START
         return int(exc.code or 0) if isinstance(exc.code, int) else ExitCode.ERROR
+    if stopped_parked:
+        return ExitCode.OK
     if not server.started:
         report("boot_failed", error=startup_errors.cause or "the server did not start",
                traceback=clip(startup_errors.traceback))

@@ -20,6 +20,7 @@ from typing import Any
 
 from corral import channel, logs
 from corral.discovery import AppLoadError, Target, app_interface, clip, import_app
+from corral.metrics_shm import RequestFigures
 from corral.options import Options
 from corral.process import (
     DUMP_STACKS,
@@ -31,6 +32,7 @@ from corral.process import (
     release_free_memory,
     set_process_title,
 )
+from corral.scoreboard import Cell, CellState, Scoreboard
 from corral.tls.plan import https_enabled
 from corral.worker.serve import run_worker
 from corral.worker.spec import ENV_VAR, TemplateSpec
@@ -49,6 +51,9 @@ class Template:
         self.own: set[int] = set()  # processes the app started while it was imported here: not orphans
         self.caught: set[int] = set()  # signals caught since the loop last looked
         self.wakeup_read, self.wakeup_write = os.pipe()
+        self.spares: dict[int, int] = {}  # pid of a parked spare -> the write end of its promotion pipe
+        self.scoreboard = Scoreboard(spec.scoreboard_fd)
+        self.figures = RequestFigures(spec.scoreboard_fd)  # each cell's slot, for the spare that takes its place
 
     def load(self) -> bool:
         if not self.settings.preload:
@@ -119,7 +124,7 @@ class Template:
             return
         message = channel.decode(data)
         if message["op"] == "fork" and not self.exiting:
-            self._fork(int(message["cell"]))
+            self._fork(int(message["cell"]), spare=bool(message.get("spare")))
         elif message["op"] == "exit":
             self._begin_exit()
 
@@ -145,23 +150,28 @@ class Template:
         for pid in self.children:
             os.kill(pid, signal.SIGTERM)
 
-    def _fork(self, cell: int) -> None:
+    def _fork(self, cell: int, spare: bool = False) -> None:
+        """Fork a worker into `cell`; a spare parks until `_reap` promotes it (worker/parking.py)."""
+        park = os.pipe() if spare else None
         template_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            os.close(self.wakeup_read)
-            os.close(self.wakeup_write)
+            for fd in (self.wakeup_read, self.wakeup_write, *self.spares.values(), *(park[1:] if park else ())):
+                os.close(fd)
             os.setpgid(0, 0)  # the worker's group: killed as a whole when the worker ends
             become_subreaper()  # the app's orphans stay below this worker while it lives
             die_with_parent(template_pid)
             set_process_title(f"corral-w{self.spec.generation}")
-            run_worker(self.spec, self.settings, self.app, cell, self.channel)
+            run_worker(self.spec, self.settings, self.app, cell, self.channel, park[0] if park else None)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also here, so that no kill of the group can come before the child's own call
         self.children[pid] = cell
+        if park is not None:
+            os.close(park[0])
+            self.spares[pid] = park[1]
         channel.send(self.channel, {"ev": "forked", "cell": cell, "pid": pid})
 
     def _reap(self) -> None:
@@ -179,12 +189,39 @@ class Template:
                 continue
             cell = self.children.pop(pid, None)
             if cell is not None:
+                spare = self._spare_for(pid, cell, status)
                 ended = True
                 kill_group(pid)
+                promoted = {"promoted": spare[0]} if spare else {}
                 with contextlib.suppress(OSError):
-                    channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status})
+                    channel.send(self.channel, {"ev": "exited", "cell": cell, "pid": pid, "status": status, **promoted})
+                if spare:  # after the message: the manager knows the spare's new place before it can say `ready`
+                    with contextlib.suppress(OSError):  # a spare that died meanwhile: its own exit follows
+                        os.write(spare[1], str(self.figures.slot(cell)).encode())
+                    os.close(spare[1])
         if ended:
             self._orphans()
+
+
+    def _spare_for(self, pid: int, cell: int, status: int) -> tuple[int, int] | None:
+        """The manager's standing order, while it keeps a spare: a worker that dies on its own after answering a
+        request is replaced by the spare at once. Returns the spare's cell and pipe, or None."""
+        own = self.spares.pop(pid, None)
+        if own is not None:  # a spare ended (stopped by the manager, or died)
+            os.close(own)
+            return None
+        if self.exiting or not self.spares or not serving_crash(self.scoreboard.read(cell), pid, status):
+            return None
+        spare_pid, fd = self.spares.popitem()
+        return self.children[spare_pid], fd
+
+
+def serving_crash(cell: Cell, pid: int, status: int) -> bool:
+    """The condition of the standing order: the worker had answered a request (its cell's count: the first proof
+    of `manager/policy.proved`, which the manager applies to the same death), was not draining, and did not end
+    cleanly (a drained or stopped worker exits with 0)."""
+    clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return cell.pid == pid and cell.requests > 0 and cell.state is not CellState.DRAINING and not clean
 
 
 def preload_server_modules(settings: Options) -> None:
