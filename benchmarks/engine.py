@@ -184,23 +184,32 @@ def main() -> int:
     return 0
 
 
-def report(app: str, servers: list[str], results: dict[str, list[dict[str, float]]]) -> None:
-    print(f"\n### {APPS[app]}\n")
-    print("| server | requests per CPU-second (median, rounds) | requests/s | p99 ms | worker PSS MiB |")
-    print("|---|---|---|---|---|")
+def report(
+    app: str,
+    servers: list[str],
+    results: dict[str, list[dict[str, float]]],
+    heading: str = "###",
+    first: str = "server",
+) -> None:
+    """A table of each server's runs (medians), then each server against the first, round by round. Runs that
+    count failed requests (`failures`) get a column for them."""
+    failures = all("failures" in run for runs in results.values() for run in runs)
+    print(f"\n{heading} {APPS[app]}\n")
+    print(f"| {first} | requests per CPU-second (median, rounds) | requests/s | p99 ms |"
+          + (" failed |" if failures else "") + " worker PSS MiB |")
+    print("|---|---|---|---|" + ("---|" if failures else "") + "---|")
     for server in servers:
         runs = results[server]
         per_cpu = [run["per_cpu"] for run in runs]
         print(f"| {server} | {statistics.median(per_cpu):,.0f} ({', '.join(f'{v:,.0f}' for v in per_cpu)}) | "
               f"{statistics.median(run['rps'] for run in runs):,.0f} | "
               f"{statistics.median(run['p99'] for run in runs):.2f} | "
-              f"{statistics.median(run['pss'] for run in runs):.1f} |")
-    first = servers[0]
+              + (f"{sum(int(run['failures']) for run in runs)} | " if failures else "")
+              + f"{statistics.median(run['pss'] for run in runs):.1f} |")
     for other in servers[1:]:
-        ratios = [a["per_cpu"] / b["per_cpu"] for a, b in zip(results[first], results[other], strict=True)]
-        print(f"\n{first} / {other}, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+        ratios = [a["per_cpu"] / b["per_cpu"] for a, b in zip(results[servers[0]], results[other], strict=True)]
+        print(f"\n{servers[0]} / {other}, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
               f"(median {statistics.median(ratios):.2f})")
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,14 +25,13 @@ import importlib.util
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from engine import APPS, BIN, HERE, HOST, cpu, free_port, tree, worker_pss
+from engine import APPS, BIN, HERE, HOST, cpu, free_port, report, tree, worker_pss
 
 SERVERS = ("corral", "granian", "uvicorn", "hypercorn")
 LOADS = {"corral": "corral", "corral-h1": "corral", "granian": "granian", "uvicorn": "uvicorn",
@@ -149,25 +148,6 @@ def run_app(app: str, loads: list[str], args: argparse.Namespace) -> dict[str, l
     return results
 
 
-def report(app: str, loads: list[str], results: dict[str, list[dict[str, float]]]) -> None:
-    print(f"\n#### {APPS[app]}\n")
-    print("| load | requests per CPU-second (median, rounds) | requests/s | p99 ms | failed | worker PSS MiB |")
-    print("|---|---|---|---|---|---|")
-    for load in loads:
-        runs = results[load]
-        per_cpu = [run["per_cpu"] for run in runs]
-        print(f"| {load} | {statistics.median(per_cpu):,.0f} ({', '.join(f'{v:,.0f}' for v in per_cpu)}) | "
-              f"{statistics.median(run['rps'] for run in runs):,.0f} | "
-              f"{statistics.median(run['p99'] for run in runs):.2f} | "
-              f"{sum(int(run['failures']) for run in runs)} | "
-              f"{statistics.median(run['pss'] for run in runs):.1f} |")
-    first = loads[0]
-    for other in loads[1:]:
-        ratios = [a["per_cpu"] / b["per_cpu"] for a, b in zip(results[first], results[other], strict=True)]
-        print(f"\n{first} / {other}, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
-              f"(median {statistics.median(ratios):.2f})")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loads", default=",".join(LOADS), help=f"comma-separated subset of {','.join(LOADS)}")
@@ -190,7 +170,7 @@ def main() -> int:
     print(f"{args.workers} workers each, h2load -c{args.connections} -m{args.streams}, {args.rounds} rounds of "
           f"{args.seconds:.0f} s; load average (1/5/15 min) at the start: {load_average}")
     for app in list(APPS) if args.app == "both" else [args.app]:
-        report(app, loads, run_app(app, loads, args))
+        report(app, loads, run_app(app, loads, args), heading="####", first="load")
     print(f"\nload average at the end: {' / '.join(f'{value:.2f}' for value in os.getloadavg())}")
     return 0
 
