@@ -5,6 +5,7 @@ test comments, and a Troubleshooting section whose messages are the ones corral 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import signal
@@ -131,7 +132,9 @@ def troubleshooting_messages() -> list[tuple[str, re.Pattern[str]]]:
 
 
 def output_of(*args: str, cwd: Path) -> str:
-    result = run_cli(*args, cwd=cwd, timeout=120)
+    """What a command printed; a `run` under a name of its own, so that no other instance on the host meets it."""
+    name = ("--name", f"newcomer-{os.getpid()}") if args[0] == "run" else ()
+    result = run_cli(*args, *name, cwd=cwd, timeout=120)
     return result.stdout + result.stderr
 
 
