@@ -192,3 +192,37 @@ def test_the_systemd_unit_sets_the_open_files_limit(tmp_path: Path) -> None:
     result = run_cli("export", "systemd", "main:app", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "\nLimitNOFILE=65536\n" in result.stdout
+
+
+def test_bad_input_and_a_flood_on_the_admin_port_during_the_pre_start_steps(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """The admin listener opens before the pre-start steps: the same bad requests and a connection flood then get
+    their error answers, the manager stays up and silent, and the instance goes on to serve once the step ends."""
+    from test_health import WAITING_STEP
+
+    write_app(tmp_path, APP)
+    write_app(tmp_path, WAITING_STEP, "step.py")
+    started, go = tmp_path / "step-started", tmp_path / "go"
+    admin_port = free_port()
+    admin = f"127.0.0.1:{admin_port}"
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--admin-bind", admin,
+                    "--prestart", f"{sys.executable} {tmp_path / 'step.py'} {started} {go}")  # fmt: skip
+    corrals.append(corral)
+    wait_for(started.exists, what="the pre-start step to run")
+    for request_bytes, status in HTTP_CASES:
+        answer = http_exchange(admin, request_bytes)
+        assert answer.startswith(b"HTTP/1.1 " + status), (request_bytes[:40], answer[:200])
+    held = open_connections(admin, 150, slowloris=False) + open_connections(admin, 150, slowloris=True)
+    try:
+        trickle(held)
+        live = wait_for(lambda: httpx.get(f"http://{admin}/livez", timeout=5), 30, "/livez under attack")
+        assert live.status_code == 200 and live.json()["phase"] == "prestart", live.text
+    finally:
+        for sock in held:
+            sock.close()
+    assert not go.exists() and corral.process.poll() is None, "still in the step, still running"
+    go.write_text("")
+    corral.wait_ready(1)
+    assert corral.get().text == "served"
+    assert "Traceback" not in corral.log, corral.log
