@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -173,15 +174,21 @@ def main() -> int:
                         process, port = running[server]
                         results[server].append(measure(process.pid, port, args.seconds, args.connections))
             finally:
-                for process, _ in running.values():
-                    process.terminate()
-                for process, _ in running.values():
-                    try:
-                        process.wait(30)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
+                stop_all(process for process, _ in running.values())
         report(app, servers, results)
     return 0
+
+
+def stop_all(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Terminate the servers together, then wait for each (killed after 30 s)."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def report(

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine import APPS, BIN, HERE, HOST, cpu, free_port, report, tree, worker_pss
+from engine import APPS, BIN, HERE, HOST, cpu, free_port, report, stop_all, tree, worker_pss
 
 SERVERS = ("corral", "granian", "uvicorn", "hypercorn")
 LOADS = {"corral": "corral", "corral-h1": "corral", "granian": "granian", "uvicorn": "uvicorn",
@@ -138,13 +138,7 @@ def run_app(app: str, loads: list[str], args: argparse.Namespace) -> dict[str, l
                     process, port = running[LOADS[load]]
                     results[load].append(measure(process.pid, port, load, args, Path(tmp)))
         finally:
-            for process, _ in running.values():
-                process.terminate()
-            for process, _ in running.values():
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_all(process for process, _ in running.values())
     return results
 
 
