@@ -128,6 +128,31 @@ class _Draining:
         cycle.keep_alive = False
 
 
+
+class ServedProtocol(_Draining, asyncio.Protocol):
+    """The start of Corral's own protocols (HTTP/1.1, HTTP/2): what each connection takes from uvicorn's config
+    and the server's state, as uvicorn's protocols do in their constructors."""
+
+    def __init__(
+        self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app: Any = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.connections: set[Any] = server_state.connections
+        self.tasks: set[asyncio.Task[None]] = server_state.tasks
+        self.app_state = app_state
+        self.root_path: str = config.root_path
+        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}  # one per connection
+        self.limit_concurrency: int | None = config.limit_concurrency
+        self.transport = None  # type: ignore[assignment]  # until connection_made
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.timeout_keep_alive_task = None
+
 def _unread(transport: asyncio.BaseTransport) -> bool:
     """Whether bytes, or the end of the stream, wait to be read on the transport's socket."""
     sock = transport.get_extra_info("socket")

@@ -30,14 +30,14 @@ from corral.worker.http.cycle import Cycle
 from corral.worker.http.head import DefaultHeaders, refusal, service_unavailable
 from corral.worker.http.limits import Limits, Refused, head_size
 from corral.worker.metrics import Logged
-from corral.worker.protocols import _Draining
+from corral.worker.protocols import ServedProtocol
 
 log = logging.getLogger("uvicorn.error")
 PATHSEND: dict[str, Any] = {}  # the extension has no parameters
 METHODS: dict[bytes, str] = {}  # method names as bytes and as str, made once each
 
 
-class HttpProtocol(_Draining, asyncio.Protocol):
+class HttpProtocol(ServedProtocol):
     limits = Limits()  # set for the worker by `configure`
     first_answer: Callable[[], None] | None = None  # called once, as the worker's first response ends
     h2c: Callable[[HttpProtocol, bytes], None] | None = None  # takes a connection that opens with HTTP/2's preface
@@ -45,39 +45,24 @@ class HttpProtocol(_Draining, asyncio.Protocol):
     def __init__(
         self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
     ) -> None:
-        if not config.loaded:
-            config.load()
-        self.config = config
-        self.app = config.loaded_app
+        super().__init__(config, server_state, app_state, _loop)
         self.access: Logged | None = None  # the access log, written here rather than by its layer around the app
         if type(self.app) is Logged:  # (other protocols of the worker, uvicorn's WebSocket one, keep the layer)
             self.access = self.app
             self.app = self.access.app
-        self.loop = _loop or asyncio.get_event_loop()
-        self.server_state = server_state
-        self.connections: set[Any] = server_state.connections
-        self.tasks: set[asyncio.Task[None]] = server_state.tasks
-        self.app_state = app_state
-        self.root_path: str = config.root_path
         self.raw_root = self.root_path.encode("ascii")
-        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}  # one per connection
         self.timeout_keep_alive: float = config.timeout_keep_alive
-        self.limit_concurrency: int | None = config.limit_concurrency
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # answer the request before a close
         self._defaults = DefaultHeaders()
 
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.server: tuple[str, int] | None = None
-        self.client: tuple[str, int] | None = None
         self.scheme = "http"
         self.cycle: Cycle | None = None
         self.pipeline: deque[Cycle] = deque()
         self.read_paused = False
         self.write_paused = False
         self._writable: asyncio.Future[None] | None = None
-        # Timers
-        self.timeout_keep_alive_task: asyncio.TimerHandle | None = None  # the drain's grace (`_Draining`)
+        # Timers (the drain's grace is `timeout_keep_alive_task`, `_Draining`'s)
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_at: float | None = None  # when the connection became idle between requests; None while busy
         self._head_timer: asyncio.TimerHandle | None = None

@@ -41,7 +41,7 @@ from corral.worker.http2.limits import (
 )
 from corral.worker.http2.scope import CheckedHeaders, request_scope
 from corral.worker.http2.stream import Stream
-from corral.worker.protocols import _Draining
+from corral.worker.protocols import ServedProtocol
 
 log = logging.getLogger("uvicorn.error")
 LINGER = 2.0  # seconds a connection ended for an error still reads (and discards) before it closes
@@ -54,30 +54,15 @@ CONTROL_EVENTS = (
 CONNECTION_WINDOW = 1024 * 1024  # the connection's receive window: request bodies buffered at most, per connection
 
 
-class H2Protocol(GoingAway, _Draining, asyncio.Protocol):
+class H2Protocol(GoingAway, ServedProtocol):
     limits = H2Limits()  # set for the worker by `configure`
 
     def __init__(
         self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
     ) -> None:
-        if not config.loaded:
-            config.load()
-        self.config = config
-        self.app = config.loaded_app
-        self.loop = _loop or asyncio.get_event_loop()
-        self.server_state = server_state
-        self.connections: set[Any] = server_state.connections
-        self.tasks: set[asyncio.Task[None]] = server_state.tasks
-        self.app_state = app_state
-        self.root_path: str = config.root_path
-        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
-        self.limit_concurrency: int | None = config.limit_concurrency
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.server: tuple[str, int] | None = None
-        self.client: tuple[str, int] | None = None
+        super().__init__(config, server_state, app_state, _loop)
         self.scheme = "https"
         self.cycle = None  # `_Draining` asks; streams are in `streams`
-        self.timeout_keep_alive_task: asyncio.TimerHandle | None = None
         limits = self.limits
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
