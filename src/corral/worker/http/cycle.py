@@ -13,7 +13,6 @@ reads slowly, or a file is sent).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from bisect import bisect_left
 from collections.abc import Awaitable, Generator, Iterable
@@ -22,10 +21,10 @@ from typing import Any, Protocol
 
 from corral.metrics_shm import BOUNDS
 from corral.worker import metrics, shedding
+from corral.worker.app_ending import AppEnding
 from corral.worker.http.head import CONTINUE, STATUS_LINE
 from corral.worker.metrics import FIRST_BOUND, ROW_OF, SUM, TABLE, Logged
 
-log = logging.getLogger("uvicorn.error")
 
 class Connection(Protocol):
     """What a cycle uses of its connection's protocol (`HttpProtocol`), named here so that the two modules do
@@ -67,17 +66,14 @@ class _Done:
 DONE = _Done()
 
 
-class Cycle:
+class Cycle(AppEnding):
     __slots__ = (
         "buffered",
         "chunks",
-        "complete",
-        "disconnected",
         "done_at",
         "ended",
         "expect_continue",
         "framing",
-        "head",
         "head_only",
         "http10",
         "keep_alive",
@@ -87,7 +83,6 @@ class Cycle:
         "remaining",
         "scope",
         "sent",
-        "started",
         "status",
         "task",
         "transport",
@@ -146,27 +141,18 @@ class Cycle:
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            log.error("Exception in ASGI application\n", exc_info=exc)
-            if not self.started or self.head is not None:  # nothing written yet: the client gets a 500
-                self.started = False
-                self.head = None
+            if self.raised(exc):
                 await self._send_500()
-            else:
-                self.transport.close()
         else:
-            if result is not None:
-                log.error("ASGI callable should return None, but returned '%s'.", result)
-                self.transport.close()
-            elif not self.started and not self.disconnected:
-                log.error("ASGI callable returned without starting response.")
+            if (result is not None or not self.complete) and self.returned(result):
                 await self._send_500()
-            elif not self.complete and not self.disconnected:
-                log.error("ASGI callable returned without completing response.")
-                self.transport.close()
         finally:
             self.protocol.tasks.discard(self.task)
             if access is not None:
                 access.log(self.scope, self.status or 500, self.sent, perf_counter() - start)
+
+    def end_mid_response(self) -> None:
+        self.transport.close()
 
     async def _send_500(self) -> None:
         await self.send({

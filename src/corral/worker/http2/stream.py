@@ -11,16 +11,14 @@ client's RST_STREAM is an `http.disconnect`. The response is counted (`metrics.r
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from itertools import chain
 from time import perf_counter
 from typing import Any, Protocol
 
 from corral.worker import metrics
+from corral.worker.app_ending import AppEnding
 from corral.worker.http2.limits import H2Limits
-
-log = logging.getLogger("uvicorn.error")
 
 FILE_CHUNK = 256 * 1024
 # Headers HTTP/2 forbids in a response (RFC 9113, 8.2.2): dropped from what the app sends.
@@ -46,20 +44,16 @@ class Connection(Protocol):
     def stream_done(self, stream: Stream) -> None: ...
 
 
-class Stream:
+class Stream(AppEnding):
     __slots__ = (
         "body_done",
         "chunks",
-        "complete",
         "connection",
-        "disconnected",
         "ended",
-        "head",
         "head_only",
         "more_body",
         "read_at",
         "scope",
-        "started",
         "status",
         "stream_id",
         "task",
@@ -122,27 +116,18 @@ class Stream:
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            log.error("Exception in ASGI application\n", exc_info=exc)
-            if not self.started or self.head is not None:  # nothing written yet: the client gets a 500
-                self.started = False
-                self.head = None
+            if self.raised(exc):
                 await self._send_500()
-            elif not self.complete:
-                self.connection.abort(self)
         else:
-            if result is not None:
-                log.error("ASGI callable should return None, but returned '%s'.", result)
-                if not self.complete:
-                    self.connection.abort(self)
-            elif not self.started and not self.disconnected:
-                log.error("ASGI callable returned without starting response.")
+            if (result is not None or not self.complete) and self.returned(result):
                 await self._send_500()
-            elif not self.complete and not self.disconnected:
-                log.error("ASGI callable returned without completing response.")
-                self.connection.abort(self)
         finally:
             self.connection.tasks.discard(self.task)
             self.connection.stream_done(self)
+
+    def end_mid_response(self) -> None:
+        if not self.complete:  # a stream that completed has nothing left to reset
+            self.connection.abort(self)
 
     async def _send_500(self) -> None:
         await self.send({"type": "http.response.start", "status": 500, "headers": [
