@@ -115,3 +115,49 @@ def test_a_serving_crash_is_replaced_by_the_spare_parked_before_it(corrals: list
     for pid in tree:  # the spare ended with the rest
         assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
+
+
+SECOND_REQUEST_CRASHES = """
+    import os
+
+    answered = 0
+
+    async def app(scope, receive, send):
+        global answered
+        if scope["type"] != "http":
+            return
+        if answered:  # a worker that has answered once dies on its next request: every death is while serving
+            os._exit(1)
+        answered += 1
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_a_burst_of_serving_crashes_parks_more_spares_up_to_one_per_worker(
+    corrals: list[Corral], tmp_path: Path
+) -> None:
+    """One spare answers a crash now and then; when crashes come faster than a new spare can be forked and
+    parked, one spare would leave the pool to wait for forks, so the manager parks more (policy.spares_wanted)."""
+    write_app(tmp_path, SECOND_REQUEST_CRASHES)
+    corral = Corral(tmp_path, "app.py", "-w", "3")
+    corrals.append(corral)
+    corral.wait_ready(3)
+    crashes = 0
+    for _ in range(300):  # every worker answers one request and dies on its next: a crash while serving each
+        try:
+            corral.get("/")
+        except httpx.HTTPError:
+            crashes += 1
+            if crashes == 3 * 4:
+                break
+    assert crashes == 12, corral.log
+
+    def three_spares() -> list[dict[str, Any]] | None:
+        spares: list[dict[str, Any]] = corral.status()["spares"]
+        return spares if len(spares) == 3 else None
+
+    spares = wait_for(three_spares, what="three spares parked (one per worker, as the burst asks)")
+    assert all(s["state"] == "parked" and s["generation"] == 1 for s in spares), spares
+    assert corral.process.poll() is None  # crashes while serving never count toward --crash-limit
+    assert corral.get("/").text == "ok"

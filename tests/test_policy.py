@@ -65,11 +65,23 @@ def test_a_proven_worker_resets_its_slot_backoff() -> None:
 
 
 def test_a_spare_is_kept_only_while_workers_crash_while_serving() -> None:
-    assert not policy.keep_spare(100.0, None)  # no crash yet: no spare, no memory spent
-    assert policy.keep_spare(100.0, 99.0)
-    assert policy.keep_spare(100.0, 100.0 - policy.SPARE_WINDOW)
-    assert not policy.keep_spare(100.0, 99.0 - policy.SPARE_WINDOW)  # crashes stopped: the spare goes
-    assert not policy.keep_spare(100.0, 95.0, window=4.0)
+    assert policy.spares_wanted(100.0, [], 4) == 0  # no crash yet: no spare, no memory spent
+    assert policy.spares_wanted(100.0, [99.0], 4) == 1
+    assert policy.spares_wanted(100.0, [100.0 - policy.SPARE_WINDOW], 4) == 1
+    assert policy.spares_wanted(100.0, [99.0 - policy.SPARE_WINDOW], 4) == 0  # crashes stopped: the spare goes
+    assert policy.spares_wanted(100.0, [10.0, 20.0, 30.0, 50.0], 4) == 1  # now and then: one is enough
+
+
+def test_spares_grow_with_a_burst_of_crashes_up_to_one_per_worker() -> None:
+    per = policy.CRASHES_PER_SPARE
+    burst = [100.0 - i * policy.BURST_WINDOW / (3 * per) for i in range(3 * per)]  # 3 times `per` within the window
+    assert policy.spares_wanted(100.0, burst[: per - 1], 8) == 1
+    assert policy.spares_wanted(100.0, burst[:per], 8) == 2
+    assert policy.spares_wanted(100.0, burst, 8) == 4
+    assert policy.spares_wanted(100.0, burst, 2) == 2  # never more spares than workers
+    assert policy.spares_wanted(100.0, burst * 50, 0) == 1  # a pool scaled to 0 workers still gets one
+    later = 100.0 + policy.BURST_WINDOW + 1.0
+    assert policy.spares_wanted(later, burst, 8) == 1  # the burst is over: back to one while crashes linger
 
 
 def test_backoff_never_leaves_the_pool_empty() -> None:

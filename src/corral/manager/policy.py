@@ -53,17 +53,25 @@ def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
     return min(backoff.maximum, delay)
 
 
-SPARE_WINDOW = 60.0  # seconds after a crash while serving during which a spare worker is kept parked
+SPARE_WINDOW = 60.0  # seconds after a crash while serving during which spare workers are kept parked
+BURST_WINDOW = 10.0  # seconds over which crashes while serving are counted to size the spares
+CRASHES_PER_SPARE = 4  # one more spare for each this many crashes within BURST_WINDOW
 
 
-def keep_spare(now: float, last_serving_crash: float | None, window: float = SPARE_WINDOW) -> bool:
-    """Keep one spare worker parked while workers crash while serving (one did within `window`).
+def spares_wanted(now: float, serving_crashes: Sequence[float], workers: int) -> int:
+    """Spare workers to keep parked, given when workers last crashed while serving.
 
-    The template promotes it at once in place of a worker that dies after answering a request, so a pool whose
-    workers die on requests does not wait for a fork and a worker's setup on a busy host (worker/parking.py).
-    A pool that does not crash pays nothing: no spare until the first crash, none once crashes stop.
+    The template promotes a spare at once in place of a worker that dies after answering a request, so a pool
+    whose workers die on requests does not wait for a fork and a worker's setup on a busy host
+    (worker/parking.py). One spare from the first crash until `SPARE_WINDOW` passes without one; while crashes
+    come faster than a new spare can be forked and parked, the pool would still run dry, so one more for each
+    `CRASHES_PER_SPARE` crashes within the last `BURST_WINDOW`, up to one spare per worker. A pool that does not
+    crash pays nothing.
     """
-    return last_serving_crash is not None and now - last_serving_crash <= window
+    if not serving_crashes or now - max(serving_crashes) > SPARE_WINDOW:
+        return 0
+    burst = sum(1 for at in serving_crashes if now - at <= BURST_WINDOW)
+    return min(max(1, workers), 1 + burst // CRASHES_PER_SPARE)
 
 
 def start_despite_backoff(ready_or_starting: int, waiting_slots: int) -> bool:

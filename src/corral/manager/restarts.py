@@ -10,10 +10,14 @@ The supervisor tells it what died and when; the decisions are policy.py's. Two k
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from corral.manager import policy
+
+# Crash times kept: enough to count a burst (policy.spares_wanted) at any crash rate the spares can answer
+CRASHES_KEPT = 256
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Restarts:
         self.failed_starts: list[float] = []
         self.last_proof: float | None = None
         self.crashes = 0  # proven workers that died
-        self.last_crash: float | None = None  # when a proven worker last died (a spare is kept a while after)
+        self.serving_crashes: deque[float] = deque(maxlen=CRASHES_KEPT)  # when proven workers died: sizes the spares
         self.failed = 0  # failed starts, all time
 
     def slot(self, number: int) -> Slot:
@@ -55,7 +59,8 @@ class Restarts:
         crash = policy.proved(ready_for, answered, self.backoff)
         if crash:
             self.crashes += 1
-            self.last_proof = self.last_crash = now
+            self.last_proof = now
+            self.serving_crashes.append(now)
         else:
             self._failed_start(now)
         return Verdict(crash, delay, slot.failures)

@@ -2,7 +2,7 @@
 
 The target changes by `corral scale`, TTIN/TTOU or the autoscaler's decision (`Supervisor.scale`); each tick,
 `reconcile` forks the slots up to the target that have no worker (unless they wait in backoff) and drains those
-above it; `tend_spare` keeps the spare worker that replaces crashed ones at once.
+above it; `tend_spare` keeps the spare workers that replace crashed ones at once.
 """
 
 from __future__ import annotations
@@ -90,14 +90,20 @@ def memory_plan(
     return policy.plan_memory(wanted, explicit, max(private, default=0), shared, available)
 
 
-def tend_spare(pool: Pool, book: Restarts, current: Generation, now: float) -> None:
-    """One spare of the current generation parked while `policy.keep_spare` says so; any other one drains. A spare
-    that died on its own waits out its backoff like a slot (`SPARE_SLOT` in the restart book)."""
-    wanted = policy.keep_spare(now, book.last_crash)
-    spares = pool.spares()
-    for spare in spares:
-        if not wanted or spare.generation != current.number:
+def tend_spare(pool: Pool, book: Restarts, current: Generation, target: int, now: float) -> None:
+    """As many spares of the current generation parked as `policy.spares_wanted` says; the others drain (the
+    newest first: the oldest have had the time to park). A spare that died on its own waits out its backoff like
+    a slot (`SPARE_SLOT` in the restart book)."""
+    wanted = policy.spares_wanted(now, book.serving_crashes, target)
+    kept: list[Worker] = []
+    for spare in sorted(pool.spares(), key=lambda w: w.forked_at):
+        if spare.generation == current.number and len(kept) < wanted:
+            kept.append(spare)
+        else:
             pool.drain(spare, "no spare needed")
-    have = any(s.generation == current.number for s in spares)
-    if wanted and not have and now >= book.slot(SPARE_SLOT).next_start and len(pool.workers) < CELLS - 1:
+    if now < book.slot(SPARE_SLOT).next_start:
+        return
+    for _ in range(wanted - len(kept)):
+        if len(pool.workers) >= CELLS - 1:
+            break
         pool.fork(SPARE_SLOT, current, spare=True)

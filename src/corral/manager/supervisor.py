@@ -127,7 +127,7 @@ class Supervisor:
                 self._autoscale(self.autoscaler, now)
             if self.current is not None and self.current.phase is Phase.CURRENT:
                 scaling.reconcile(self.pool, self.book, self.target, self.current, now, self._fork)
-                scaling.tend_spare(self.pool, self.book, self.current, now)
+                scaling.tend_spare(self.pool, self.book, self.current, self.target, now)
         self._retire_generations()
 
     def _autoscale(self, autoscaler: Autoscaler, now: float) -> None:

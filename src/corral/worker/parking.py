@@ -1,11 +1,11 @@
 """A spare worker, parked: forked ahead of need, its event loop and server built, the app not yet started.
 
-While workers die on requests (an app that crashes its worker now and then), the manager keeps one such spare and
-gives its template a standing order: when a worker that has answered a request dies, the template wakes the spare
-at once in its place (`worker/template.py`), instead of a round trip to the manager, a fork and the setup of a new
-worker, each waiting for a CPU on a busy host. The spare then runs the app's lifespan startup and starts accepting,
-like any worker. Until then it accepts nothing and its app has not started: its ASGI lifespan (database pools,
-caches) runs only in a worker that is about to serve.
+While workers die on requests (an app that crashes its worker now and then), the manager keeps such spares (one,
+more during a burst of crashes) and gives its template a standing order: when a worker that has answered a
+request dies, the template wakes a spare at once in its place (`worker/template.py`), instead of a round trip to
+the manager, a fork and the setup of a new worker, each waiting for a CPU on a busy host. The spare then runs the
+app's lifespan startup and starts accepting, like any worker. Until then it accepts nothing and its app has not
+started: its ASGI lifespan (database pools, caches) runs only in a worker that is about to serve.
 """
 
 from __future__ import annotations

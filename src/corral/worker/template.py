@@ -204,7 +204,7 @@ class Template:
 
 
     def _spare_for(self, pid: int, cell: int, status: int) -> tuple[int, int] | None:
-        """The manager's standing order, while it keeps a spare: a worker that dies on its own after answering a
+        """The manager's standing order, while it keeps spares: a worker that dies on its own after answering a
         request is replaced by the spare at once. Returns the spare's cell and pipe, or None."""
         own = self.spares.pop(pid, None)
         if own is not None:  # a spare ended (stopped by the manager, or died)
@@ -212,8 +212,8 @@ class Template:
             return None
         if self.exiting or not self.spares or not serving_crash(self.scoreboard.read(cell), pid, status):
             return None
-        spare_pid, fd = self.spares.popitem()
-        return self.children[spare_pid], fd
+        spare_pid = next(iter(self.spares))  # the oldest: the likeliest to have parked already
+        return self.children[spare_pid], self.spares.pop(spare_pid)
 
 
 def serving_crash(cell: Cell, pid: int, status: int) -> bool:
