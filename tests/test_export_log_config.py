@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness import CORRAL
+from test_export_docker import hadolint
+from test_export_systemd import verify
 
 CONTAINERS = ["docker", "compose", "kubernetes"]
 
@@ -52,6 +54,7 @@ def test_a_log_config_others_cannot_read_is_given_to_the_containers_user(project
     (project / ".dockerignore").write_text("conf\n")
     result = export("docker", project, "--log-config", str(project / "conf/logging.json"), "--out", "deploy")
     assert result.returncode == 0, result.stderr
+    hadolint(project / "deploy/Dockerfile")
     dockerfile = (project / "deploy/Dockerfile").read_text()
     lines = dockerfile.splitlines()
     chown = "COPY --from=build --chown=10001:10001 /app/conf/logging.json /app/conf/logging.json"
@@ -116,10 +119,12 @@ def test_systemd_opens_the_directories_of_the_log_files(project: Path, tmp_path:
     """ProtectSystem=strict makes the file system read-only: the log files' directories are ReadWritePaths."""
     logs = tmp_path / "logs"
     (project / "conf/logging.json").write_text(log_config(str(logs / "access.log")))
-    result = export("systemd", project, "--log-config", "conf/logging.json")
+    result = export("systemd", project, "--log-config", "conf/logging.json", "--out", str(tmp_path / "units"))
     assert result.returncode == 0, result.stderr
-    assert f"ReadWritePaths={logs}\n" in result.stdout
-    assert " --log-config conf/logging.json\n" in result.stdout
+    verify(tmp_path / "units", "corral.service")
+    unit = (tmp_path / "units/corral.service").read_text()
+    assert f"ReadWritePaths={logs}\n" in unit and "ProtectSystem=strict\n" in unit
+    assert " --log-config conf/logging.json\n" in unit
     (project / "conf/logging.json").write_text(log_config())
     streamed = export("systemd", project, "--log-config", "conf/logging.json")
     assert streamed.returncode == 0, streamed.stderr
