@@ -118,7 +118,7 @@ def test_a_log_config_the_image_cannot_use_is_refused(project: Path, kind: str) 
 def test_systemd_opens_the_directories_of_the_log_files(project: Path, tmp_path: Path) -> None:
     """ProtectSystem=strict makes the file system read-only: the log files' directories are ReadWritePaths."""
     logs = tmp_path / "logs"
-    (project / "conf/logging.json").write_text(log_config(str(logs / "access.log")))
+    (project / "conf/logging.json").write_text(log_config("conf/../logs/access.log"))  # relative to the unit's
     result = export("systemd", project, "--log-config", "conf/logging.json", "--out", str(tmp_path / "units"))
     assert result.returncode == 0, result.stderr
     verify(tmp_path / "units", "corral.service")

@@ -163,7 +163,8 @@ def render(
     if settings.log_config:  # the directories of its log files, in a file system the hardening makes read-only
         from corral.export.shipped import log_files
 
-        log_dirs = [str((workdir / name).parent) for name in log_files(str(workdir / settings.log_config)).values()]
+        opened = log_files(str(workdir / settings.log_config)).values()
+        log_dirs = [os.path.normpath(workdir / name / "..") for name in opened]
     writable += log_dirs
     low_ports = any(bind.kind == "tcp" and 0 < bind.port < 1024 for bind in bound_by_corral)
 
