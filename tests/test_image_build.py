@@ -58,6 +58,21 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
 """
+# --log-config as a user brings it: Corral's lines in a format of its own, the access lines also into a file in
+# the state directory (the one place, with /tmp, the container writes). Written mode 0600 and left out by the
+# user's .dockerignore: the export must still ship it, readable by the container's user.
+LOG_CONFIG = {
+    "version": 1,
+    "formatters": {"configured": {"format": "CONFIGURED %(name)s %(levelname)s %(message)s"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "configured"},
+        "file": {"class": "logging.FileHandler", "filename": "/var/lib/corral/access.log", "formatter": "configured"},
+    },
+    "loggers": {
+        "corral": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "corral.access": {"handlers": ["stderr", "file"], "level": "INFO", "propagate": False},
+    },
+}
 # At the repository root, one level above the project, as in the issue's report; h11 (uvicorn's) pinned old.
 UV_LOCK = """\
 version = 1
@@ -238,8 +253,8 @@ def scrape_with_prometheus(netns: str, tmp_path: Path, token: str, admin: str) -
 @pytest.mark.parametrize("out", [".", "deploy"])
 def test_exported_image_builds_and_serves(podman: Podman, netns: str, tmp_path: Path, out: str) -> None:
     """Built with the command the Dockerfile prints, whatever --out is: nothing secret or local in the image,
-    the health check kept, the app served with its env file, and /metrics scraped by Prometheus with the
-    exported token."""
+    the health check kept, the app served with its env file and logging by its --log-config, and /metrics
+    scraped by Prometheus with the exported token."""
     repository = tmp_path / "repo"
     project = repository / "backend"
     project.mkdir(parents=True)
@@ -262,9 +277,12 @@ def test_exported_image_builds_and_serves(podman: Podman, netns: str, tmp_path: 
     (project / "config/.env").write_text("GREETING=nested\n")
     (project / "config/production.env").write_text("GREETING=production\n")
     (project / "notes.txt").write_text("private notes\n")
-    (project / ".dockerignore").write_text("notes.txt\n")
+    (project / ".dockerignore").write_text("notes.txt\nconfig/*.json\n")
+    (project / "config/logging.json").write_text(json.dumps(LOG_CONFIG))
+    (project / "config/logging.json").chmod(0o600)
 
-    args = ["app:app", "-b", "127.0.0.1:8000", "--admin-bind", "127.0.0.1:9000", "-w", "2", "--env-file", ".env"]
+    args = ["app:app", "-b", "127.0.0.1:8000", "--admin-bind", "127.0.0.1:9000", "-w", "2", "--env-file", ".env",
+            "--log-config", str(project / "config/logging.json")]
     exported = subprocess.run(
         [CORRAL, "export", "docker", *args, "--out", out], cwd=project, capture_output=True, text=True, timeout=120
     )
@@ -320,7 +338,7 @@ def test_exported_image_builds_and_serves(podman: Podman, netns: str, tmp_path: 
         token = (project / out / "admin-token").read_text().strip()
         podman("run", "-d", "--name", container, "--network", f"ns:/run/netns/{netns}", "--env-file",
                str(project / ".env"), "-v", token_mount, tag)  # fmt: skip
-        body = wait_for(lambda: in_netns(netns, "http://127.0.0.1:8000/"), timeout=120, what="the app")
+        body = wait_for(lambda: served(podman, netns, container), timeout=120, what="the app")
         assert body == "hello from-the-env-file"
         livez = in_netns(netns, "http://127.0.0.1:9000/livez")
         assert '"ok": true' in livez
@@ -328,10 +346,26 @@ def test_exported_image_builds_and_serves(podman: Podman, netns: str, tmp_path: 
             in_netns(netns, "http://127.0.0.1:9000/metrics")
         logs = podman("logs", container).stderr + podman("logs", container).stdout
         assert "/metrics, /dashboard: token required" in logs, logs
+        assert "CONFIGURED corral INFO worker 1 " in logs, logs  # the manager's and the workers' lines
+        assert 'CONFIGURED corral.access INFO 127.0.0.1' in logs and '"GET / HTTP/1.1" 200' in logs, logs
+        written = podman("exec", container, "cat", "/var/lib/corral/access.log").stdout
+        assert written.startswith("CONFIGURED corral.access INFO ") and "GET /" in written, written
         assert scrape_with_prometheus(netns, tmp_path, token, "127.0.0.1:9000")["up"] == 1
     finally:
         podman("rm", "-f", "-t", "5", container, check=False, timeout=120)
         podman("rmi", "-f", tag, check=False, timeout=120)
+
+
+def served(podman: Podman, netns: str, container: str) -> str | None:
+    """The app's answer; None while it starts; the container's logs in the failure if it ended."""
+    try:
+        return in_netns(netns, "http://127.0.0.1:8000/")
+    except OSError:
+        state = podman("inspect", "--format", "{{.State.Status}}", container, check=False).stdout.strip()
+        if state in ("exited", "stopped"):
+            logs = podman("logs", container, check=False)
+            raise AssertionError(f"the container ended: {logs.stdout}{logs.stderr}") from None
+        return None
 
 
 def build_paths(compose: Path) -> tuple[Path, Path]:

@@ -4,7 +4,8 @@ Shared and small: the manager, the templates and the workers call `configure` on
 `log_config=None`, so its loggers (`uvicorn.error`, `uvicorn.access`) write through the handler set here
 instead of their own `INFO:     ...` format. In JSON each line is one object with `time`, `level`,
 `logger`, `pid`, `message`, the process's role (and worker id), and the fields a caller passed in `extra`
-(the access log's status, bytes, latency).
+(the access log's status, bytes, latency). A worker forked from its template keeps the template's
+configuration, --log-config's handlers included, and only names itself (`reconfigure`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import ConfigError
@@ -20,6 +22,18 @@ from corral.errors import ConfigError
 # Loggers whose lines Corral formats; each gets the one handler, none propagates to the root logger.
 LOGGERS = ("corral", "uvicorn")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
+@dataclass
+class _Configured:
+    """What `configure` and --log-config set in this process, which a forked worker sets again (`reconfigure`)."""
+
+    style: tuple[str, str, bool] = ("text", "info", False)
+    # The loggers --log-config named: their handlers (open files included), level, propagation, disabled flag.
+    applied: list[tuple[logging.Logger, list[logging.Handler], int, bool, bool]] = field(default_factory=list)
+
+
+_configured = _Configured()
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,8 +123,12 @@ def apply_log_config(path: str) -> None:
     data.setdefault("disable_existing_loggers", False)
     try:
         logging.config.dictConfig(data)
-    except (ValueError, TypeError, AttributeError, ImportError) as exc:
-        raise ConfigError(f"--log-config {path}: {' '.join(str(exc).split())[:200]}") from None
+    except Exception as exc:  # dictConfig wraps a handler's own error (a file it cannot open) as the cause
+        reasons = [str(exc)] + ([str(exc.__cause__)] if exc.__cause__ is not None else [])
+        raise ConfigError(f"--log-config {path}: {' '.join(': '.join(reasons).split())[:300]}") from None
+    names = [name for name in data.get("loggers") or {} if isinstance(name, str)] + ["root"] * ("root" in data)
+    loggers = [logging.getLogger(None if name == "root" else name) for name in names]
+    _configured.applied = [(lg, list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers]
 
 
 def configure_from(settings: Any, role: str, **fields: Any) -> None:
@@ -120,9 +138,24 @@ def configure_from(settings: Any, role: str, **fields: Any) -> None:
         apply_log_config(settings.log_config)
 
 
+def reconfigure(role: str, **fields: Any) -> None:
+    """`configure_from` in a worker forked from the template, without reading --log-config again: the loggers it
+    named get back the handlers the template made from it. A worker may have dropped the privileges that read
+    the file and opened its log files; the app's import may have changed Corral's loggers since."""
+    log_format, level, colors = _configured.style
+    applied = list(_configured.applied)
+    configure(log_format, level, role, colors, **fields)
+    for logger, handlers, logger_level, propagate, disabled in applied:
+        logger.handlers[:] = handlers
+        logger.setLevel(logger_level)
+        logger.propagate, logger.disabled = propagate, disabled
+    _configured.applied = applied
+
+
 def configure(log_format: str, level: str, role: str, colors: bool = False, **fields: Any) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format, role, colors, **fields))
+    _configured.style, _configured.applied = (log_format, level, colors), []
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

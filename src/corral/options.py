@@ -324,7 +324,8 @@ class Options:
     )
     log_config: str | None = option(
         None, "logging configuration (dictConfig, JSON or YAML) applied in every process", metavar="PATH",
-        used_by=ALL, details=", after Corral's own: its loggers are `corral`, `corral.access` and `uvicorn.*`",
+        used_by=ALL, details=", after Corral's own: its loggers are `corral`, `corral.access` and `uvicorn.*`;"
+        " read, and its files opened, before `--user` drops privileges (workers keep their template's)",
     )
     use_colors: bool | None = option(
         None, "colour the level and status of text log lines", used_by=ALL, default_text="on a terminal",

@@ -19,6 +19,7 @@ from corral import paths
 from corral.binds import parse_bind
 from corral.config import Settings
 from corral.errors import ConfigError, CorralError
+from corral.export.shipped import Shipped, check_log_files, shipped
 
 CONTAINER_UID = 10001
 CONTAINER_WORKDIR = "/app"
@@ -178,6 +179,8 @@ class ContainerPlan:
     secret_options: dict[str, str] = field(default_factory=dict)
     # The admin token is a mounted file (export/metrics.py): the host's --admin-token-file, else one written.
     token_file: str | None = None
+    # The project's files Corral reads in the container (--log-config, ...), as the image holds them.
+    shipped: tuple[Shipped, ...] = ()
 
     @property
     def token_mounted(self) -> bool:
@@ -223,6 +226,7 @@ def container_plan(
         notes.append(f"--user/--group left out: the container runs as uid {CONTAINER_UID}")
     if settings.state_dir and settings.state_dir != CONTAINER_STATE_DIR:
         notes.append(f"--state-dir is {CONTAINER_STATE_DIR}, where the volume is mounted")
+    shipped = _shipped(settings, project, dropped)
     changes: dict[str, object] = {
         "bind": binds,
         "http_bind": http_binds,
@@ -231,11 +235,7 @@ def container_plan(
         "group": None,
         "state_dir": CONTAINER_STATE_DIR,
         "app_dir": _inside("--app-dir", settings.app_dir, project),
-        **{
-            name: _inside(flag, getattr(settings, name), project)
-            for name, flag in PROJECT_FILES.items()
-            if name not in dropped
-        },
+        **{name: file.path for name, file in shipped.items()},
     }
     if "CORRAL_ADMIN_TOKEN" not in secret_options:
         # Off loopback the admin listener serves /metrics only with a token: one the platform mounts.
@@ -251,7 +251,9 @@ def container_plan(
     adapted = settings.model_copy(update=changes)
     ports = [parse_bind(bind).port for bind in binds + http_binds if parse_bind(bind).kind == "tcp"]
     environment = environment or AppEnvironment([], {})
-    return ContainerPlan(adapted, ports, admin.port, postgres, notes, environment, secret_options, token_file)
+    return ContainerPlan(
+        adapted, ports, admin.port, postgres, notes, environment, secret_options, token_file, tuple(shipped.values())
+    )
 
 
 # File options that the container reads from the image, where the project is copied to /app.
@@ -262,6 +264,19 @@ PROJECT_FILES = {
     "keyfile": "--keyfile",
     "acme_ca_bundle": "--acme-ca-bundle",
 }
+
+
+def _shipped(settings: Settings, project: Path, dropped: tuple[str, ...]) -> dict[str, Shipped]:
+    """The set PROJECT_FILES the container reads, checked (export/shipped.py), by option name."""
+    files = {
+        name: shipped(flag, value, project, CONTAINER_UID)
+        for name, flag in PROJECT_FILES.items()
+        if name not in dropped and (value := getattr(settings, name))
+    }
+    if "log_config" in files:
+        check_log_files("--log-config", settings.log_config or "", project / files["log_config"].path,
+                        CONTAINER_WORKDIR, (CONTAINER_STATE_DIR, "/tmp"))  # fmt: skip
+    return files
 
 
 def _inside(flag: str, path: str | None, project: Path) -> str | None:

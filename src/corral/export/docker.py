@@ -101,6 +101,9 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
     install = _dependency_steps(project, context)
     files: list[ExportFile] = []
     notes = [*plan.notes, f"Python {version}: {why}", *install.notes]
+    private = [file for file in plan.shipped if file.private]
+    notes += [f"{file.path} ({file.flag}) belongs to uid {CONTAINER_UID} in the image: others may not read it"
+              for file in private]  # fmt: skip
     mount = ""
     if plan.token_mounted:
         files += token_files(options.out, plan.token_file, notes)
@@ -146,6 +149,8 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
         f"COPY --from=build {VENV} {VENV}",
         f"WORKDIR {CONTAINER_WORKDIR}",
         f"COPY --from=build {CONTAINER_WORKDIR} {CONTAINER_WORKDIR}",
+        *(f"COPY --from=build --chown={CONTAINER_UID}:{CONTAINER_UID} {CONTAINER_WORKDIR}/{file.path}"
+          f" {CONTAINER_WORKDIR}/{file.path}" for file in private),
         f"USER {CONTAINER_UID}:{CONTAINER_UID}",
         f"EXPOSE {ports}",
         "STOPSIGNAL SIGTERM",
@@ -156,6 +161,7 @@ def render(plan: ContainerPlan, options: DockerOptions) -> list[ExportFile]:
     ]
     ours = DOCKERIGNORE.splitlines() + [_shown(path, project) for path in plan.environment.files]
     ours += _virtual_environments(project)
+    ours += [f"!{file.path}" for file in plan.shipped]  # named by the command: in the image whatever else is left out
     ours += [f"!{context}/{file.name}" for file in install.files] if context != "." else []
     return [
         ExportFile("Dockerfile", "\n".join(lines) + "\n"),

@@ -21,7 +21,7 @@ from secrets import token_urlsafe
 from corral.binds import Bind, is_loopback, parse_admin_bind, parse_bind
 from corral.config import Settings, run_arguments
 from corral.errors import ConfigError, CorralError
-from corral.export.common import ExportFile, inert, postgres_lock
+from corral.export.common import PROJECT_FILES, ExportFile, inert, postgres_lock
 from corral.tls.plan import http_binds
 
 LIMIT_NOFILE = "65536"
@@ -159,10 +159,17 @@ def render(
     if settings.admin_bind:
         bound_by_corral.append(parse_bind(settings.admin_bind))
     writable += [str((workdir / bind.path).parent) for bind in bound_by_corral if bind.kind == "unix"]
+    log_dirs: list[str] = []
+    if settings.log_config:  # the directories of its log files, in a file system the hardening makes read-only
+        from corral.export.shipped import log_files
+
+        opened = log_files(str(workdir / settings.log_config)).values()
+        log_dirs = [os.path.normpath(workdir / name / "..") for name in opened]
+    writable += log_dirs
     low_ports = any(bind.kind == "tcp" and 0 < bind.port < 1024 for bind in bound_by_corral)
 
     env_files = [str((workdir / path).resolve()) for path in settings.env_file]
-    hardening = _hardening(user, settings, workdir, options.executable, env_files)
+    hardening = _hardening(user, settings, workdir, options.executable, [*env_files, *log_dirs])
     credential = _admin_credential(settings, workdir, name)
     if credential is not None:
         changes["admin_token_file"] = None  # given below as systemd's credential
@@ -254,15 +261,17 @@ def render(
 
 
 def _hardening(
-    user: str | None, settings: Settings, workdir: Path, executable: str, env_files: list[str]
+    user: str | None, settings: Settings, workdir: Path, executable: str, outside: list[str]
 ) -> list[tuple[str, str]]:
     """HARDENING, checked against what the service must read: its directory, the app, the virtual
-    environment and its interpreter, the env files. A private /tmp hides a project under /tmp; a
+    environment and its interpreter, the files its options name. A private /tmp hides a project, or
+    `outside` (env files, which systemd reads, and the directories of --log-config's log files), under /tmp; a
     dynamic user reads only what every user may read. Adapted where it can be, else one line."""
     needed = [workdir, Path(executable), Path(sys.prefix), Path(sys.executable).resolve()]
     if settings.app_dir:
         needed.append(workdir / settings.app_dir)
-    in_tmp = [path for path in [*needed, *map(Path, env_files)] if _under_tmp(path)]
+    needed += [workdir / value for name in PROJECT_FILES if (value := getattr(settings, name))]
+    in_tmp = [path for path in [*needed, *map(Path, outside)] if _under_tmp(path)]
     hardening = list(HARDENING)
     if in_tmp:
         if user is None:

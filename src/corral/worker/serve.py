@@ -259,7 +259,7 @@ def _serve(
 
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
     figures = RequestFigures(spec.scoreboard_fd)
-    logs.configure_from(settings, f"worker {figures.slot(cell)}", worker=figures.slot(cell))
+    logs.reconfigure(f"worker {figures.slot(cell)}", worker=figures.slot(cell))
     if settings.metrics:
         count_requests(figures, cell)
     if settings.root_path:
@@ -363,7 +363,7 @@ def _serve(
                     stopped_parked.append(True)
                     return
                 figures.set_slot(cell, slot)  # the slot it now fills: the next spare takes it from here
-                logs.configure_from(settings, f"worker {slot}", worker=slot)
+                logs.reconfigure(f"worker {slot}", worker=slot)
                 if logged is not None:
                     logged.worker = slot
             await server.serve(sockets=sockets)
