@@ -5,6 +5,7 @@ restart), with the usual last log line."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -68,3 +69,32 @@ def test_stop_now_abandons_requests_in_flight_and_exits_0(corrals: list[Corral],
     assert not gone, f"left running: {gone}"
     assert "Traceback" not in corral.log, corral.log
     assert re.fullmatch(r".* INFO stopped after \S+ s, exit code 0", corral.log.strip().splitlines()[-1]), corral.log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real-time template needs root (CI runs as root)")
+def test_workers_forked_as_the_stop_arrives_end_with_it(corrals: list[Corral], tmp_path: Path) -> None:
+    """The template forks, then reads the stop and sends each worker SIGTERM, maybe before a new child has run a
+    single instruction. That SIGTERM must still end the child: it used to be caught by the template's handler the
+    child inherits, and lost, so the instance waited --graceful-timeout for a worker that never ended.
+
+    Forced here: the instance runs on one CPU and the template is frozen while the manager orders seven forks and
+    then stops; thawed as a real-time process whose children are not, it reads every fork order and the stop,
+    forking and killing, before any child runs."""
+    write_app(tmp_path, APP)
+    corral = Corral(tmp_path, "app.py", "-w", "1", "--graceful-timeout", "300",
+                    preexec_fn=lambda: os.sched_setaffinity(0, {0}))  # fmt: skip
+    corrals.append(corral)
+    corral.wait_ready(1)
+    [template] = [t["pid"] for t in corral.status()["templates"]]
+    os.kill(template, signal.SIGSTOP)
+    try:
+        os.sched_setscheduler(template, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(10))
+        scale = run_cli("scale", "8", "--control", str(corral.control))
+        assert scale.returncode == 0, scale.stderr
+        wait_for(lambda: len(corral.status()["workers"]) == 8, what="seven forks ordered")
+        corral.signal(signal.SIGTERM)
+        wait_for(lambda: "draining: stopping" in corral.log, what="the stop under way")
+    finally:
+        os.kill(template, signal.SIGCONT)
+    assert corral.wait_exit(timeout=120) == 0, corral.log  # the bug held it for --graceful-timeout (300 s)
+    assert "still busy after --graceful-timeout" not in corral.log, corral.log

@@ -39,6 +39,8 @@ from corral.worker.spec import ENV_VAR, TemplateSpec
 
 log = logging.getLogger("corral.template")
 
+TEMPLATE_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP}  # handled by the template; a worker has its own
+
 
 class Template:
     def __init__(self, spec: TemplateSpec, settings: Options) -> None:
@@ -83,7 +85,7 @@ class Template:
     def serve(self) -> None:
         os.set_blocking(self.wakeup_write, False)
         signal.set_wakeup_fd(self.wakeup_write)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        for sig in TEMPLATE_SIGNALS:
             signal.signal(sig, self._caught)
         # From now on the template outlives the manager long enough to take the app's processes with it:
         # SIGHUP on the manager's death (instead of SIGKILL) kills every worker, then the orphans they leave.
@@ -154,18 +156,16 @@ class Template:
         """Fork a worker into `cell`; a spare parks until `_reap` promotes it (worker/parking.py)."""
         park = os.pipe() if spare else None
         template_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            for fd in (self.wakeup_read, self.wakeup_write, *self.spares.values(), *(park[1:] if park else ())):
-                os.close(fd)
-            os.setpgid(0, 0)  # the worker's group: killed as a whole when the worker ends
-            become_subreaper()  # the app's orphans stay below this worker while it lives
-            die_with_parent(template_pid)
-            set_process_title(f"corral-w{self.spec.generation}")
-            run_worker(self.spec, self.settings, self.app, cell, self.channel, park[0] if park else None)
+        # Blocked across the fork: a SIGTERM the template sends right away (an `exit` read just after this fork)
+        # reaches the child only once its handler is the default one; it would else be noted by the template's
+        # handler in the child, and lost, leaving a worker that never ends.
+        signal.pthread_sigmask(signal.SIG_BLOCK, TEMPLATE_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(cell, park, template_pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, TEMPLATE_SIGNALS)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also here, so that no kill of the group can come before the child's own call
         self.children[pid] = cell
@@ -173,6 +173,20 @@ class Template:
             os.close(park[0])
             self.spares[pid] = park[1]
         channel.send(self.channel, {"ev": "forked", "cell": cell, "pid": pid})
+
+    def _become_worker(self, cell: int, park: tuple[int, int] | None, template_pid: int) -> None:
+        """The child's side of `_fork`, with the template's signals still blocked; never returns."""
+        signal.set_wakeup_fd(-1)
+        for sig in TEMPLATE_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, TEMPLATE_SIGNALS)  # a SIGTERM sent meanwhile ends it now
+        for fd in (self.wakeup_read, self.wakeup_write, *self.spares.values(), *(park[1:] if park else ())):
+            os.close(fd)
+        os.setpgid(0, 0)  # the worker's group: killed as a whole when the worker ends
+        become_subreaper()  # the app's orphans stay below this worker while it lives
+        die_with_parent(template_pid)
+        set_process_title(f"corral-w{self.spec.generation}")
+        run_worker(self.spec, self.settings, self.app, cell, self.channel, park[0] if park else None)
 
     def _reap(self) -> None:
         """Collect ended workers and orphans, by pid: a child the app started while it was imported here keeps
