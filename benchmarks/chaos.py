@@ -12,9 +12,10 @@ Every 100 ms the script counts the ready workers. One server at a time, all in o
     .venv/bin/python benchmarks/chaos.py --cases crash    # ~4 minutes
     .venv/bin/python benchmarks/chaos.py --quick          # 15 s per server, 10 kills; 10 s per crash run
 
-Ready, the same way for every server: a live process of the server's tree whose app has run its ASGI lifespan
-startup (it touches `$BENCH_READY_DIR/<pid>`, see apps/_common.py). A replacement's time is from the kill to
-the mtime of the next new worker's marker (kills and new workers matched in order).
+Ready, the same way for every server: a live process of the server's tree (not a zombie waiting to be reaped)
+whose app has run its ASGI lifespan startup (it touches `$BENCH_READY_DIR/<pid>`, see apps/_common.py). A
+replacement's time is from the kill to the mtime of the next new worker's marker (kills and new workers matched
+in order).
 Results go to benchmarks/results/chaos.md and chaos.json.
 """
 

@@ -50,6 +50,13 @@ VERSIONS = (*PINNED, "gunicorn", "uvicorn-worker", "granian", "corral")
 MIB = 2**20
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 class BenchError(Exception):
     """A measurement that could not be taken; reported in its table cell, and the run exits non-zero."""
 
@@ -196,8 +203,9 @@ class Server:
             return []
 
     def workers(self) -> set[int]:
-        """Pids of the live worker processes of this server whose app has started."""
-        tree = {process.pid for process in self.tree()}
+        """Pids of the live worker processes of this server whose app has started: a worker that has died and
+        waits to be reaped (a zombie) is not counted, whatever the server."""
+        tree = {process.pid for process in self.tree() if _alive(process)}
         return {int(path.name) for path in self.ready_dir.iterdir() if int(path.name) in tree}
 
     def check_alive(self) -> None:
