@@ -456,6 +456,7 @@ def every_option_changed() -> dict[str, Any]:
         "state_dir": "/var/lib/shop",
         "timeout": 2.5,
         "graceful_timeout": 0,
+        "worker_nice": 3,
         "startup_timeout": 45.0,
         "crash_limit": 2,
         "crash_window": 10,

@@ -117,6 +117,15 @@ class Options:
         30.0, "seconds a draining worker may take", metavar=SECONDS, low=0, high=3600, unit="seconds",
         aliases=("--timeout-graceful-shutdown",),
     )
+    worker_nice: int = option(
+        0, "run the workers N nice levels below the manager and template", metavar="N", low=0, high=19,
+        unit="levels", used_by=(WORKER,),
+        details="(CPU priority): when the workers keep every CPU busy, the manager, the template and the parked "
+        "spares still get one at once, so crashed workers are replaced, and health checks and `corral` commands "
+        "answered, without waiting behind them. A parked spare takes it when it is promoted. Within a container "
+        "or a systemd service only Corral's own processes compete; elsewhere the workers also yield to the "
+        "host's other processes",
+    )
     startup_timeout: float = option(
         120.0, "seconds the app's import, then a new worker's start, may each take", metavar=SECONDS, low=1,
         high=86400, unit="seconds", details="(lifespan startup included)",

@@ -225,6 +225,14 @@ def _quit(*_: object) -> None:
     os._exit(0)
 
 
+def lower_priority(levels: int) -> None:
+    """--worker-nice: the worker's process group (its threads, and the app's processes) that many nice levels below
+    the template's, which needs no privilege."""
+    if levels:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PGRP, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + levels))
+
+
 def _serve(
     spec: TemplateSpec, settings: Options, app: Any, cell: int, channel_sock: socket.socket, park: int | None
 ) -> int:
@@ -257,6 +265,8 @@ def _serve(
         report("boot_failed", error=str(exc), traceback=clip(exc.details))
         return ExitCode.APP_FAILED_TO_START
 
+    if park is None:
+        lower_priority(settings.worker_nice)
     app, http_class, plain_sockets, tls = _https_layer(spec, settings, app)
     figures = RequestFigures(spec.scoreboard_fd)
     logs.reconfigure(f"worker {figures.slot(cell)}", worker=figures.slot(cell))
@@ -362,6 +372,7 @@ def _serve(
                 if slot is None:
                     stopped_parked.append(True)
                     return
+                lower_priority(settings.worker_nice)  # parked, it kept the template's: woken without a wait
                 figures.set_slot(cell, slot)  # the slot it now fills: the next spare takes it from here
                 logs.reconfigure(f"worker {slot}", worker=slot)
                 if logged is not None:
