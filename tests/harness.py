@@ -57,6 +57,23 @@ OK_APP = """
         await send({"type": "http.response.body", "body": b"ok"})
 """
 
+# Each worker answers one request, then dies (os._exit) on its next: every death is a crash while serving
+SECOND_REQUEST_CRASHES_APP = """
+    import os
+
+    answered = 0
+
+    async def app(scope, receive, send):
+        global answered
+        if scope["type"] != "http":
+            return
+        if answered:
+            os._exit(1)
+        answered += 1
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
 NEVER_IMPORTED_APP = """
     import time
 

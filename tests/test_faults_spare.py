@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Corral, process_tree, run_cli, wait_for, write_app
+from harness import SECOND_REQUEST_CRASHES_APP, Corral, process_tree, run_cli, wait_for, write_app
 
 APP = """
     import os
@@ -116,30 +116,12 @@ def test_a_serving_crash_is_replaced_by_the_spare_parked_before_it(corrals: list
         assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
-
-SECOND_REQUEST_CRASHES = """
-    import os
-
-    answered = 0
-
-    async def app(scope, receive, send):
-        global answered
-        if scope["type"] != "http":
-            return
-        if answered:  # a worker that has answered once dies on its next request: every death is while serving
-            os._exit(1)
-        answered += 1
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-"""
-
-
 def test_a_burst_of_serving_crashes_parks_more_spares_up_to_one_per_worker(
     corrals: list[Corral], tmp_path: Path
 ) -> None:
     """One spare answers a crash now and then; when crashes come faster than a new spare can be forked and
     parked, one spare would leave the pool to wait for forks, so the manager parks more (policy.spares_wanted)."""
-    write_app(tmp_path, SECOND_REQUEST_CRASHES)
+    write_app(tmp_path, SECOND_REQUEST_CRASHES_APP)
     corral = Corral(tmp_path, "app.py", "-w", "3")
     corrals.append(corral)
     corral.wait_ready(3)

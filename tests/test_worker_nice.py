@@ -9,23 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import Corral, wait_for, write_app
-
-APP = """
-    import os
-
-    answered = 0
-
-    async def app(scope, receive, send):
-        global answered
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/crash" and answered:
-            os._exit(1)
-        answered += 1
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-"""
+from harness import SECOND_REQUEST_CRASHES_APP, Corral, wait_for, write_app
 
 
 def nice(pid: int) -> int:
@@ -39,17 +23,17 @@ def thread_nices(pid: int) -> set[int]:
 
 
 def crash(corral: Corral) -> None:
-    """The worker serving this answers once, then dies on the same connection's next request."""
+    """A worker answers, then dies on the same connection's next request."""
     with httpx.Client(base_url=corral.url, timeout=10) as client:
         assert client.get("/").text == "ok"
         with pytest.raises(httpx.HTTPError):
-            client.get("/crash")
+            client.get("/")
 
 
 def test_workers_run_below_the_supervisors_priority_and_a_spare_from_its_promotion(
     corrals: list[Corral], tmp_path: Path
 ) -> None:
-    write_app(tmp_path, APP)
+    write_app(tmp_path, SECOND_REQUEST_CRASHES_APP)
     corral = Corral(tmp_path, "app.py", "-w", "1", "--worker-nice", "5")
     corrals.append(corral)
     [worker] = corral.wait_ready(1)
@@ -72,7 +56,7 @@ def test_workers_run_below_the_supervisors_priority_and_a_spare_from_its_promoti
 
 
 def test_by_default_workers_keep_the_templates_priority(corrals: list[Corral], tmp_path: Path) -> None:
-    write_app(tmp_path, APP)
+    write_app(tmp_path, SECOND_REQUEST_CRASHES_APP)
     corral = Corral(tmp_path, "app.py", "-w", "2")
     corrals.append(corral)
     workers = corral.wait_ready(2)
