@@ -13,15 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Corral, run_cli, wait_for, write_app
-
-APP = """
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-"""
+from harness import OK_APP, Corral, run_cli, wait_for, write_app
 
 
 def log_config(access_log: str) -> dict[str, object]:
@@ -53,7 +45,7 @@ def shared_dir() -> Iterator[Path]:
 def test_a_log_config_only_root_reads_serves_as_the_service_user(corrals: list[Corral], shared_dir: Path) -> None:
     """Mode 0600, root's, as a file copied into an image built as root; its log file root's too: the workers,
     which run as nobody, neither read it again nor reopen the log file, and log through both."""
-    write_app(shared_dir, APP)
+    write_app(shared_dir, OK_APP)
     access_log = shared_dir / "access.log"
     config = shared_dir / "logging.json"
     config.write_text(json.dumps(log_config(str(access_log))))
@@ -70,7 +62,7 @@ def test_a_log_config_only_root_reads_serves_as_the_service_user(corrals: list[C
 
 
 def test_a_log_file_the_config_cannot_open_is_one_line_that_says_why(tmp_path: Path) -> None:
-    write_app(tmp_path, APP)
+    write_app(tmp_path, OK_APP)
     missing = tmp_path / "no-such-directory" / "access.log"
     (tmp_path / "logging.json").write_text(json.dumps(log_config(str(missing))))
     result = run_cli("run", "app.py", "--log-config", "logging.json", "--control", str(tmp_path / "c.sock"),
