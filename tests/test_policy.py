@@ -80,6 +80,7 @@ def test_spares_grow_with_a_burst_of_crashes_up_to_one_per_worker() -> None:
     assert policy.spares_wanted(100.0, burst, 8) == 4
     assert policy.spares_wanted(100.0, burst, 2) == 2  # never more spares than workers
     assert policy.spares_wanted(100.0, burst * 50, 0) == 1  # a pool scaled to 0 workers still gets one
+    assert policy.spares_wanted(100.0, burst * 50, 64) == policy.MAX_SPARES  # their memory is bounded
     later = 100.0 + policy.BURST_WINDOW + 1.0
     assert policy.spares_wanted(later, burst, 8) == 1  # the burst is over: back to one while crashes linger
 

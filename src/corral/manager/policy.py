@@ -56,6 +56,7 @@ def restart_delay(consecutive_failures: int, backoff: Backoff) -> float:
 SPARE_WINDOW = 60.0  # seconds after a crash while serving during which spare workers are kept parked
 BURST_WINDOW = 10.0  # seconds over which crashes while serving are counted to size the spares
 CRASHES_PER_SPARE = 4  # one more spare for each this many crashes within BURST_WINDOW
+MAX_SPARES = 8  # each holds a freshly forked worker's private memory (4 to 5 MiB)
 
 
 def spares_wanted(now: float, serving_crashes: Sequence[float], workers: int) -> int:
@@ -65,13 +66,13 @@ def spares_wanted(now: float, serving_crashes: Sequence[float], workers: int) ->
     whose workers die on requests does not wait for a fork and a worker's setup on a busy host
     (worker/parking.py). One spare from the first crash until `SPARE_WINDOW` passes without one; while crashes
     come faster than a new spare can be forked and parked, the pool would still run dry, so one more for each
-    `CRASHES_PER_SPARE` crashes within the last `BURST_WINDOW`, up to one spare per worker. A pool that does not
-    crash pays nothing.
+    `CRASHES_PER_SPARE` crashes within the last `BURST_WINDOW`, up to one spare per worker and `MAX_SPARES`. A
+    pool that does not crash pays nothing.
     """
     if not serving_crashes or now - max(serving_crashes) > SPARE_WINDOW:
         return 0
     burst = sum(1 for at in serving_crashes if now - at <= BURST_WINDOW)
-    return min(max(1, workers), 1 + burst // CRASHES_PER_SPARE)
+    return min(max(1, workers), MAX_SPARES, 1 + burst // CRASHES_PER_SPARE)
 
 
 def start_despite_backoff(ready_or_starting: int, waiting_slots: int) -> bool:
