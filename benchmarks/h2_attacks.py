@@ -331,6 +331,15 @@ def hpack_bomb(host: str, port: int, seconds: float = 5, streams: int = 20, refe
     return outcome
 
 
+def pump_all(peers: list[Peer], started: float, seconds: float, interval: float) -> int:
+    """Read every peer's connection in turn until `seconds` from `started` or until all are closed; then close
+    them. Returns how many the server had left open."""
+    while time.monotonic() - started < seconds and any(not peer.closed for peer in peers):
+        for peer in peers:
+            peer.pump(interval)
+    return sum(peer.close() for peer in peers)
+
+
 def zero_window(host: str, port: int, seconds: float = 10, connections: int = 4, streams: int = 100) -> Outcome:
     """Slow readers: each connection sets its streams' initial window to 0 and asks for `streams` 256 KiB
     responses it never opens a window for; it does read (and acknowledges SETTINGS), so it is HTTP/2's flow
@@ -344,10 +353,7 @@ def zero_window(host: str, port: int, seconds: float = 10, connections: int = 4,
             peer.h2.send_headers(peer.h2.get_next_available_stream_id(), headers, end_stream=True)
         if peer.flush():
             outcome.sent += streams
-    while time.monotonic() - started < seconds and any(not peer.closed for peer in peers):
-        for peer in peers:
-            peer.pump(0.05)
-    outcome.open_at_end = sum(peer.close() for peer in peers)
+    outcome.open_at_end = pump_all(peers, started, seconds, 0.05)
     return outcome
 
 
@@ -356,10 +362,7 @@ def idle(host: str, port: int, seconds: float = 20, connections: int = 50) -> Ou
     outcome, started = Outcome("idle, no stream", unit="connections", connections=connections), time.monotonic()
     peers = [Peer(host, port, outcome, started) for _ in range(connections)]
     outcome.sent = connections
-    while time.monotonic() - started < seconds and any(not peer.closed for peer in peers):
-        for peer in peers:
-            peer.pump(0.02)
-    outcome.open_at_end = sum(peer.close() for peer in peers)
+    outcome.open_at_end = pump_all(peers, started, seconds, 0.02)
     return outcome
 
 

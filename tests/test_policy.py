@@ -74,7 +74,7 @@ def test_a_spare_is_kept_only_while_workers_crash_while_serving() -> None:
 
 def test_spares_grow_with_a_burst_of_crashes_up_to_one_per_worker() -> None:
     per = policy.CRASHES_PER_SPARE
-    burst = [100.0 - i * policy.BURST_WINDOW / (3 * per) for i in range(3 * per)]  # 3 times `per` within the window
+    burst = [100.0 - i * policy.BURST_WINDOW / (3 * per) for i in range(3 * per)][::-1]  # 3 times `per`, oldest first
     assert policy.spares_wanted(100.0, burst[: per - 1], 8) == 1
     assert policy.spares_wanted(100.0, burst[:per], 8) == 2
     assert policy.spares_wanted(100.0, burst, 8) == 4

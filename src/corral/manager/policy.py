@@ -60,7 +60,7 @@ MAX_SPARES = 8  # each holds a freshly forked worker's private memory (4 to 5 Mi
 
 
 def spares_wanted(now: float, serving_crashes: Sequence[float], workers: int) -> int:
-    """Spare workers to keep parked, given when workers last crashed while serving.
+    """Spare workers to keep parked, given when workers last crashed while serving (oldest first).
 
     The template promotes a spare at once in place of a worker that dies after answering a request, so a pool
     whose workers die on requests does not wait for a fork and a worker's setup on a busy host
@@ -69,7 +69,7 @@ def spares_wanted(now: float, serving_crashes: Sequence[float], workers: int) ->
     `CRASHES_PER_SPARE` crashes within the last `BURST_WINDOW`, up to one spare per worker and `MAX_SPARES`. A
     pool that does not crash pays nothing.
     """
-    if not serving_crashes or now - max(serving_crashes) > SPARE_WINDOW:
+    if not serving_crashes or now - serving_crashes[-1] > SPARE_WINDOW:
         return 0
     burst = sum(1 for at in serving_crashes if now - at <= BURST_WINDOW)
     return min(max(1, workers), MAX_SPARES, 1 + burst // CRASHES_PER_SPARE)
